@@ -1,0 +1,35 @@
+# The README's two commands: `make demo` and `make test`. Both set up, build, then run.
+BUILD_DIR ?= build
+PYTHON ?= /usr/bin/python3
+CMAKE_FLAGS ?=
+JOBS ?= $(shell nproc)
+MODEL ?= models/fmnist_resnet.onnx
+
+.PHONY: all setup build demo test test-cpp test-python test-sanitize clean
+
+all: build
+
+setup:
+	bash scripts/setup.sh
+
+build: setup
+	cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)
+	cmake --build $(BUILD_DIR) -j $(JOBS)
+
+demo: build
+	$(BUILD_DIR)/nibble inspect $(MODEL) | tail -n 4
+	$(BUILD_DIR)/nibble eval $(MODEL) --data fashion-mnist:test
+
+test: build
+	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) -E onnx_node_conformance
+	$(BUILD_DIR)/tests/cpp/nibble_conformance
+	NIBBLE_BIN=$(abspath $(BUILD_DIR))/nibble $(PYTHON) -m pytest -q tests/python
+
+# The C++ tests again under AddressSanitizer and UndefinedBehaviorSanitizer.
+test-sanitize: setup
+	cmake -S . -B $(BUILD_DIR)-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DNIBBLE_SANITIZE=ON -DNIBBLE_CUDA=OFF
+	cmake --build $(BUILD_DIR)-asan -j $(JOBS)
+	cd $(BUILD_DIR)-asan && ctest --output-on-failure -j $(JOBS)
+
+clean:
+	rm -rf $(BUILD_DIR) $(BUILD_DIR)-asan

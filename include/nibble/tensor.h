@@ -1,0 +1,65 @@
+// A dense tensor: dtype, shape and a shared byte buffer (row-major, 4-bit types packed).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "nibble/dtype.h"
+
+namespace nibble {
+
+using Shape = std::vector<int64_t>;
+
+int64_t shape_numel(const Shape& s);
+std::string shape_str(const Shape& s);  // "[1, 3, 224, 224]"
+
+class Tensor {
+ public:
+  Tensor() = default;
+  // A zero-filled tensor.
+  Tensor(DType dtype, Shape shape);
+
+  DType dtype() const { return dtype_; }
+  const Shape& shape() const { return shape_; }
+  int rank() const { return static_cast<int>(shape_.size()); }
+  int64_t dim(int i) const { return shape_.at(static_cast<size_t>(i < 0 ? i + rank() : i)); }
+  int64_t numel() const { return shape_numel(shape_); }
+  size_t nbytes() const { return dtype_storage_bytes(dtype_, numel()); }
+  bool defined() const { return storage_ != nullptr; }
+
+  uint8_t* bytes() { return storage_ ? storage_->data() : nullptr; }
+  const uint8_t* bytes() const { return storage_ ? storage_->data() : nullptr; }
+
+  // Typed access; throws if T does not match the dtype.
+  template <typename T>
+  T* data() {
+    check_type(dtype_of<T>::value);
+    return reinterpret_cast<T*>(bytes());
+  }
+  template <typename T>
+  const T* data() const {
+    check_type(dtype_of<T>::value);
+    return reinterpret_cast<const T*>(bytes());
+  }
+
+  // Element i as a double / set from a double with the dtype's rounding (any dtype).
+  double get(int64_t i) const { return traits(dtype_).to_double(bytes(), i); }
+  void set(int64_t i, double v) { traits(dtype_).from_double(bytes(), i, v); }
+
+  // Same storage, new shape with the same element count.
+  Tensor reshaped(Shape shape) const;
+  // A deep copy converted to another dtype (values pass through double).
+  Tensor cast(DType to) const;
+  Tensor clone() const;
+
+ private:
+  void check_type(DType expected) const;
+
+  DType dtype_ = DType::f32;
+  Shape shape_;
+  std::shared_ptr<std::vector<uint8_t>> storage_;
+};
+
+}  // namespace nibble

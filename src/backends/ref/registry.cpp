@@ -1,0 +1,72 @@
+// The reference backend's dispatch table.
+#include <array>
+
+#include "backends/ref/kernels.h"
+
+namespace nibble::ref {
+
+namespace {
+struct Entry {
+  std::string_view op_type;
+  KernelFn fn;
+  int min_opset;  // oldest operator-set version whose semantics the kernel implements
+};
+
+constexpr std::array<Entry, 27> kKernels = {{
+    {"Add", add, 7},
+    {"AveragePool", average_pool, 1},
+    {"BatchNormalization", batch_normalization, 7},
+    {"Clip", clip, 6},
+    {"Concat", concat, 4},
+    {"Constant", constant, 1},
+    {"Conv", conv, 1},
+    {"ConvInteger", conv_integer, 10},
+    {"DequantizeLinear", dequantize_linear, 10},
+    {"Div", div, 7},
+    {"Flatten", flatten, 1},
+    {"Gemm", gemm, 7},
+    {"GlobalAveragePool", global_average_pool, 1},
+    {"Identity", identity, 1},
+    {"MatMul", matmul, 1},
+    {"MatMulInteger", matmul_integer, 10},
+    {"MaxPool", max_pool, 1},
+    {"Mul", mul, 7},
+    {"QLinearConv", qlinear_conv, 10},
+    {"QLinearMatMul", qlinear_matmul, 10},
+    {"QuantizeLinear", quantize_linear, 10},
+    {"Relu", relu, 6},
+    {"Reshape", reshape, 5},
+    {"Sigmoid", sigmoid, 6},
+    {"Softmax", softmax, 1},
+    {"Sub", sub, 7},
+    {"Transpose", transpose, 1},
+}};
+}  // namespace
+
+const Tensor& required_input(const Node& node, const Inputs& in, size_t i) {
+  const Tensor* t = optional_input(in, i);
+  if (!t) kernel_fail("required input {} is missing", i);
+  return *t;
+}
+
+KernelFn find_kernel(std::string_view op_type, int opset) {
+  for (const auto& e : kKernels) {
+    if (e.op_type == op_type && opset >= e.min_opset) return e.fn;
+  }
+  return nullptr;
+}
+
+int min_opset(std::string_view op_type) {
+  for (const auto& e : kKernels) {
+    if (e.op_type == op_type) return e.min_opset;
+  }
+  return -1;
+}
+
+std::vector<std::string> supported_ops() {
+  std::vector<std::string> out;
+  for (const auto& e : kKernels) out.emplace_back(e.op_type);
+  return out;
+}
+
+}  // namespace nibble::ref

@@ -1,0 +1,118 @@
+// `nibble inspect MODEL`: ops, shapes, parameters and multiply-accumulates per layer.
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <map>
+#include <optional>
+
+#include "cli/commands.h"
+#include "nibble/engine.h"
+#include "nibble/onnx_import.h"
+
+namespace nibble::cli {
+
+namespace {
+
+std::optional<Shape> shape_of(const Graph& g, const std::string& name) {
+  if (auto it = g.initializers.find(name); it != g.initializers.end()) return it->second.shape();
+  const ValueInfo* vi = g.find_value(name);
+  if (!vi || !vi->shape) return std::nullopt;
+  return vi->shape;
+}
+
+std::string shape_text(const std::optional<Shape>& s) { return s ? shape_str(*s) : "?"; }
+
+// Multiply-accumulates of one node (0 for ops that do none, or whose shapes are unknown).
+int64_t node_macs(const Graph& g, const Node& n) {
+  if (n.outputs.empty()) return 0;
+  const auto out = shape_of(g, n.outputs[0]);
+  if (!out) return 0;
+  const int64_t out_numel = shape_numel(*out);
+  auto in_shape = [&](size_t i) { return i < n.inputs.size() ? shape_of(g, n.inputs[i]) : std::nullopt; };
+  if (n.op_type == "Conv" || n.op_type == "ConvInteger" || n.op_type == "QLinearConv") {
+    const auto w = in_shape(n.op_type == "QLinearConv" ? 3 : 1);
+    if (!w || w->size() < 2) return 0;
+    return out_numel * shape_numel(Shape(w->begin() + 1, w->end()));
+  }
+  if (n.op_type == "Gemm") {
+    const auto a = in_shape(0);
+    if (!a || a->size() != 2) return 0;
+    return out_numel * (*a)[n.attr_int("transA", 0) ? 0 : 1];
+  }
+  if (n.op_type == "MatMul" || n.op_type == "MatMulInteger" || n.op_type == "QLinearMatMul") {
+    const auto a = in_shape(0);
+    if (!a || a->empty()) return 0;
+    return out_numel * a->back();
+  }
+  return 0;
+}
+
+void inspect(const std::string& path, int64_t batch) {
+  OnnxImportOptions opts;
+  opts.fixed_batch = batch;
+  const Graph g = import_onnx(path, opts);
+
+  fmt::print("model: {} (ONNX opset {})\n", path, g.opset);
+  for (const auto& in : g.inputs) {
+    fmt::print("input  {}: {} {}\n", in.name, in.dtype ? dtype_name(*in.dtype) : "?", shape_text(in.shape));
+  }
+  for (const auto& out : g.outputs) {
+    fmt::print("output {}: {} {}\n", out.name, out.dtype ? dtype_name(*out.dtype) : "?", shape_text(out.shape));
+  }
+  fmt::print("shapes and MACs for batch {}\n\n", batch);
+
+  size_t name_w = 4;
+  for (const auto& n : g.nodes) name_w = std::max(name_w, n.name.size());
+  name_w = std::min<size_t>(name_w, 40);
+  fmt::print("{:>4}  {:<{}}  {:<18}  {:<20}  {:>10}  {:>14}\n", "#", "node", name_w, "op", "output", "params",
+             "MACs");
+  int64_t total_params = 0;
+  int64_t total_macs = 0;
+  std::map<std::string, int> op_count;
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    const Node& n = g.nodes[i];
+    int64_t params = 0;
+    for (const auto& in : n.inputs) {
+      if (auto it = g.initializers.find(in); it != g.initializers.end()) params += it->second.numel();
+    }
+    const int64_t macs = node_macs(g, n);
+    total_params += params;
+    total_macs += macs;
+    ++op_count[n.op_type];
+    fmt::print("{:>4}  {:<{}}  {:<18}  {:<20}  {:>10}  {:>14}\n", i, n.name.empty() ? "-" : n.name, name_w, n.op_type,
+               n.outputs.empty() ? "" : shape_text(shape_of(g, n.outputs[0])), params, macs);
+  }
+  fmt::print("\n{} nodes; ops: ", g.nodes.size());
+  std::vector<std::string> ops;
+  for (const auto& [op, count] : op_count) ops.push_back(fmt::format("{} x{}", op, count));
+  fmt::print("{}\n", fmt::join(ops, ", "));
+  int64_t init_params = 0;
+  int64_t init_bytes = 0;
+  for (const auto& [name, t] : g.initializers) {
+    init_params += t.numel();
+    init_bytes += static_cast<int64_t>(t.nbytes());
+  }
+  fmt::print("parameters: {} ({} bytes of initializers)\n", init_params, init_bytes);
+  fmt::print("MACs: {} ({:.3f} GMAC) per batch of {}\n", total_macs, static_cast<double>(total_macs) / 1e9, batch);
+  const auto missing = unsupported_ops(g);
+  if (missing.empty()) {
+    fmt::print("every op is supported by the reference backend\n");
+  } else {
+    fmt::print("unsupported ops: {}\n", fmt::join(missing, ", "));
+  }
+}
+
+}  // namespace
+
+void add_inspect_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand("inspect", "Show a model's ops, shapes, parameters and MACs per layer");
+  auto path = std::make_shared<std::string>();
+  auto batch = std::make_shared<int64_t>(1);
+  cmd->add_option("model", *path, "ONNX model file")->required();
+  cmd->add_option("--batch", *batch, "Batch size used for a symbolic batch dimension")
+      ->default_val(1)
+      ->check(CLI::PositiveNumber);
+  cmd->callback([path, batch] { inspect(*path, *batch); });
+}
+
+}  // namespace nibble::cli

@@ -1,0 +1,15 @@
+// The nibble subcommands: each registers its options on the CLI11 app.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace nibble::cli {
+
+void add_inspect_command(CLI::App& app);
+void add_run_command(CLI::App& app);
+void add_eval_command(CLI::App& app);
+
+// Adds --mean and --std (dataset normalization shared by every command reading a dataset).
+void add_normalization_flags(CLI::App& cmd, float& mean, float& std);
+
+}  // namespace nibble::cli

@@ -1,0 +1,45 @@
+// Entry point of the nibble command: subcommand dispatch and the one-line error contract.
+#include <fmt/format.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <exception>
+
+#include "cli/commands.h"
+#include "nibble/error.h"
+
+namespace nibble::cli {
+
+void add_normalization_flags(CLI::App& cmd, float& mean, float& std) {
+  cmd.add_option("--mean", mean, "Subtract M from every pixel after scaling to [0, 1]")->default_val(0.0f);
+  cmd.add_option("--std", std, "Divide by S after subtracting the mean")
+      ->default_val(1.0f)
+      ->check(CLI::PositiveNumber);
+}
+
+}  // namespace nibble::cli
+
+int main(int argc, char** argv) {
+  CLI::App app{"nibble: a low-precision inference engine and quantization toolkit"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "nibble 0.1.0");
+  nibble::cli::add_inspect_command(app);
+  nibble::cli::add_run_command(app);
+  nibble::cli::add_eval_command(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);
+    return rc == 0 ? 0 : 2;
+  } catch (const nibble::Error& e) {
+    fmt::print(stderr, "nibble: error: {}\n", e.what());
+    return 2;
+  } catch (const std::bad_alloc&) {
+    fmt::print(stderr, "nibble: error: out of memory\n");
+    return 2;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "nibble: error: {}\n", e.what());
+    return 2;
+  }
+  return 0;
+}

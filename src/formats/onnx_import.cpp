@@ -1,0 +1,141 @@
+// ONNX model -> graph IR: parse, check, infer shapes, convert.
+#include "nibble/onnx_import.h"
+
+#include <onnx/checker.h>
+#include <onnx/onnx_pb.h>
+#include <onnx/shape_inference/implementation.h>
+
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "formats/onnx_tensor.h"
+#include "nibble/error.h"
+
+namespace nibble {
+
+namespace {
+
+std::string first_line(const std::string& s) {
+  const auto nl = s.find('\n');
+  return nl == std::string::npos ? s : s.substr(0, nl);
+}
+
+ValueInfo convert_value_info(const onnx::ValueInfoProto& vi, const std::string& path, bool require_tensor) {
+  ValueInfo v;
+  v.name = vi.name();
+  if (!vi.has_type()) return v;
+  const auto& type = vi.type();
+  if (!type.has_tensor_type()) {
+    if (require_tensor) {
+      fail(path, "value '{}' is not a tensor (sequences, maps and optionals are not supported)", vi.name());
+    }
+    return v;
+  }
+  const auto& tt = type.tensor_type();
+  v.dtype = dtype_from_onnx(tt.elem_type());
+  if (require_tensor && !v.dtype) {
+    fail(path, "value '{}' has ONNX element type {}, which nibble does not support", vi.name(), tt.elem_type());
+  }
+  if (tt.has_shape()) {
+    Shape shape;
+    for (const auto& d : tt.shape().dim()) {
+      shape.push_back(d.has_dim_value() ? d.dim_value() : -1);
+      v.dim_params.push_back(d.has_dim_param() ? d.dim_param() : "");
+    }
+    v.shape = std::move(shape);
+  }
+  return v;
+}
+
+Node convert_node(const onnx::NodeProto& np, int opset, const std::string& path) {
+  Node n;
+  n.op_type = np.domain().empty() || np.domain() == "ai.onnx" ? np.op_type() : np.domain() + ":" + np.op_type();
+  n.name = np.name();
+  n.inputs.assign(np.input().begin(), np.input().end());
+  n.outputs.assign(np.output().begin(), np.output().end());
+  n.opset = opset;
+  for (const auto& a : np.attribute()) {
+    switch (a.type()) {
+      case onnx::AttributeProto::INT: n.attrs[a.name()] = static_cast<int64_t>(a.i()); break;
+      case onnx::AttributeProto::FLOAT: n.attrs[a.name()] = a.f(); break;
+      case onnx::AttributeProto::STRING: n.attrs[a.name()] = a.s(); break;
+      case onnx::AttributeProto::INTS: n.attrs[a.name()] = std::vector<int64_t>(a.ints().begin(), a.ints().end()); break;
+      case onnx::AttributeProto::FLOATS: n.attrs[a.name()] = std::vector<float>(a.floats().begin(), a.floats().end()); break;
+      case onnx::AttributeProto::STRINGS:
+        n.attrs[a.name()] = std::vector<std::string>(a.strings().begin(), a.strings().end());
+        break;
+      case onnx::AttributeProto::TENSOR: n.attrs[a.name()] = tensor_from_onnx(a.t(), path); break;
+      default:
+        // Graph and sparse attributes only occur on ops nibble does not run; keep the name
+        // so that the op still sees that the attribute was given.
+        n.attrs[a.name()] = std::string{};
+        break;
+    }
+  }
+  return n;
+}
+
+}  // namespace
+
+Graph import_onnx(const std::string& path, const OnnxImportOptions& options) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) fail(path, "cannot open file");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  const std::string bytes = ss.str();
+  if (bytes.empty()) fail(path, "file is empty");
+
+  onnx::ModelProto model;
+  if (!model.ParseFromString(bytes)) fail(path, "not a valid ONNX model (the protobuf does not parse; truncated or corrupt?)");
+  if (!model.has_graph() || model.graph().node_size() == 0) fail(path, "not an ONNX model: it has no graph nodes");
+
+  int opset = 0;
+  for (const auto& imp : model.opset_import()) {
+    if (imp.domain().empty() || imp.domain() == "ai.onnx") opset = static_cast<int>(imp.version());
+  }
+  if (opset == 0) fail(path, "the model imports no version of the default ONNX operator set");
+  if (opset < kMinOnnxOpset || opset > kMaxOnnxOpset) {
+    fail(path, "ONNX opset {} is not supported (supported: {} to {})", opset, kMinOnnxOpset, kMaxOnnxOpset);
+  }
+
+  try {
+    onnx::checker::check_model(model);
+  } catch (const std::exception& e) {
+    fail(path, "the ONNX checker rejects the model: {}", first_line(e.what()));
+  }
+
+  if (options.fixed_batch) {
+    std::set<std::string> init_names;
+    for (const auto& t : model.graph().initializer()) init_names.insert(t.name());
+    for (auto& in : *model.mutable_graph()->mutable_input()) {
+      if (init_names.count(in.name()) || !in.type().has_tensor_type()) continue;
+      auto* shape = in.mutable_type()->mutable_tensor_type()->mutable_shape();
+      if (shape->dim_size() > 0 && !shape->dim(0).has_dim_value()) shape->mutable_dim(0)->set_dim_value(*options.fixed_batch);
+    }
+  }
+  try {
+    onnx::shape_inference::InferShapes(model);
+  } catch (const std::exception& e) {
+    fail(path, "ONNX shape inference fails: {}", first_line(e.what()));
+  }
+
+  Graph g;
+  g.source = path;
+  g.opset = opset;
+  const auto& gp = model.graph();
+  for (const auto& t : gp.initializer()) {
+    if (t.name().empty()) fail(path, "an initializer has no name");
+    g.initializers[t.name()] = tensor_from_onnx(t, path);
+  }
+  for (const auto& in : gp.input()) {
+    if (g.initializers.count(in.name())) continue;
+    g.inputs.push_back(convert_value_info(in, path, /*require_tensor=*/true));
+  }
+  for (const auto& out : gp.output()) g.outputs.push_back(convert_value_info(out, path, /*require_tensor=*/true));
+  for (const auto& vi : gp.value_info()) g.value_info[vi.name()] = convert_value_info(vi, path, false);
+  for (const auto& np : gp.node()) g.nodes.push_back(convert_node(np, opset, path));
+  return g;
+}
+
+}  // namespace nibble

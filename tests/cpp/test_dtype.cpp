@@ -1,0 +1,128 @@
+// The dtype traits table and scalar conversions.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+
+#include "nibble/cuda_device.h"
+#include "nibble/dtype.h"
+#include "nibble/tensor.h"
+
+namespace nibble {
+namespace {
+
+TEST(DType, TableIsIndexedByEnum) {
+  for (int i = 0; i < kDTypeCount; ++i) {
+    const auto t = static_cast<DType>(i);
+    EXPECT_EQ(traits(t).dtype, t);
+    EXPECT_EQ(dtype_from_name(traits(t).name), t);
+  }
+  EXPECT_EQ(dtype_from_name("nope"), std::nullopt);
+}
+
+TEST(DType, RangesAndBits) {
+  EXPECT_EQ(traits(DType::s4).bits, 4);
+  EXPECT_EQ(traits(DType::s4).min, -8);
+  EXPECT_EQ(traits(DType::s4).max, 7);
+  EXPECT_EQ(traits(DType::u4).max, 15);
+  EXPECT_FALSE(traits(DType::u8).is_signed);
+  EXPECT_TRUE(traits(DType::e4m3).is_float);
+  EXPECT_EQ(traits(DType::e4m3).max, 448);
+  EXPECT_EQ(dtype_storage_bytes(DType::u4, 5), 3u);
+  EXPECT_EQ(dtype_storage_bytes(DType::f16, 5), 10u);
+  EXPECT_EQ(dtype_from_onnx(1), DType::f32);
+  EXPECT_EQ(dtype_from_onnx(3), DType::s8);
+}
+
+TEST(DType, FourBitPackingLowNibbleFirst) {
+  Tensor t(DType::s4, {3});
+  t.set(0, -3);
+  t.set(1, 5);
+  t.set(2, 7);
+  // Element 0 in the low nibble of byte 0, element 1 in its high nibble.
+  EXPECT_EQ(t.bytes()[0], 0x5D);
+  EXPECT_EQ(t.bytes()[1], 0x07);
+  EXPECT_EQ(t.get(0), -3);
+  EXPECT_EQ(t.get(1), 5);
+  Tensor u(DType::u4, {2});
+  u.set(0, 20);   // clamps to 15
+  u.set(1, -1);   // clamps to 0
+  EXPECT_EQ(u.get(0), 15);
+  EXPECT_EQ(u.get(1), 0);
+}
+
+TEST(DType, IntegerConversionRoundsHalfAwayAndClamps) {
+  Tensor t(DType::s8, {6});
+  t.set(0, 2.5);
+  t.set(1, -2.5);
+  t.set(2, 300);
+  t.set(3, -300);
+  t.set(4, std::nan(""));
+  t.set(5, 1.49);
+  EXPECT_EQ(t.get(0), 3);
+  EXPECT_EQ(t.get(1), -3);
+  EXPECT_EQ(t.get(2), 127);
+  EXPECT_EQ(t.get(3), -128);
+  EXPECT_EQ(t.get(4), 0);
+  EXPECT_EQ(t.get(5), 1);
+}
+
+TEST(DType, HalfRoundTripsEveryPattern) {
+  for (uint32_t h = 0; h < 0x10000; ++h) {
+    const float f = f16_bits_to_f32(static_cast<uint16_t>(h));
+    if (std::isnan(f)) continue;
+    EXPECT_EQ(f32_to_f16_bits(f), h) << h;
+  }
+  EXPECT_EQ(f32_to_f16_bits(65504.0f), 0x7BFF);
+  EXPECT_EQ(f32_to_f16_bits(65520.0f), 0x7C00);  // ties to even overflow to infinity
+  EXPECT_EQ(f32_to_f16_bits(1.0f + 1.0f / 2048), 0x3C00);  // tie rounds to even (down)
+  EXPECT_EQ(f32_to_f16_bits(1.0f + 3.0f / 2048), 0x3C02);  // tie rounds to even (up)
+  EXPECT_EQ(f32_to_f16_bits(std::ldexp(1.0f, -25)), 0x0000);  // half the smallest subnormal: to even
+  EXPECT_EQ(f32_to_f16_bits(std::ldexp(3.0f, -25)), 0x0002);
+}
+
+TEST(DType, BFloat16) {
+  EXPECT_EQ(f32_to_bf16_bits(1.0f), 0x3F80);
+  EXPECT_EQ(bf16_bits_to_f32(0x3F80), 1.0f);
+  EXPECT_EQ(f32_to_bf16_bits(1.0f + 1.0f / 256), 0x3F80);  // tie to even
+  EXPECT_EQ(f32_to_bf16_bits(1.0f + 3.0f / 256), 0x3F82);
+}
+
+TEST(DType, E4M3RoundTripsAndSaturates) {
+  for (uint32_t b = 0; b < 256; ++b) {
+    const float f = e4m3_bits_to_f32(static_cast<uint8_t>(b));
+    if (std::isnan(f)) continue;
+    if (b == 0x80) continue;  // -0 encodes as 0x80 too, checked below
+    EXPECT_EQ(f32_to_e4m3_bits(f), b) << b;
+  }
+  EXPECT_EQ(e4m3_bits_to_f32(0x7E), 448.0f);
+  EXPECT_EQ(e4m3_bits_to_f32(0x01), std::ldexp(1.0f, -9));
+  EXPECT_TRUE(std::isnan(e4m3_bits_to_f32(0x7F)));
+  EXPECT_EQ(f32_to_e4m3_bits(1000.0f), 0x7E);
+  EXPECT_EQ(f32_to_e4m3_bits(-1000.0f), 0xFE);
+  EXPECT_EQ(f32_to_e4m3_bits(-0.0f), 0x80);
+  EXPECT_EQ(f32_to_e4m3_bits(1.0625f), 0x38);  // tie between 1.0 and 1.125 goes to even (1.0)
+  EXPECT_EQ(f32_to_e4m3_bits(1.1875f), 0x3A);  // tie between 1.125 and 1.25 goes to even (1.25)
+  EXPECT_EQ(f32_to_e4m3_bits(std::nanf("")), 0x7F);
+}
+
+TEST(Tensor, ReshapeSharesStorageAndCastConverts) {
+  Tensor t(DType::f32, {2, 3});
+  for (int i = 0; i < 6; ++i) t.data<float>()[i] = static_cast<float>(i) - 2.5f;
+  Tensor r = t.reshaped({3, 2});
+  EXPECT_EQ(r.bytes(), t.bytes());
+  EXPECT_THROW(t.reshaped({4}), std::invalid_argument);
+  Tensor c = t.cast(DType::s8);
+  EXPECT_EQ(c.get(0), -3);  // -2.5 rounds away from zero
+  EXPECT_EQ(c.get(5), 3);   // 2.5
+  EXPECT_THROW(t.data<int8_t>(), std::logic_error);
+}
+
+TEST(Cuda, DeviceQuery) {
+  const auto dev = cuda_device_description();
+  if (!dev) GTEST_SKIP() << "skipped: no CUDA device";
+  EXPECT_NE(dev->find("sm_"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace nibble

@@ -1,0 +1,476 @@
+#!/usr/bin/python3
+r"""Train a small ResNet-style CNN on Fashion-MNIST and export it to ONNX.
+
+Run with Debian's interpreter (PyTorch 1.13, torchvision 0.14, numpy, onnx 1.12):
+
+    /usr/bin/python3 tools/train_fmnist.py --epochs 30 \
+        --save-predictions models/fmnist_resnet_test_predictions.npy
+
+Model input : "input",  float32 [N, 1, 28, 28], pixel / 255 in [0, 1]
+              (no mean/std normalization).
+Model output: "logits", float32 [N, 10].  N is a dynamic dimension.
+
+Outputs:
+  * the ONNX model (-o/--output, default models/fmnist_resnet.onnx),
+  * a JSON summary next to it (same stem, .json): PyTorch top-1 of the
+    exported (eval-mode, float32) module on the 10,000 test images, command
+    line, versions, parameter count, MACs per image, ...
+  * optionally (--save-predictions) the argmax predictions of the exported
+    PyTorch module on the 10,000 test images (.npy, uint8) for parity tests.
+
+The Fashion-MNIST IDX files are read directly with gzip + numpy (nothing is
+downloaded).
+
+Training on a busy 2-core CPU is slow (about 2 min/epoch when idle, much more
+under load), so training and export can be split: train anywhere (e.g. on a
+GPU, any torch >= 1.13) and save the weights as a version-neutral .npz, then
+export with Debian's torch 1.13:
+
+    python3 tools/train_fmnist.py --device cuda --epochs 30 --seed 0 \
+        --no-export --save-checkpoint ckpt.npz
+    /usr/bin/python3 tools/train_fmnist.py --from-checkpoint ckpt.npz \
+        --device cpu --save-predictions models/fmnist_resnet_test_predictions.npy
+
+Export keeps BatchNormalization nodes (opset 13, inference form) unless
+--fold-bn is given.
+"""
+
+import argparse
+import gzip
+import json
+import os
+import shlex
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
+DEFAULT_OUTPUT = "models/fmnist_resnet.onnx"
+
+
+# --------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------
+
+def read_idx(path):
+    """Read a (gzipped) IDX file into a numpy array."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    magic = int.from_bytes(data[0:4], "big")
+    dtype_code, ndim = (magic >> 8) & 0xFF, magic & 0xFF
+    if dtype_code != 0x08:
+        raise ValueError(f"{path}: unsupported IDX dtype 0x{dtype_code:02x}")
+    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    arr = np.frombuffer(data, dtype=np.uint8, offset=offset)
+    if arr.size != int(np.prod(dims)):
+        raise ValueError(f"{path}: size mismatch ({arr.size} vs {dims})")
+    return arr.reshape(dims)
+
+
+def load_split(data_dir, prefix):
+    images = read_idx(os.path.join(data_dir, f"{prefix}-images-idx3-ubyte.gz"))
+    labels = read_idx(os.path.join(data_dir, f"{prefix}-labels-idx1-ubyte.gz"))
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"{prefix}: {images.shape[0]} images vs {labels.shape[0]} labels")
+    # float32 N x 1 x 28 x 28 in [0, 1]: exactly the model's input format.
+    x = torch.from_numpy(images.astype(np.float32) / np.float32(255.0)).unsqueeze(1)
+    y = torch.from_numpy(labels.astype(np.int64))
+    return x.contiguous(), y
+
+
+def augment(x, pad, flip, gen):
+    """Random crop with zero padding `pad` and random horizontal flip (batched)."""
+    n, c, h, w = x.shape
+    if pad > 0:
+        xp = F.pad(x, (pad, pad, pad, pad))
+        oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+        ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+        rows = (oy[:, None] + torch.arange(h)[None, :])  # n x h
+        cols = (ox[:, None] + torch.arange(w)[None, :])  # n x w
+        idx_n = torch.arange(n)[:, None, None]
+        # xp: n x c x H x W -> gather per sample: result n x h x w x c
+        x = xp.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]]
+        x = x.permute(0, 3, 1, 2).contiguous()
+    if flip:
+        m = torch.rand(n, generator=gen) < 0.5
+        x[m] = x[m].flip(3)
+    return x
+
+
+# --------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------
+
+class BasicBlock(nn.Module):
+    """torchvision-style basic block: conv3x3-BN-ReLU-conv3x3-BN (+shortcut) -ReLU."""
+
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, 0, bias=False),
+                nn.BatchNorm2d(cout),
+            )
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class SmallResNet(nn.Module):
+    def __init__(self, width=16, blocks=(1, 1, 2), num_classes=10, stem_width=None):
+        super().__init__()
+        stem_width = stem_width or width
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, stem_width, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(stem_width),
+            nn.ReLU(inplace=True),
+        )
+        layers = []
+        cin = stem_width
+        for i, nb in enumerate(blocks):
+            cout = width * (2 ** i)
+            for j in range(nb):
+                stride = 2 if (i > 0 and j == 0) else 1
+                layers.append(BasicBlock(cin, cout, stride))
+                cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        # zero-init the last BN of each residual branch (torchvision's
+        # zero_init_residual): helps small resnets train quickly.
+        for m in self.modules():
+            if isinstance(m, BasicBlock):
+                nn.init.zeros_(m.bn2.weight)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = self.layers(x)
+        x = self.pool(x)
+        x = torch.flatten(x, 1)
+        return self.fc(x)
+
+
+def count_macs(model, input_shape=(1, 1, 28, 28)):
+    """Multiply-accumulates per image of Conv2d and Linear layers.
+
+    BatchNorm, ReLU, residual adds and the average pool are not counted
+    (they are O(activations), negligible here)."""
+    macs = []
+
+    def conv_hook(m, inp, out):
+        k = m.kernel_size[0] * m.kernel_size[1] * (m.in_channels // m.groups)
+        macs.append(out[0].numel() * k)
+
+    def linear_hook(m, inp, out):
+        macs.append(m.in_features * m.out_features)
+
+    hooks = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            hooks.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            hooks.append(m.register_forward_hook(linear_hook))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(input_shape))
+    model.train(was_training)
+    for h in hooks:
+        h.remove()
+    return int(sum(macs))
+
+
+# --------------------------------------------------------------------------
+# Train / eval
+# --------------------------------------------------------------------------
+
+@torch.no_grad()
+def predict(model, x, device, batch_size=1000):
+    model.eval()
+    preds = []
+    for i in range(0, x.shape[0], batch_size):
+        xb = x[i:i + batch_size].to(device)
+        preds.append(model(xb).argmax(1).cpu())
+    return torch.cat(preds)
+
+
+def export_onnx(model, path, fold_bn):
+    model.eval()
+    dummy = torch.zeros(1, 1, 28, 28)
+    tmp = path + ".tmp"
+    # With TrainingMode.EVAL torch 1.13 runs its eval peephole pass, which
+    # folds BatchNorm into the preceding Conv. PRESERVE with the module in
+    # eval mode exports inference-mode BatchNormalization nodes instead.
+    training = torch.onnx.TrainingMode.EVAL if fold_bn else torch.onnx.TrainingMode.PRESERVE
+    import warnings
+    with warnings.catch_warnings():
+        # PRESERVE always warns about constant folding; harmless since the
+        # module is in eval mode (nothing trainable gets folded).
+        warnings.filterwarnings("ignore", message="It is recommended that constant folding")
+        torch.onnx.export(
+            model, dummy, tmp,
+            export_params=True,
+            opset_version=13,
+            do_constant_folding=True,
+            training=training,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+        )
+
+    import onnx
+    m = onnx.load(tmp)
+    # torch deduplicates initializers with identical values and feeds the
+    # duplicates through Identity nodes (here: the bias of the last BN of a
+    # downsampling block and of its shortcut BN receive identical gradients,
+    # so they stay equal).  Replace those Identity nodes by plain copies of
+    # the initializer so the graph only contains compute ops.
+    inits = {t.name: t for t in m.graph.initializer}
+    keep = []
+    for node in m.graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits:
+            t = onnx.TensorProto()
+            t.CopyFrom(inits[node.input[0]])
+            t.name = node.output[0]
+            m.graph.initializer.append(t)
+        else:
+            keep.append(node)
+    if len(keep) != len(m.graph.node):
+        del m.graph.node[:]
+        m.graph.node.extend(keep)
+        onnx.save(m, tmp)
+    onnx.checker.check_model(m)
+    os.replace(tmp, path)
+    m = onnx.load(path)
+    onnx.checker.check_model(m)
+    op_types = sorted({n.op_type for n in m.graph.node})
+    return m, op_types
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--epochs", type=int, default=30, help="training epochs (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=128, help="mini-batch size (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=0.1,
+                   help="peak learning rate of the OneCycle schedule, SGD+Nesterov momentum 0.9 (default: %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay (default: %(default)s)")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--width", type=int, default=16,
+                   help="base width; stages have width, 2*width, 4*width channels at 28/14/7 (default: %(default)s)")
+    p.add_argument("--blocks", type=str, default="1,1,2",
+                   help="basic blocks per stage, comma separated (default: %(default)s)")
+    p.add_argument("--pad", type=int, default=2, help="random-crop padding, 0 disables (default: %(default)s)")
+    p.add_argument("--no-flip", action="store_true", help="disable random horizontal flips")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="training device (default: cuda if available, else cpu)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
+    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
+                   help="directory with the gzipped Fashion-MNIST IDX files (default: %(default)s)")
+    p.add_argument("-o", "--output", default=DEFAULT_OUTPUT,
+                   help="output ONNX path; a .json summary is written next to it (default: %(default)s)")
+    p.add_argument("--save-predictions", metavar="PATH.npy", default=None,
+                   help="save the exported model's argmax predictions on the 10,000 test images (uint8 .npy)")
+    p.add_argument("--fold-bn", action="store_true",
+                   help="let torch fold BatchNorm into Conv at export (default: keep BatchNormalization nodes)")
+    p.add_argument("--save-checkpoint", metavar="PATH.npz", default=None,
+                   help="save the trained weights (numpy .npz, readable by any torch/numpy version)")
+    p.add_argument("--from-checkpoint", metavar="PATH.npz", default=None,
+                   help="skip training: load weights saved by --save-checkpoint (its width/blocks and "
+                        "training metadata are used), then export and evaluate")
+    p.add_argument("--no-export", action="store_true",
+                   help="train (and --save-checkpoint) only; skip the ONNX export and the JSON summary")
+    p.add_argument("--max-train-batches", type=int, default=0,
+                   help="debug: stop each epoch after this many batches (0 = full epoch)")
+    args = p.parse_args(argv)
+
+    ckpt_meta = None
+    ckpt_arrays = None
+    if args.from_checkpoint:
+        with np.load(args.from_checkpoint) as z:
+            ckpt_arrays = {k: z[k] for k in z.files}
+        ckpt_meta = json.loads(str(ckpt_arrays.pop("__meta__")))
+        args.width = ckpt_meta["width"]
+        args.blocks = ",".join(str(b) for b in ckpt_meta["blocks"])
+        args.epochs = 0
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda requested but CUDA is not available")
+    blocks = tuple(int(b) for b in args.blocks.split(","))
+
+    torch.set_num_threads(args.threads)
+    if device == "cuda":
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)  # shuffling + augmentation (CPU)
+
+    x_train, y_train = load_split(args.data_dir, "train")
+    x_test, y_test = load_split(args.data_dir, "t10k")
+    print(f"data: train {tuple(x_train.shape)}, test {tuple(x_test.shape)}, device {device}, "
+          f"torch {torch.__version__}, threads {torch.get_num_threads()}", flush=True)
+
+    model = SmallResNet(width=args.width, blocks=blocks)
+    n_params = sum(p_.numel() for p_ in model.parameters())
+    macs = count_macs(model)
+    print(f"model: width {args.width}, blocks {blocks}, {n_params} parameters, "
+          f"{macs} MACs/image ({macs / 1e6:.2f} M)", flush=True)
+    if ckpt_arrays is not None:
+        sd = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in ckpt_arrays.items()}
+        model.load_state_dict(sd, strict=True)
+        print(f"loaded weights from {args.from_checkpoint} (trained by: {ckpt_meta['command']})", flush=True)
+    model.to(device)
+
+    decay, no_decay = [], []
+    for name, prm in model.named_parameters():
+        (no_decay if prm.ndim <= 1 else decay).append(prm)
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": args.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr, momentum=0.9, nesterov=True)
+    n = x_train.shape[0]
+    steps_per_epoch = n // args.batch_size  # drop the last partial batch
+    if args.max_train_batches:
+        steps_per_epoch = min(steps_per_epoch, args.max_train_batches)
+    sched = None
+    if args.epochs > 0:
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=steps_per_epoch,
+            pct_start=0.25, div_factor=10.0, final_div_factor=100.0)
+    crit = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+
+    t_start = time.time()
+    epoch_times = []
+    for epoch in range(1, args.epochs + 1):
+        t0 = time.time()
+        model.train()
+        perm = torch.randperm(n, generator=gen)
+        tot_loss, tot_correct, seen = 0.0, 0, 0
+        for step in range(steps_per_epoch):
+            idx = perm[step * args.batch_size:(step + 1) * args.batch_size]
+            xb = augment(x_train[idx], args.pad, not args.no_flip, gen).to(device)
+            yb = y_train[idx].to(device)
+            out = model(xb)
+            loss = crit(out, yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot_loss += loss.item() * yb.shape[0]
+            tot_correct += (out.argmax(1) == yb).sum().item()
+            seen += yb.shape[0]
+        t_train = time.time() - t0
+        test_pred = predict(model, x_test, device)
+        test_acc = (test_pred == y_test).float().mean().item()
+        dt = time.time() - t0
+        epoch_times.append(dt)
+        print(f"epoch {epoch:3d}/{args.epochs}  lr {sched.get_last_lr()[0]:.4f}  "
+              f"train loss {tot_loss / seen:.4f}  train top-1 {100 * tot_correct / seen:.2f}%  "
+              f"test top-1 {100 * test_acc:.2f}%  ({t_train:.0f}s train, {dt:.0f}s total)", flush=True)
+    train_seconds = time.time() - t_start
+
+    if ckpt_meta is None:
+        ckpt_meta = {
+            "command": " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv),
+            "torch_version": torch.__version__,
+            "device": device,
+            "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+            "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing,
+            "seed": args.seed, "width": args.width, "blocks": list(blocks),
+            "pad": args.pad, "flip": not args.no_flip,
+            "train_seconds": round(train_seconds, 1),
+            "mean_epoch_seconds": round(sum(epoch_times) / max(1, len(epoch_times)), 1),
+            "final_test_top1_during_training": test_acc if args.epochs > 0 else None,
+        }
+    if args.save_checkpoint:
+        arrays = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+        arrays["__meta__"] = np.array(json.dumps(ckpt_meta))
+        tmp = args.save_checkpoint + ".tmp.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, args.save_checkpoint)
+        print(f"saved checkpoint to {args.save_checkpoint}", flush=True)
+    if args.no_export:
+        return 0
+
+    # ---- export ----
+    model.to("cpu").eval()
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    os.makedirs(out_dir, exist_ok=True)
+    onnx_model, op_types = export_onnx(model, args.output, args.fold_bn)
+    n_bn = sum(1 for nd in onnx_model.graph.node if nd.op_type == "BatchNormalization")
+    print(f"exported {args.output} ({os.path.getsize(args.output)} bytes), opset 13, "
+          f"op types: {', '.join(op_types)}; BatchNormalization nodes: {n_bn}", flush=True)
+
+    # ---- final evaluation of the exported (eval-mode, float32) module ----
+    pred = predict(model, x_test, "cpu")
+    correct = int((pred == y_test).sum().item())
+    total = int(y_test.shape[0])
+    top1 = correct / total
+    print(f"pytorch top-1: {100 * top1:.2f}% ({correct}/{total})", flush=True)
+
+    if args.save_predictions:
+        os.makedirs(os.path.dirname(os.path.abspath(args.save_predictions)), exist_ok=True)
+        tmp = args.save_predictions + ".tmp.npy"
+        np.save(tmp, pred.numpy().astype(np.uint8))
+        os.replace(tmp, args.save_predictions)
+        print(f"saved test predictions to {args.save_predictions}", flush=True)
+
+    json_path = os.path.splitext(args.output)[0] + ".json"
+    summary = {
+        "onnx": os.path.basename(args.output),
+        "pytorch_top1": top1,
+        "correct": correct,
+        "total": total,
+        "command": " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv),
+        "torch_version": torch.__version__,
+        "onnx_version": __import__("onnx").__version__,
+        "onnx_opset": 13,
+        "onnx_op_types": op_types,
+        "batchnorm_nodes_in_onnx": n_bn,
+        "epochs": ckpt_meta["epochs"],
+        "seed": ckpt_meta["seed"],
+        "width": ckpt_meta["width"],
+        "blocks": ckpt_meta["blocks"],
+        "parameters": n_params,
+        "macs_per_image": macs,
+        "input": {"name": "input", "shape": ["N", 1, 28, 28], "dtype": "float32",
+                  "preprocessing": "pixel / 255, no mean/std normalization"},
+        "output": {"name": "logits", "shape": ["N", 10], "dtype": "float32"},
+        "training": ckpt_meta,
+        "test_predictions": os.path.basename(args.save_predictions) if args.save_predictions else None,
+    }
+    tmp = json_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(summary, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, json_path)
+    print(f"wrote {json_path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
