@@ -4,6 +4,7 @@ PYTHON ?= /usr/bin/python3
 CMAKE_FLAGS ?=
 JOBS ?= $(shell nproc)
 MODEL ?= models/fmnist_resnet.onnx
+SEED_MODEL ?= ../shared/models/mlperf-v0.5-int4-resnet50/model
 
 .PHONY: all setup build demo test test-cpp test-python test-sanitize clean
 
@@ -19,6 +20,12 @@ build: setup
 demo: build
 	$(BUILD_DIR)/nibble inspect $(MODEL) | tail -n 4
 	$(BUILD_DIR)/nibble eval $(MODEL) --data fashion-mnist:test
+	@if [ -f $(SEED_MODEL)/model ]; then \
+	  echo "classifying the demo photos with the INT4 ResNet-50 in $(SEED_MODEL)"; \
+	  $(BUILD_DIR)/nibble classify $(SEED_MODEL) data/images/chelsea.png data/images/coffee.png data/images/rocket.jpg; \
+	else \
+	  echo "seed model not found at $(SEED_MODEL) (set SEED_MODEL=...): skipping classify"; \
+	fi
 
 test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) -E onnx_node_conformance
@@ -27,7 +34,7 @@ test: build
 
 # The C++ tests again under AddressSanitizer and UndefinedBehaviorSanitizer.
 test-sanitize: setup
-	cmake -S . -B $(BUILD_DIR)-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DNIBBLE_SANITIZE=ON -DNIBBLE_CUDA=OFF
+	cmake -S . -B $(BUILD_DIR)-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNIBBLE_SANITIZE=ON -DNIBBLE_CUDA=OFF
 	cmake --build $(BUILD_DIR)-asan -j $(JOBS)
 	cd $(BUILD_DIR)-asan && ctest --output-on-failure -j $(JOBS)
 

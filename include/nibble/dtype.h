@@ -17,13 +17,14 @@ enum class DType : uint8_t {
   s64,
   s32,
   s16,
+  u16,
   s8,
   u8,
   s4,  // packed two per byte: element 2i in the low nibble, 2i+1 in the high nibble
   u4,
   boolean,
 };
-inline constexpr int kDTypeCount = 13;
+inline constexpr int kDTypeCount = 14;
 
 // Converters work on element i of a buffer so that the 4-bit types can address nibbles.
 using ToDoubleFn = double (*)(const void* base, int64_t i);
@@ -78,6 +79,7 @@ template <> struct dtype_of<double> { static constexpr DType value = DType::f64;
 template <> struct dtype_of<int64_t> { static constexpr DType value = DType::s64; };
 template <> struct dtype_of<int32_t> { static constexpr DType value = DType::s32; };
 template <> struct dtype_of<int16_t> { static constexpr DType value = DType::s16; };
+template <> struct dtype_of<uint16_t> { static constexpr DType value = DType::u16; };
 template <> struct dtype_of<int8_t> { static constexpr DType value = DType::s8; };
 template <> struct dtype_of<uint8_t> { static constexpr DType value = DType::u8; };
 template <> struct dtype_of<bool> { static constexpr DType value = DType::boolean; };

@@ -9,11 +9,15 @@
 
 namespace nibble {
 
+// Where kernels come from. `cpu` takes the vectorized CPU kernel of an op where there is one
+// (identical results) and the reference kernel elsewhere; `ref` uses reference kernels only.
+enum class Backend { ref, cpu };
+
 class Engine {
  public:
   // Plans execution; throws nibble::Error (naming op type, node and model file) when a node
   // uses an op the backend does not support or reads a value nothing produces.
-  explicit Engine(Graph graph);
+  explicit Engine(Graph graph, Backend backend = Backend::cpu);
 
   const Graph& graph() const { return graph_; }
 

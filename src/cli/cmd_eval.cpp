@@ -13,7 +13,7 @@
 #include "nibble/engine.h"
 #include "nibble/error.h"
 #include "nibble/npy.h"
-#include "nibble/onnx_import.h"
+#include "nibble/model_loader.h"
 
 namespace nibble::cli {
 
@@ -45,7 +45,7 @@ void argmax_rows(const Tensor& logits, int64_t* out, const std::string& model) {
 }
 
 void eval(const EvalArgs& args) {
-  const Engine engine(import_onnx(args.model));
+  const Engine engine(load_model(args.model));
   if (engine.graph().inputs.size() != 1) {
     fail(args.model, "eval needs a model with one input, this one has {}", engine.graph().inputs.size());
   }
@@ -109,7 +109,7 @@ void eval(const EvalArgs& args) {
 void add_eval_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("eval", "Top-1 accuracy and throughput of a model on a labelled dataset");
   auto args = std::make_shared<EvalArgs>();
-  cmd->add_option("model", args->model, "ONNX model file")->required();
+  cmd->add_option("model", args->model, "ONNX model file or model directory")->required();
   cmd->add_option("--data", args->data, "Dataset: fashion-mnist[:test|:train]")->default_val("fashion-mnist:test");
   cmd->add_option("--data-dir", args->data_dir, "Directory with the dataset's IDX files")
       ->default_str(kFashionMnistDir);

@@ -7,7 +7,7 @@
 
 #include "cli/commands.h"
 #include "nibble/engine.h"
-#include "nibble/onnx_import.h"
+#include "nibble/model_loader.h"
 
 namespace nibble::cli {
 
@@ -29,7 +29,8 @@ int64_t node_macs(const Graph& g, const Node& n) {
   if (!out) return 0;
   const int64_t out_numel = shape_numel(*out);
   auto in_shape = [&](size_t i) { return i < n.inputs.size() ? shape_of(g, n.inputs[i]) : std::nullopt; };
-  if (n.op_type == "Conv" || n.op_type == "ConvInteger" || n.op_type == "QLinearConv") {
+  if (n.op_type == "Conv" || n.op_type == "ConvInteger" || n.op_type == "QLinearConv" ||
+      n.op_type == "nibble:IntConv" || n.op_type == "nibble:IntConvFused") {
     const auto w = in_shape(n.op_type == "QLinearConv" ? 3 : 1);
     if (!w || w->size() < 2) return 0;
     return out_numel * shape_numel(Shape(w->begin() + 1, w->end()));
@@ -38,6 +39,10 @@ int64_t node_macs(const Graph& g, const Node& n) {
     const auto a = in_shape(0);
     if (!a || a->size() != 2) return 0;
     return out_numel * (*a)[n.attr_int("transA", 0) ? 0 : 1];
+  }
+  if (n.op_type == "nibble:IntLinear") {
+    const auto w = in_shape(1);
+    return w && w->size() == 2 ? out_numel * (*w)[1] : 0;
   }
   if (n.op_type == "MatMul" || n.op_type == "MatMulInteger" || n.op_type == "QLinearMatMul") {
     const auto a = in_shape(0);
@@ -48,11 +53,11 @@ int64_t node_macs(const Graph& g, const Node& n) {
 }
 
 void inspect(const std::string& path, int64_t batch) {
-  OnnxImportOptions opts;
+  LoadOptions opts;
   opts.fixed_batch = batch;
-  const Graph g = import_onnx(path, opts);
+  const Graph g = load_model(path, opts);
 
-  fmt::print("model: {} (ONNX opset {})\n", path, g.opset);
+  fmt::print("model: {}\n", path);
   for (const auto& in : g.inputs) {
     fmt::print("input  {}: {} {}\n", in.name, in.dtype ? dtype_name(*in.dtype) : "?", shape_text(in.shape));
   }
@@ -64,23 +69,29 @@ void inspect(const std::string& path, int64_t batch) {
   size_t name_w = 4;
   for (const auto& n : g.nodes) name_w = std::max(name_w, n.name.size());
   name_w = std::min<size_t>(name_w, 40);
-  fmt::print("{:>4}  {:<{}}  {:<18}  {:<20}  {:>10}  {:>14}\n", "#", "node", name_w, "op", "output", "params",
-             "MACs");
+  fmt::print("{:>4}  {:<{}}  {:<20}  {:<5} {:<20}  {:>10}  {:>10}  {:>14}\n", "#", "node", name_w, "op", "type",
+             "output", "params", "bytes", "MACs");
   int64_t total_params = 0;
   int64_t total_macs = 0;
   std::map<std::string, int> op_count;
   for (size_t i = 0; i < g.nodes.size(); ++i) {
     const Node& n = g.nodes[i];
     int64_t params = 0;
+    int64_t bytes = 0;
     for (const auto& in : n.inputs) {
-      if (auto it = g.initializers.find(in); it != g.initializers.end()) params += it->second.numel();
+      if (auto it = g.initializers.find(in); it != g.initializers.end()) {
+        params += it->second.numel();
+        bytes += static_cast<int64_t>(it->second.nbytes());
+      }
     }
     const int64_t macs = node_macs(g, n);
     total_params += params;
     total_macs += macs;
     ++op_count[n.op_type];
-    fmt::print("{:>4}  {:<{}}  {:<18}  {:<20}  {:>10}  {:>14}\n", i, n.name.empty() ? "-" : n.name, name_w, n.op_type,
-               n.outputs.empty() ? "" : shape_text(shape_of(g, n.outputs[0])), params, macs);
+    const ValueInfo* out = n.outputs.empty() ? nullptr : g.find_value(n.outputs[0]);
+    fmt::print("{:>4}  {:<{}}  {:<20}  {:<5} {:<20}  {:>10}  {:>10}  {:>14}\n", i, n.name.empty() ? "-" : n.name,
+               name_w, n.op_type, out && out->dtype ? dtype_name(*out->dtype) : "?",
+               n.outputs.empty() ? "" : shape_text(shape_of(g, n.outputs[0])), params, bytes, macs);
   }
   fmt::print("\n{} nodes; ops: ", g.nodes.size());
   std::vector<std::string> ops;
@@ -92,7 +103,7 @@ void inspect(const std::string& path, int64_t batch) {
     init_params += t.numel();
     init_bytes += static_cast<int64_t>(t.nbytes());
   }
-  fmt::print("parameters: {} ({} bytes of initializers)\n", init_params, init_bytes);
+  fmt::print("parameters: {} ({} bytes of weights)\n", init_params, init_bytes);
   fmt::print("MACs: {} ({:.3f} GMAC) per batch of {}\n", total_macs, static_cast<double>(total_macs) / 1e9, batch);
   const auto missing = unsupported_ops(g);
   if (missing.empty()) {
@@ -108,7 +119,7 @@ void add_inspect_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("inspect", "Show a model's ops, shapes, parameters and MACs per layer");
   auto path = std::make_shared<std::string>();
   auto batch = std::make_shared<int64_t>(1);
-  cmd->add_option("model", *path, "ONNX model file")->required();
+  cmd->add_option("model", *path, "ONNX model file or model directory")->required();
   cmd->add_option("--batch", *batch, "Batch size used for a symbolic batch dimension")
       ->default_val(1)
       ->check(CLI::PositiveNumber);

@@ -5,7 +5,7 @@
 #include "nibble/engine.h"
 #include "nibble/error.h"
 #include "nibble/npy.h"
-#include "nibble/onnx_import.h"
+#include "nibble/model_loader.h"
 
 namespace nibble::cli {
 
@@ -18,7 +18,7 @@ struct RunArgs {
 };
 
 void run(const RunArgs& args) {
-  const Engine engine(import_onnx(args.model));
+  const Engine engine(load_model(args.model));
   const Graph& g = engine.graph();
   if (args.inputs.size() != g.inputs.size()) {
     fail(args.model, "the model takes {} input(s), {} --input given", g.inputs.size(), args.inputs.size());
@@ -42,6 +42,13 @@ void run(const RunArgs& args) {
     if (!files[slot].empty()) fail(file, "input '{}' is given twice", g.inputs[slot].name);
     files[slot] = file;
     inputs[slot] = read_npy(file);
+    // A single example without its batch dimension runs as a batch of one.
+    const auto& declared = g.inputs[slot].shape;
+    if (declared && inputs[slot].rank() + 1 == static_cast<int>(declared->size())) {
+      Shape batched = inputs[slot].shape();
+      batched.insert(batched.begin(), 1);
+      inputs[slot] = inputs[slot].reshaped(batched);
+    }
   }
   if (const auto bad = engine.check_inputs(inputs)) fail(files.at(bad->index), "{} (model {})", bad->problem, args.model);
   const std::vector<Tensor> outputs = engine.run(inputs);
@@ -64,7 +71,7 @@ void run(const RunArgs& args) {
 void add_run_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("run", "Run a model once on inputs from .npy files, write outputs as .npy");
   auto args = std::make_shared<RunArgs>();
-  cmd->add_option("model", args->model, "ONNX model file")->required();
+  cmd->add_option("model", args->model, "ONNX model file or model directory")->required();
   cmd->add_option("--input,-i", args->inputs, "Input .npy file, in model input order, or NAME=FILE")->required();
   cmd->add_option("--output,-o", args->outputs, "Output .npy file, one per model output in order");
   cmd->callback([args] { run(*args); });

@@ -8,6 +8,8 @@ namespace nibble::cli {
 void add_inspect_command(CLI::App& app);
 void add_run_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
+void add_classify_command(CLI::App& app);
+void add_bench_command(CLI::App& app);
 
 // Adds --mean and --std (dataset normalization shared by every command reading a dataset).
 void add_normalization_flags(CLI::App& cmd, float& mean, float& std);

@@ -26,6 +26,8 @@ int main(int argc, char** argv) {
   nibble::cli::add_inspect_command(app);
   nibble::cli::add_run_command(app);
   nibble::cli::add_eval_command(app);
+  nibble::cli::add_classify_command(app);
+  nibble::cli::add_bench_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

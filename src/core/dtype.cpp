@@ -146,6 +146,7 @@ const std::array<DTypeTraits, kDTypeCount> kTraits = {{
     {DType::s64, "s64", 64, true, false, -9.223372036854775808e18, 9.223372036854775807e18, 7, load<int64_t>, store_int<int64_t>},
     {DType::s32, "s32", 32, true, false, -2147483648.0, 2147483647.0, 6, load<int32_t>, store_int<int32_t>},
     {DType::s16, "s16", 16, true, false, -32768.0, 32767.0, 5, load<int16_t>, store_int<int16_t>},
+    {DType::u16, "u16", 16, false, false, 0.0, 65535.0, 4, load<uint16_t>, store_int<uint16_t>},
     {DType::s8, "s8", 8, true, false, -128.0, 127.0, 3, load<int8_t>, store_int<int8_t>},
     {DType::u8, "u8", 8, false, false, 0.0, 255.0, 2, load<uint8_t>, store_int<uint8_t>},
     {DType::s4, "s4", 4, true, false, -8.0, 7.0, 0, load_s4, store_4bit<-8, 7>},

@@ -22,7 +22,7 @@ struct NpyType {
 };
 constexpr NpyType kNpyTypes[] = {
     {DType::f32, "<f4"}, {DType::f64, "<f8"}, {DType::s64, "<i8"}, {DType::s32, "<i4"},
-    {DType::s16, "<i2"}, {DType::s8, "|i1"},  {DType::u8, "|u1"},  {DType::boolean, "|b1"},
+    {DType::s16, "<i2"}, {DType::u16, "<u2"},{DType::s8, "|i1"},  {DType::u8, "|u1"},  {DType::boolean, "|b1"},
 };
 
 // The value of `key` in the header dict, as raw text up to the next top-level comma.
@@ -74,7 +74,7 @@ Tensor read_npy(const std::string& path) {
   for (const auto& t : kNpyTypes) {
     if (descr == t.descr) type = &t;
   }
-  if (!type) fail(path, "unsupported .npy dtype '{}' (supported: f32, f64, s64, s32, s16, s8, u8, bool)", descr);
+  if (!type) fail(path, "unsupported .npy dtype '{}' (supported: f32, f64, s64, s32, s16, u16, s8, u8, bool)", descr);
   if (dict_value(header, "fortran_order", path) != "False") fail(path, "Fortran-order .npy arrays are not supported");
 
   const std::string shape_text = dict_value(header, "shape", path);

@@ -54,6 +54,7 @@ Tensor tensor_from_onnx(const onnx::TensorProto& proto, const std::string& where
       break;
     case DType::s32:
     case DType::s16:
+    case DType::u16:
     case DType::s8:
     case DType::u8:
     case DType::boolean:

@@ -7,6 +7,7 @@
 #include <map>
 #include <set>
 
+#include "backends/cpu/kernels.h"
 #include "backends/ref/kernels.h"
 #include "nibble/error.h"
 
@@ -20,7 +21,7 @@ std::vector<std::string> unsupported_ops(const Graph& graph) {
   return {missing.begin(), missing.end()};
 }
 
-Engine::Engine(Graph graph) : graph_(std::move(graph)) {
+Engine::Engine(Graph graph, Backend backend) : graph_(std::move(graph)) {
   std::map<std::string, int> slot_of;
   auto new_slot = [&](const std::string& name) {
     const int s = static_cast<int>(slot_count_++);
@@ -61,7 +62,8 @@ Engine::Engine(Graph graph) : graph_(std::move(graph)) {
       if (!name.empty()) constants_.emplace_back();
     }
     steps_.push_back(std::move(step));
-    kernels_.push_back(fn);
+    const ref::KernelFn fast = backend == Backend::cpu ? cpu::find_kernel(n.op_type) : nullptr;
+    kernels_.push_back(fast ? fast : fn);
   }
   for (const auto& out : graph_.outputs) {
     auto it = slot_of.find(out.name);

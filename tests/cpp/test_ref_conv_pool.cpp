@@ -556,6 +556,23 @@ TEST(RefMaxPool, IndicesInRowAndColumnMajorOrder) {
   EXPECT_EQ(values(out[1]), (std::vector<double>{6, 16, 8, 18, 31, 41, 33, 43}));
 }
 
+TEST(RefMaxPool, TiesKeepTheFirstIndexAndNaNsAreSkipped) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const Tensor x = f32({1, 1, 6}, {2, 2, nan, 1, nan, nan});
+  Node n = node("MaxPool", 12, {"y", "indices"});
+  n.attrs["kernel_shape"] = std::vector<int64_t>{2};
+  Outputs out(2);
+  max_pool(n, {&x}, out);
+  // Windows [2, 2], [2, nan], [nan, 1], [1, nan], [nan, nan].
+  ASSERT_EQ(out[0].numel(), 5);
+  EXPECT_EQ(values(out[0]).at(0), 2);
+  EXPECT_EQ(values(out[0]).at(1), 2);
+  EXPECT_EQ(values(out[0]).at(2), 1);
+  EXPECT_EQ(values(out[0]).at(3), 1);
+  EXPECT_TRUE(std::isnan(out[0].get(4)));  // nothing but NaN to choose from
+  EXPECT_EQ(values(out[1]), (std::vector<double>{0, 1, 3, 3, 4}));
+}
+
 TEST(RefMaxPool, CeilModeDilationsAndPads) {
   const Tensor x = iota({1, 1, 4, 4}, 1);
   Node n = node("MaxPool", 12);

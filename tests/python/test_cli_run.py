@@ -29,7 +29,7 @@ def test_inspect_reports_shapes_params_and_macs(run_nibble, small_cnn):
     # Conv: 4 x 6 x 6 outputs, 9 MACs each; Gemm: 3 outputs x 4.
     assert "[1, 4, 6, 6]" in out
     conv_line = next(line for line in out.splitlines() if " conv " in line)
-    assert conv_line.split()[-2:] == ["40", str(4 * 36 * 9)]
+    assert conv_line.split()[-3:] == ["40", "160", str(4 * 36 * 9)]
     assert f"MACs: {4 * 36 * 9 + 12} " in out
     assert "parameters: 55 " in out
     assert "every op is supported" in out
@@ -44,7 +44,7 @@ def test_inspect_batch_scales_macs(run_nibble, small_cnn):
 def test_help_on_every_subcommand(run_nibble):
     top = run_nibble("--help")
     assert top.returncode == 0
-    for sub in ("inspect", "run", "eval"):
+    for sub in ("inspect", "run", "eval", "classify", "bench"):
         assert sub in top.stdout
         proc = run_nibble(sub, "--help")
         assert proc.returncode == 0 and "Usage" in proc.stdout, sub

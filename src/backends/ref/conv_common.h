@@ -71,62 +71,43 @@ inline ConvProblem make_conv_problem(const Node& node, const Tensor& x, const Te
 
 namespace conv_detail {
 
-// Geometry of the zero-padded input copy the loop reads: every window then lies inside it, so the
-// hot loop needs no bounds checks.
-struct PaddedGeometry {
-  int64_t depth, height, width, plane;
-};
-
-// Writes outputs ow0 .. ow0 + kBlock - 1 of one output row. `x_row` points at the padded input of
-// the group's first channel where output ow0's window starts. The kBlock sums live in registers
+// Writes outputs ow0 .. ow0 + kBlock - 1 of one output row. `x_row` points at output ow0's
+// window start in the group's first padded channel; tap t of channel c is read at
+// x_row + c * plane + tap_offsets[t] + j for output ow0 + j. The kBlock sums live in registers
 // across the whole reduction, which runs in the fixed order c, kd, kh, kw for every output.
-template <int kBlock, bool kUnitStride, typename Acc>
-void conv_block(const ConvProblem& p, const PaddedGeometry& g, int64_t channels, const Acc* x_row,
+template <int kBlock, typename Acc>
+void conv_block(int64_t channels, int64_t plane, const std::vector<int64_t>& tap_offsets, const Acc* x_row,
                 const Acc* w_map, Acc* y) {
-  const Window& win = p.window3d;
-  const int64_t k_d = win.kernel[0], k_h = win.kernel[1], k_w = win.kernel[2];
-  const int64_t step_d = win.dilations[0] * g.height * g.width;
-  const int64_t step_h = win.dilations[1] * g.width;
-  const int64_t step_w = win.dilations[2];
-  const int64_t stride_w = kUnitStride ? 1 : win.strides[2];
+  const size_t taps = tap_offsets.size();
   Acc acc[kBlock] = {};
   for (int64_t c = 0; c < channels; ++c) {
-    const Acc* x_channel = x_row + c * g.plane;
-    for (int64_t kd = 0; kd < k_d; ++kd) {
-      for (int64_t kh = 0; kh < k_h; ++kh) {
-        const Acc* x_taps = x_channel + kd * step_d + kh * step_h;
-        for (int64_t kw = 0; kw < k_w; ++kw) {
-          const Acc wv = *w_map++;
-          const Acc* x_tap = x_taps + kw * step_w;
+    const Acc* x_channel = x_row + c * plane;
+    for (size_t t = 0; t < taps; ++t) {
+      const Acc wv = *w_map++;
+      const Acc* x_tap = x_channel + tap_offsets[t];
 #pragma GCC unroll 8
-          for (int j = 0; j < kBlock; ++j) acc[j] += x_tap[j * stride_w] * wv;
-        }
-      }
+      for (int j = 0; j < kBlock; ++j) acc[j] += x_tap[j] * wv;
     }
   }
 #pragma GCC unroll 8
   for (int j = 0; j < kBlock; ++j) y[j] = acc[j];
 }
 
-// One output row: blocks of eight outputs, then of four, two and one for the rest.
-template <bool kUnitStride, typename Acc>
-void conv_row(const ConvProblem& p, const PaddedGeometry& g, int64_t channels, const Acc* x_row,
-              const Acc* w_map, Acc* y_row) {
-  const int64_t out_w = p.window3d.output[2];
-  const int64_t stride_w = p.window3d.strides[2];
+// One output row of `width` outputs: blocks of eight, then of four, two and one for the rest.
+template <typename Acc>
+void conv_row(int64_t width, int64_t channels, int64_t plane, const std::vector<int64_t>& tap_offsets,
+              const Acc* x_row, const Acc* w_map, Acc* y_row) {
   int64_t ow = 0;
-  for (; ow + 8 <= out_w; ow += 8) {
-    conv_block<8, kUnitStride>(p, g, channels, x_row + ow * stride_w, w_map, y_row + ow);
-  }
-  if (ow + 4 <= out_w) {
-    conv_block<4, kUnitStride>(p, g, channels, x_row + ow * stride_w, w_map, y_row + ow);
+  for (; ow + 8 <= width; ow += 8) conv_block<8>(channels, plane, tap_offsets, x_row + ow, w_map, y_row + ow);
+  if (ow + 4 <= width) {
+    conv_block<4>(channels, plane, tap_offsets, x_row + ow, w_map, y_row + ow);
     ow += 4;
   }
-  if (ow + 2 <= out_w) {
-    conv_block<2, kUnitStride>(p, g, channels, x_row + ow * stride_w, w_map, y_row + ow);
+  if (ow + 2 <= width) {
+    conv_block<2>(channels, plane, tap_offsets, x_row + ow, w_map, y_row + ow);
     ow += 2;
   }
-  if (ow < out_w) conv_block<1, kUnitStride>(p, g, channels, x_row + ow * stride_w, w_map, y_row + ow);
+  if (ow < width) conv_block<1>(channels, plane, tap_offsets, x_row + ow, w_map, y_row + ow);
 }
 
 }  // namespace conv_detail
@@ -143,22 +124,39 @@ void conv_accumulate(const ConvProblem& p, const X* x, Acc x_zero, const Acc* w,
   const Window& win = p.window3d;
   const int64_t in_d = win.input[0], in_h = win.input[1], in_w = win.input[2];
   const int64_t out_d = win.output[0], out_h = win.output[1], out_w = win.output[2];
-  conv_detail::PaddedGeometry g;
-  g.depth = in_d + win.pad_begin[0] + win.pad_end[0];
-  g.height = in_h + win.pad_begin[1] + win.pad_end[1];
-  g.width = in_w + win.pad_begin[2] + win.pad_end[2];
-  g.plane = g.depth * g.height * g.width;
+  const int64_t stride_w = win.strides[2];
+
+  // The loop reads a copy of one group's input, converted to Acc with the zero point taken off
+  // and surrounded by its padding (0, which is what x_zero becomes), so every window lies inside
+  // it and the hot loop needs no bounds checks. Each row is stored as stride_w phases (columns
+  // phase, phase + stride_w, ...), so the inputs that consecutive outputs read through one tap
+  // are adjacent in memory whatever the stride.
+  const int64_t padded_d = in_d + win.pad_begin[0] + win.pad_end[0];
+  const int64_t padded_h = in_h + win.pad_begin[1] + win.pad_end[1];
+  const int64_t padded_w = in_w + win.pad_begin[2] + win.pad_end[2];
+  const int64_t phase_len = ceil_div(padded_w, stride_w);
+  const int64_t row = stride_w * phase_len;
+  const int64_t plane = padded_d * padded_h * row;
+  auto column = [&](int64_t padded_col) {
+    return (padded_col % stride_w) * phase_len + padded_col / stride_w;
+  };
+
+  std::vector<int64_t> tap_offsets;
+  for (int64_t kd = 0; kd < win.kernel[0]; ++kd) {
+    for (int64_t kh = 0; kh < win.kernel[1]; ++kh) {
+      for (int64_t kw = 0; kw < win.kernel[2]; ++kw) {
+        tap_offsets.push_back((kd * win.dilations[0] * padded_h + kh * win.dilations[1]) * row +
+                              column(kw * win.dilations[2]));
+      }
+    }
+  }
 
   const int64_t channels_per_group = p.in_channels / p.group;
   const int64_t maps_per_group = p.out_channels / p.group;
   const int64_t in_plane = in_d * in_h * in_w;
   const int64_t out_plane = out_d * out_h * out_w;
-  const int64_t taps = win.kernel_size();
-  const bool unit_stride = win.strides[2] == 1;
-
-  // One group's channels at a time, converted to Acc with the zero point taken off; the padding
-  // stays 0, which is what x_zero becomes.
-  std::vector<Acc> padded(static_cast<size_t>(channels_per_group * g.plane));
+  const int64_t taps = static_cast<int64_t>(tap_offsets.size());
+  std::vector<Acc> padded(static_cast<size_t>(channels_per_group * plane));
   for (int64_t n = 0; n < p.batch; ++n) {
     for (int64_t grp = 0; grp < p.group; ++grp) {
       const X* x_group = x + (n * p.in_channels + grp * channels_per_group) * in_plane;
@@ -166,14 +164,13 @@ void conv_accumulate(const ConvProblem& p, const X* x, Acc x_zero, const Acc* w,
         for (int64_t id = 0; id < in_d; ++id) {
           for (int64_t ih = 0; ih < in_h; ++ih) {
             const X* src = x_group + c * in_plane + (id * in_h + ih) * in_w;
-            Acc* dst = padded.data() + c * g.plane +
-                       ((id + win.pad_begin[0]) * g.height + ih + win.pad_begin[1]) * g.width +
-                       win.pad_begin[2];
+            Acc* dst = padded.data() + c * plane +
+                       ((id + win.pad_begin[0]) * padded_h + ih + win.pad_begin[1]) * row;
             for (int64_t iw = 0; iw < in_w; ++iw) {
               if constexpr (std::is_same_v<Acc, float>) {
-                dst[iw] = static_cast<float>(src[iw]);
+                dst[column(iw + win.pad_begin[2])] = static_cast<float>(src[iw]);
               } else {
-                dst[iw] = static_cast<Acc>(src[iw]) - x_zero;
+                dst[column(iw + win.pad_begin[2])] = static_cast<Acc>(src[iw]) - x_zero;
               }
             }
           }
@@ -183,16 +180,12 @@ void conv_accumulate(const ConvProblem& p, const X* x, Acc x_zero, const Acc* w,
       // the group reads them.
       for (int64_t od = 0; od < out_d; ++od) {
         for (int64_t oh = 0; oh < out_h; ++oh) {
-          const Acc* x_row = padded.data() + (od * win.strides[0] * g.height + oh * win.strides[1]) * g.width;
+          const Acc* x_row = padded.data() + (od * win.strides[0] * padded_h + oh * win.strides[1]) * row;
           for (int64_t mg = 0; mg < maps_per_group; ++mg) {
             const int64_t m = grp * maps_per_group + mg;
             Acc* y_row = y + (n * p.out_channels + m) * out_plane + (od * out_h + oh) * out_w;
-            const Acc* w_map = w + m * channels_per_group * taps;
-            if (unit_stride) {
-              conv_detail::conv_row<true>(p, g, channels_per_group, x_row, w_map, y_row);
-            } else {
-              conv_detail::conv_row<false>(p, g, channels_per_group, x_row, w_map, y_row);
-            }
+            conv_detail::conv_row(out_w, channels_per_group, plane, tap_offsets, x_row,
+                                  w + m * channels_per_group * taps, y_row);
           }
         }
       }

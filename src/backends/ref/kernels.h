@@ -65,6 +65,16 @@ void concat(const Node&, const Inputs&, Outputs&);
 void identity(const Node&, const Inputs&, Outputs&);
 void constant(const Node&, const Inputs&, Outputs&);
 
+// The seed model's integer ops (domain "nibble"), see docs/seed-model-format.md.
+void int_conv(const Node&, const Inputs&, Outputs&);
+void int_conv_fused(const Node&, const Inputs&, Outputs&);
+void int_relu(const Node&, const Inputs&, Outputs&);
+void requantize(const Node&, const Inputs&, Outputs&);
+void int_add(const Node&, const Inputs&, Outputs&);
+void int_avg_pool(const Node&, const Inputs&, Outputs&);
+void int_linear(const Node&, const Inputs&, Outputs&);
+void scale(const Node&, const Inputs&, Outputs&);
+
 // The dispatch table: the kernel for an op written against operator set `opset`, nullptr
 // when the op is not supported at that version (older versions of some ops differ).
 KernelFn find_kernel(std::string_view op_type, int opset);

@@ -1,0 +1,32 @@
+// One entry point for every model format: ONNX files and model directories.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "nibble/graph.h"
+#include "nibble/model_dir.h"
+
+namespace nibble {
+
+struct LoadOptions {
+  // Fix a symbolic batch dimension so that every shape is concrete (for `inspect`).
+  std::optional<int64_t> fixed_batch;
+  // Model directories: fuse conv + bias + ReLU + requantize (and the residual add) into one
+  // op, as the seed engine does. Off gives the layer-by-layer graph.
+  bool fuse = true;
+};
+
+// A directory is read as a model directory, anything else as an ONNX file.
+Graph load_model(const std::string& path, const LoadOptions& options = {});
+
+// The graph of a model directory: nibble:* integer ops in the seed's layer order. Input
+// "input" (s8 N x 3 x H x W); outputs "logits" (s32, the fc layer) and "scores" (f32).
+Graph graph_from_model_dir(const ModelDir& model, std::optional<int64_t> fixed_batch = std::nullopt);
+
+// The seed's fusion: IntConv followed by its sole consumers [IntAdd] [IntRelu] [Requantize]
+// becomes one IntConvFused node with an integer epilogue. Returns the number of fused nodes.
+int fuse_int_conv_epilogues(Graph& graph);
+
+}  // namespace nibble

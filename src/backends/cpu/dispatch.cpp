@@ -1,0 +1,75 @@
+// The CPU backend's dispatch table, chosen once for the processor it runs on.
+#include <array>
+#include <utility>
+
+#include "backends/cpu/isa_kernels.h"
+#include "backends/cpu/kernels.h"
+
+namespace nibble::cpu {
+
+namespace {
+
+struct Entry {
+  std::string_view op_type;
+  ref::KernelFn fn;
+};
+
+struct Table {
+  const char* isa;
+  std::vector<Entry> kernels;
+};
+
+Table avx2_table() {
+  return {"avx2",
+          {
+              {"nibble:IntConv", int_conv_avx2},
+              {"nibble:IntConvFused", int_conv_fused_avx2},
+              {"nibble:IntLinear", int_linear_avx2},
+              {"nibble:Requantize", requantize_avx2},
+          }};
+}
+
+// Every table this processor can run, best first; "scalar" (no kernels) always last.
+const std::vector<Table>& tables() {
+  static const std::vector<Table> t = [] {
+    std::vector<Table> all;
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) all.push_back(avx2_table());
+    all.push_back(Table{"scalar", {}});
+    return all;
+  }();
+  return t;
+}
+
+const Table* find_table(std::string_view isa) {
+  for (const auto& t : tables()) {
+    if (isa == t.isa) return &t;
+  }
+  return nullptr;
+}
+
+ref::KernelFn lookup(const Table& t, std::string_view op_type) {
+  for (const auto& e : t.kernels) {
+    if (e.op_type == op_type) return e.fn;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+const char* isa_name() { return tables().front().isa; }
+
+std::vector<std::string> available_isas() {
+  std::vector<std::string> names;
+  for (const auto& t : tables()) names.emplace_back(t.isa);
+  return names;
+}
+
+ref::KernelFn find_kernel(std::string_view op_type) { return lookup(tables().front(), op_type); }
+
+ref::KernelFn find_kernel(std::string_view isa, std::string_view op_type) {
+  const Table* t = find_table(isa);
+  return t ? lookup(*t, op_type) : nullptr;
+}
+
+}  // namespace nibble::cpu

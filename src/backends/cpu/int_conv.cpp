@@ -1,0 +1,222 @@
+// nibble:IntConv and nibble:IntConvFused on the CPU: checks, activation layout and task grid shared by
+// every instruction set; the ISA's run_task does the arithmetic.
+#include "backends/cpu/int_conv.h"
+
+#include <algorithm>
+#include <cstring>
+#include <optional>
+#include <vector>
+
+#include "backends/cpu/parallel.h"
+#include "backends/ref/conv_common.h"
+#include "backends/ref/int_ops.h"
+#include "quant/requant.h"
+
+namespace nibble::cpu {
+
+namespace {
+
+// The requantization attributes, when the node's epilogue is one the fast path implements
+// exactly as ref::requantize_tensor does; nullopt sends the node to the reference kernel (which
+// also reports any error).
+struct Requant {
+  int shift;
+  int bits;
+  bool is_signed;
+};
+std::optional<Requant> requant_attrs(const Node& node, const Tensor& factor, int64_t channels) {
+  if (factor.dtype() != DType::u16) return std::nullopt;
+  const bool flat = factor.rank() == 1 && factor.dim(0) == channels;
+  const bool nchw = factor.rank() == 4 && factor.dim(0) == 1 && factor.dim(1) == channels && factor.dim(2) == 1 &&
+                    factor.dim(3) == 1;
+  if (!flat && !nchw) return std::nullopt;
+  const int64_t shift = node.attr_int("shift", -1);
+  const int64_t bits = node.attr_int("bits", -1);
+  if (shift < 0 || shift > 31 || bits < 1 || bits > 31) return std::nullopt;
+  return Requant{static_cast<int>(shift), static_cast<int>(bits), node.attr_int("signed", 0) != 0};
+}
+
+uint8_t max_u8(const uint8_t* x, int64_t n) {
+  uint8_t m = 0;
+  for (int64_t i = 0; i < n; ++i) m = std::max(m, x[i]);
+  return m;
+}
+
+// Elements readable past the end of a padded copy, for the kSpan32 loads.
+constexpr int64_t kPaddedSlack = 64;
+
+// x copied into zero-padded planes of T, N x C x (H + pads) x (W + pads).
+template <typename T, typename X>
+std::vector<T> padded_copy(const X* x, int64_t planes, int64_t h, int64_t w, int64_t pad_top, int64_t pad_left,
+                           int64_t padded_h, int64_t padded_w) {
+  std::vector<T> out(static_cast<size_t>(planes * padded_h * padded_w + kPaddedSlack), T{0});
+  parallel_for(planes, [&](int64_t c) {
+    for (int64_t i = 0; i < h; ++i) {
+      const X* src = x + (c * h + i) * w;
+      T* dst = out.data() + (c * padded_h + i + pad_top) * padded_w + pad_left;
+      for (int64_t j = 0; j < w; ++j) dst[j] = static_cast<T>(src[j]);
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+void int_conv_cpu(const Node& node, const ref::Inputs& in, ref::Outputs& out, const ConvIsa& isa, bool fused) {
+  const ref::KernelFn reference = fused ? ref::int_conv_fused : ref::int_conv;
+  const Tensor* xp = ref::optional_input(in, 0);
+  const Tensor* wp = ref::optional_input(in, 1);
+  const Tensor* bp = ref::optional_input(in, 2);
+  if (!xp || !wp || !bp || (xp->dtype() != DType::u8 && xp->dtype() != DType::s8) ||
+      (wp->dtype() != DType::s8 && wp->dtype() != DType::s4) || xp->rank() != 4 || wp->rank() != 4) {
+    return reference(node, in, out);
+  }
+  const Tensor& x = *xp;
+  const Tensor& w = *wp;
+  const ref::ConvProblem p = ref::make_conv_problem(node, x, w);
+  ref::check_channel_vector(node, *bp, p.out_channels, "bias");
+  const Shape y_shape = p.output_shape();
+  const int64_t out_h = y_shape[2], out_w = y_shape[3], plane = out_h * out_w;
+  if (p.batch == 0 || p.out_channels == 0 || plane == 0 || w.numel() == 0) return reference(node, in, out);
+
+  ConvEpilogue ep;
+  std::optional<Requant> rq;
+  if (fused) {
+    if (const Tensor* r = ref::optional_input(in, 3)) {
+      if (r->dtype() != DType::s32 || r->shape() != y_shape) return reference(node, in, out);
+      ep.residual = r->data<int32_t>();
+    }
+    ep.relu = node.attr_int("relu", 0) != 0;
+    if (const Tensor* f = ref::optional_input(in, 4)) {
+      rq = requant_attrs(node, *f, p.out_channels);
+      if (!rq) return reference(node, in, out);
+      ep.factor = f->data<uint16_t>();
+      ep.shift = rq->shift;
+      ep.hi = quant::output_range(rq->bits, rq->is_signed).hi;
+      ep.is_signed = rq->is_signed;
+      ep.out_dtype = quant::storage_dtype(rq->bits, rq->is_signed);
+    }
+  }
+  std::vector<int32_t> bias(static_cast<size_t>(p.out_channels));
+  for (int64_t m = 0; m < p.out_channels; ++m) bias[static_cast<size_t>(m)] = static_cast<int32_t>(bp->get(m));
+  ep.bias = bias.data();
+
+  // u8 activations take the u8 x s8 kernels when the bound shows no s16 saturation.
+  std::shared_ptr<const PackedConvWeights> packed;
+  ConvJob job;
+  if (x.dtype() == DType::u8) {
+    packed = packed_conv_weights(w, p.group, isa.mr, ConvMode::u8s8);
+    if (maddubs_is_exact(max_u8(x.data<uint8_t>(), x.numel()), packed->max_abs)) {
+      job.mode = ConvMode::u8s8;
+    } else {
+      packed.reset();
+    }
+  }
+  if (!packed) {
+    job.mode = ConvMode::s16s16;
+    packed = packed_conv_weights(w, p.group, isa.mr, ConvMode::s16s16);
+  }
+
+  const ref::Window& win = p.window;
+  const int64_t in_h = win.input[0], in_w = win.input[1];
+  const int64_t k_h = win.kernel[0], k_w = win.kernel[1];
+  const bool padded = win.pad_begin[0] || win.pad_begin[1] || win.pad_end[0] || win.pad_end[1];
+  const int64_t src_h = in_h + win.pad_begin[0] + win.pad_end[0];
+  const int64_t src_w = in_w + win.pad_begin[1] + win.pad_end[1];
+  const int64_t planes = p.batch * p.in_channels;
+  std::vector<uint8_t> src_u8;
+  std::vector<int16_t> src_s16;
+  if (job.mode == ConvMode::u8s8) {
+    if (padded) {
+      src_u8 = padded_copy<uint8_t>(x.data<uint8_t>(), planes, in_h, in_w, win.pad_begin[0], win.pad_begin[1],
+                                    src_h, src_w);
+      job.src = src_u8.data();
+    } else {
+      job.src = x.data<uint8_t>();
+    }
+  } else if (x.dtype() == DType::u8) {
+    src_s16 = padded_copy<int16_t>(x.data<uint8_t>(), planes, in_h, in_w, win.pad_begin[0], win.pad_begin[1],
+                                   src_h, src_w);
+    job.src = src_s16.data();
+  } else {
+    src_s16 = padded_copy<int16_t>(x.data<int8_t>(), planes, in_h, in_w, win.pad_begin[0], win.pad_begin[1],
+                                   src_h, src_w);
+    job.src = src_s16.data();
+  }
+  const int64_t channel_stride = src_h * src_w;
+  const int64_t channels_per_group = p.in_channels / p.group;
+  job.image_stride = p.in_channels * channel_stride;
+  job.group_stride = channels_per_group * channel_stride;
+
+  const int lanes = job.mode == ConvMode::u8s8 ? 4 : 2;
+  std::vector<int64_t> k_offset(static_cast<size_t>(packed->k_steps * lanes), 0);
+  for (int64_t c = 0, k = 0; c < channels_per_group; ++c) {
+    for (int64_t kh = 0; kh < k_h; ++kh) {
+      for (int64_t kw = 0; kw < k_w; ++kw, ++k) {
+        k_offset[static_cast<size_t>(k)] = c * channel_stride + kh * win.dilations[0] * src_w + kw * win.dilations[1];
+      }
+    }
+  }
+  const int64_t nr = isa.nr;
+  job.pixel_blocks = (plane + nr - 1) / nr;
+  std::vector<int64_t> pixel_offset(static_cast<size_t>(job.pixel_blocks * nr), 0);
+  for (int64_t oh = 0; oh < out_h; ++oh) {
+    for (int64_t ow = 0; ow < out_w; ++ow) {
+      pixel_offset[static_cast<size_t>(oh * out_w + ow)] = oh * win.strides[0] * src_w + ow * win.strides[1];
+    }
+  }
+  // Only whole blocks take the vector reads, and kSpan32 only from a padded copy, which has slack.
+  std::vector<uint8_t> block_kind(static_cast<size_t>(job.pixel_blocks), kGather);
+  std::vector<uint8_t> block_span(static_cast<size_t>(job.pixel_blocks * nr), 0);
+  for (int64_t b = 0; b < job.pixel_blocks && (b + 1) * nr <= plane; ++b) {
+    const int64_t* po = pixel_offset.data() + b * nr;
+    bool contiguous = true, increasing = true;
+    for (int64_t i = 1; i < nr; ++i) {
+      contiguous = contiguous && po[i] == po[0] + i;
+      increasing = increasing && po[i] > po[i - 1];
+    }
+    if (contiguous) {
+      block_kind[static_cast<size_t>(b)] = kContiguous;
+    } else if (increasing && po[nr - 1] - po[0] < 32 && padded && job.mode == ConvMode::u8s8) {
+      block_kind[static_cast<size_t>(b)] = kSpan32;
+      for (int64_t i = 0; i < nr; ++i) block_span[static_cast<size_t>(b * nr + i)] = static_cast<uint8_t>(po[i] - po[0]);
+    }
+  }
+  job.k_offset = k_offset.data();
+  job.pixel_offset = pixel_offset.data();
+  job.block_kind = block_kind.data();
+  job.block_span = block_span.data();
+
+  job.batch = p.batch;
+  job.group = p.group;
+  job.out_channels = p.out_channels;
+  job.plane = plane;
+  job.weights = packed.get();
+
+  // Tasks of up to 64 pixels; when images x groups x pixel chunks give the threads too little to
+  // share (the 7 x 7 layers), the maps are split too.
+  job.blocks_per_chunk = std::min<int64_t>(job.pixel_blocks, std::max<int64_t>(1, 64 / nr));
+  job.pixel_chunks = (job.pixel_blocks + job.blocks_per_chunk - 1) / job.blocks_per_chunk;
+  const int64_t base_tasks = p.batch * p.group * job.pixel_chunks;
+  const int64_t want_tasks = 4 * static_cast<int64_t>(thread_count());
+  const int64_t m_blocks = packed->m_blocks;
+  const int64_t split = base_tasks >= want_tasks ? 1 : std::min(m_blocks, (want_tasks + base_tasks - 1) / base_tasks);
+  job.m_blocks_per_chunk = (m_blocks + split - 1) / split;
+  job.m_chunks = (m_blocks + job.m_blocks_per_chunk - 1) / job.m_blocks_per_chunk;
+
+  Tensor y(ep.out_dtype, y_shape);
+  ep.out = y.bytes();
+  job.epilogue = ep;
+  // Split maps share one panel: pack it once up front rather than once per task (the panels of
+  // so few pixel chunks are small).
+  std::vector<uint8_t> panels;
+  if (job.m_chunks > 1) {
+    panels.resize(static_cast<size_t>(base_tasks * job.blocks_per_chunk * packed->k_steps * nr * 4));
+    job.panels = panels.data();
+    parallel_for(base_tasks, [&](int64_t chunk) { isa.pack_chunk(job, chunk); });
+  }
+  parallel_for(job.tasks(), [&](int64_t t) { isa.run_task(job, t); });
+  out.at(0) = std::move(y);
+}
+
+}  // namespace nibble::cpu

@@ -1,0 +1,16 @@
+// The CPU kernels of each instruction set, as the dispatch table names them.
+#pragma once
+
+#include "backends/ref/kernels.h"
+
+namespace nibble::cpu {
+
+// AVX2 (+FMA): u8 x s8 -> s16 pairs (vpmaddubsw) with s32 accumulation; s16 x s16 (vpmaddwd)
+// where the u8 x s8 form could saturate.
+void int_conv_avx2(const Node&, const ref::Inputs&, ref::Outputs&);
+void int_conv_fused_avx2(const Node&, const ref::Inputs&, ref::Outputs&);
+void int_linear_avx2(const Node&, const ref::Inputs&, ref::Outputs&);
+void requantize_avx2(const Node&, const ref::Inputs&, ref::Outputs&);
+void max_pool_u8_avx2(const Node&, const ref::Inputs&, ref::Outputs&);
+
+}  // namespace nibble::cpu

@@ -1,0 +1,129 @@
+// Packs convolution weights into the micro-kernels' layout and caches the result per weight tensor.
+#include <algorithm>
+#include <cstring>
+#include <list>
+#include <mutex>
+
+#include "backends/cpu/conv_job.h"
+
+namespace nibble::cpu {
+
+namespace {
+
+// Raw bytes plus packed layouts beyond this are dropped, oldest first.
+constexpr size_t kCacheBudgetBytes = size_t{512} << 20;
+
+int weight_at(const Tensor& w, const uint8_t* raw, int64_t i) {
+  return w.dtype() == DType::s4 ? unpack_s4(raw, i) : static_cast<int8_t>(raw[i]);
+}
+
+std::shared_ptr<PackedConvWeights> pack(const Tensor& w, int64_t group, int mr, ConvMode mode) {
+  auto p = std::make_shared<PackedConvWeights>();
+  const int lanes = mode == ConvMode::u8s8 ? 4 : 2;
+  p->mode = mode;
+  p->mr = mr;
+  p->groups = group;
+  p->maps_per_group = w.dim(0) / group;
+  p->m_blocks = (p->maps_per_group + mr - 1) / mr;
+  p->k = w.numel() / w.dim(0);
+  p->k_steps = (p->k + lanes - 1) / lanes;
+  const size_t total = static_cast<size_t>(group * p->m_blocks * p->block_elems());
+  if (mode == ConvMode::u8s8) {
+    p->s8.assign(total, 0);
+  } else {
+    p->s16.assign(total, 0);
+  }
+  const uint8_t* raw = w.bytes();
+  int max_abs = 0;
+  for (int64_t g = 0; g < group; ++g) {
+    for (int64_t mb = 0; mb < p->m_blocks; ++mb) {
+      const int64_t block = (g * p->m_blocks + mb) * p->block_elems();
+      for (int r = 0; r < mr; ++r) {
+        const int64_t mg = mb * mr + r;
+        if (mg >= p->maps_per_group) break;
+        const int64_t row = (g * p->maps_per_group + mg) * p->k;
+        for (int64_t k = 0; k < p->k; ++k) {
+          const int v = weight_at(w, raw, row + k);
+          max_abs = std::max(max_abs, v < 0 ? -v : v);
+          const int64_t at = block + ((k / lanes) * mr + r) * lanes + k % lanes;
+          if (mode == ConvMode::u8s8) {
+            p->s8[static_cast<size_t>(at)] = static_cast<int8_t>(v);
+          } else {
+            p->s16[static_cast<size_t>(at)] = static_cast<int16_t>(v);
+          }
+        }
+      }
+    }
+  }
+  p->max_abs = max_abs;
+  return p;
+}
+
+struct Entry {
+  const uint8_t* data;
+  DType dtype;
+  Shape shape;
+  int64_t group;
+  int mr;
+  ConvMode mode;
+  std::vector<uint8_t> raw;  // the bytes the packing was made from
+  std::shared_ptr<const PackedConvWeights> packed;
+
+  size_t bytes() const { return raw.size() + packed->s8.size() + packed->s16.size() * 2; }
+};
+
+class Cache {
+ public:
+  std::shared_ptr<const PackedConvWeights> get(const Tensor& w, int64_t group, int mr, ConvMode mode) {
+    std::shared_ptr<const Entry> hit;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (auto it = entries_.begin(); it != entries_.end(); ++it) {
+        const Entry& e = **it;
+        if (e.data == w.bytes() && e.dtype == w.dtype() && e.shape == w.shape() && e.group == group &&
+            e.mr == mr && e.mode == mode) {
+          hit = *it;
+          entries_.splice(entries_.begin(), entries_, it);  // most recently used first
+          break;
+        }
+      }
+    }
+    if (hit && hit->raw.size() == w.nbytes() && std::memcmp(hit->raw.data(), w.bytes(), w.nbytes()) == 0) {
+      return hit->packed;
+    }
+    auto e = std::make_shared<Entry>();
+    e->data = w.bytes();
+    e->dtype = w.dtype();
+    e->shape = w.shape();
+    e->group = group;
+    e->mr = mr;
+    e->mode = mode;
+    e->raw.assign(w.bytes(), w.bytes() + w.nbytes());
+    e->packed = pack(w, group, mr, mode);
+    std::lock_guard<std::mutex> lock(mutex_);
+    // A stale entry goes; another thread may have dropped it already.
+    if (hit && entries_.remove(hit) > 0) bytes_ -= hit->bytes();
+    entries_.push_front(e);
+    bytes_ += e->bytes();
+    while (bytes_ > kCacheBudgetBytes && entries_.size() > 1) {
+      bytes_ -= entries_.back()->bytes();
+      entries_.pop_back();
+    }
+    return e->packed;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::list<std::shared_ptr<const Entry>> entries_;
+  size_t bytes_ = 0;
+};
+
+}  // namespace
+
+std::shared_ptr<const PackedConvWeights> packed_conv_weights(const Tensor& w, int64_t group, int mr,
+                                                             ConvMode mode) {
+  static Cache cache;
+  return cache.get(w, group, mr, mode);
+}
+
+}  // namespace nibble::cpu

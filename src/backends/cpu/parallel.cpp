@@ -1,0 +1,108 @@
+// The CPU backend's thread pool: workers sleep on a condition variable between jobs.
+#include "backends/cpu/parallel.h"
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace nibble::cpu {
+
+namespace {
+
+class Pool {
+ public:
+  explicit Pool(int threads) {
+    for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { work(); });
+  }
+
+  ~Pool() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    for (auto& t : workers_) t.join();
+  }
+
+  int threads() const { return static_cast<int>(workers_.size()) + 1; }
+
+  void run(int64_t n, const std::function<void(int64_t)>& fn) {
+    // An atomic flag rather than a mutex: a task that calls back in on the owning thread must see
+    // "busy", and try_lock on a mutex the thread already holds is undefined.
+    bool expected = false;
+    if (n <= 1 || workers_.empty() || !busy_.compare_exchange_strong(expected, true)) {
+      for (int64_t i = 0; i < n; ++i) fn(i);
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      job_ = &fn;
+      count_ = n;
+      next_.store(0);
+      active_ = static_cast<int>(workers_.size());
+      ++generation_;
+    }
+    wake_.notify_all();
+    drain(fn, n);
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      done_.wait(lock, [this] { return active_ == 0; });
+      job_ = nullptr;
+    }
+    busy_.store(false);
+  }
+
+ private:
+  void drain(const std::function<void(int64_t)>& fn, int64_t n) {
+    for (int64_t i = next_.fetch_add(1); i < n; i = next_.fetch_add(1)) fn(i);
+  }
+
+  void work() {
+    uint64_t seen = 0;
+    for (;;) {
+      const std::function<void(int64_t)>* fn;
+      int64_t n;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
+        if (stop_) return;
+        seen = generation_;
+        fn = job_;
+        n = count_;
+      }
+      drain(*fn, n);
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (--active_ == 0) done_.notify_one();
+      }
+    }
+  }
+
+  std::vector<std::thread> workers_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::condition_variable done_;
+  const std::function<void(int64_t)>* job_ = nullptr;
+  int64_t count_ = 0;
+  int active_ = 0;
+  uint64_t generation_ = 0;
+  bool stop_ = false;
+  std::atomic<int64_t> next_{0};
+  std::atomic<bool> busy_{false};
+};
+
+Pool& pool() {
+  static Pool p(std::max(1u, std::thread::hardware_concurrency()));
+  return p;
+}
+
+}  // namespace
+
+int thread_count() { return pool().threads(); }
+
+void parallel_for(int64_t n, const std::function<void(int64_t)>& fn) { pool().run(n, fn); }
+
+}  // namespace nibble::cpu

@@ -1,0 +1,22 @@
+// Chooses the reader for a model path: ONNX file or model directory.
+#include "nibble/model_loader.h"
+
+#include <filesystem>
+
+#include "nibble/onnx_import.h"
+
+namespace nibble {
+
+Graph load_model(const std::string& path, const LoadOptions& options) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    Graph g = graph_from_model_dir(read_model_dir(path), options.fixed_batch);
+    if (options.fuse) fuse_int_conv_epilogues(g);
+    return g;
+  }
+  OnnxImportOptions onnx_options;
+  onnx_options.fixed_batch = options.fixed_batch;
+  return import_onnx(path, onnx_options);
+}
+
+}  // namespace nibble

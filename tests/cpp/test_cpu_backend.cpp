@@ -1,0 +1,439 @@
+// Parity of the vectorized CPU kernels with the reference kernels: outputs must be byte-identical.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <optional>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "backends/cpu/kernels.h"
+#include "backends/ref/kernels.h"
+#include "nibble/engine.h"
+#include "nibble/model_loader.h"
+#include "nibble/npy.h"
+#include "quant/requant.h"
+
+namespace nibble {
+namespace {
+
+// The instruction sets with kernels on this processor; every one is checked, not only the best.
+std::vector<std::string> vector_isas() {
+  std::vector<std::string> isas;
+  for (const auto& isa : cpu::available_isas()) {
+    if (isa != "scalar") isas.push_back(isa);
+  }
+  return isas;
+}
+
+#define SKIP_WITHOUT_CPU_KERNELS()                                                                    \
+  do {                                                                                                \
+    if (std::string(cpu::isa_name()) == "scalar") GTEST_SKIP() << "no CPU kernels on this processor"; \
+  } while (0)
+
+// Where the two outputs first differ, for a readable failure.
+::testing::AssertionResult identical(const Tensor& want, const Tensor& got) {
+  if (want.dtype() != got.dtype()) {
+    return ::testing::AssertionFailure() << "dtype " << dtype_name(got.dtype()) << " != " << dtype_name(want.dtype());
+  }
+  if (want.shape() != got.shape()) {
+    return ::testing::AssertionFailure() << "shape " << shape_str(got.shape()) << " != " << shape_str(want.shape());
+  }
+  if (std::memcmp(want.bytes(), got.bytes(), want.nbytes()) == 0) return ::testing::AssertionSuccess();
+  int64_t differing = 0, first = -1;
+  for (int64_t i = 0; i < want.numel(); ++i) {
+    if (want.get(i) != got.get(i)) {
+      if (first < 0) first = i;
+      ++differing;
+    }
+  }
+  return ::testing::AssertionFailure() << differing << " of " << want.numel() << " elements differ; first at " << first
+                                       << ": got " << got.get(first) << ", want " << want.get(first);
+}
+
+Tensor run_kernel(ref::KernelFn fn, const Node& n, const ref::Inputs& in) {
+  ref::Outputs out(1);
+  fn(n, in, out);
+  return out[0];
+}
+
+// Uniform integers in [lo, hi] written with Tensor::set, so s4 packs like any model file.
+Tensor random_tensor(DType t, Shape shape, int64_t lo, int64_t hi, std::mt19937& rng) {
+  Tensor x(t, std::move(shape));
+  std::uniform_int_distribution<int64_t> d(lo, hi);
+  for (int64_t i = 0; i < x.numel(); ++i) x.set(i, static_cast<double>(d(rng)));
+  return x;
+}
+
+// The activation kinds of the seed model and the edges of the u8 x s8 saturation bound.
+enum class Act { u4, u7, u8_full, s8 };
+const char* act_name(Act a) {
+  switch (a) {
+    case Act::u4: return "u4";
+    case Act::u7: return "u7";
+    case Act::u8_full: return "u8(0..255)";
+    default: return "s8";
+  }
+}
+Tensor random_activations(Act a, Shape shape, std::mt19937& rng) {
+  switch (a) {
+    case Act::u4: return random_tensor(DType::u8, std::move(shape), 0, 15, rng);
+    case Act::u7: return random_tensor(DType::u8, std::move(shape), 0, 127, rng);
+    case Act::u8_full: return random_tensor(DType::u8, std::move(shape), 0, 255, rng);
+    default: return random_tensor(DType::s8, std::move(shape), -127, 127, rng);
+  }
+}
+
+struct Requant {
+  int shift;
+  int bits;
+  bool is_signed;
+};
+
+struct ConvCase {
+  int64_t n = 1, c = 8, h = 8, w = 8, m = 8;
+  int64_t kh = 3, kw = 3, stride_h = 1, stride_w = 1;
+  int64_t pad_t = 1, pad_l = 1, pad_b = 1, pad_r = 1;
+  int64_t dilation = 1, group = 1;
+  DType wtype = DType::s4;
+  Act act = Act::u4;
+  bool fused = true;
+  bool residual = false;
+  bool relu = false;
+  std::optional<Requant> requant;
+
+  std::string str() const {
+    std::string s = "x " + std::to_string(n) + "x" + std::to_string(c) + "x" + std::to_string(h) + "x" +
+                    std::to_string(w) + " " + act_name(act) + ", W " + std::to_string(m) + "x" +
+                    std::to_string(c / group) + "x" + std::to_string(kh) + "x" + std::to_string(kw) + " " +
+                    std::string(dtype_name(wtype)) + ", stride " + std::to_string(stride_h) + "," +
+                    std::to_string(stride_w) + ", pads " + std::to_string(pad_t) + "," + std::to_string(pad_l) +
+                    "," + std::to_string(pad_b) + "," + std::to_string(pad_r) + ", dilation " +
+                    std::to_string(dilation) + ", group " + std::to_string(group);
+    if (!fused) return s + ", IntConv";
+    s += residual ? ", residual" : "";
+    s += relu ? ", relu" : "";
+    if (requant) {
+      s += ", requant shift " + std::to_string(requant->shift) + " bits " + std::to_string(requant->bits) +
+           (requant->is_signed ? " signed" : " unsigned");
+    }
+    return s;
+  }
+};
+
+// Builds the node and inputs of `cc`, runs the reference and every vector ISA, and compares.
+void check_conv(const ConvCase& cc, uint32_t seed) {
+  std::mt19937 rng(seed);
+  const Tensor x = random_activations(cc.act, {cc.n, cc.c, cc.h, cc.w}, rng);
+  const int64_t w_lo = cc.wtype == DType::s4 ? -8 : -128, w_hi = cc.wtype == DType::s4 ? 7 : 127;
+  const Tensor w = random_tensor(cc.wtype, {cc.m, cc.c / cc.group, cc.kh, cc.kw}, w_lo, w_hi, rng);
+  const Tensor bias = random_tensor(rng() % 2 ? DType::s16 : DType::s32, {cc.m}, -30000, 30000, rng);
+  Node node;
+  node.op_type = cc.fused ? "nibble:IntConvFused" : "nibble:IntConv";
+  node.name = "conv";
+  node.outputs = {"y"};
+  node.attrs["kernel_shape"] = std::vector<int64_t>{cc.kh, cc.kw};
+  node.attrs["strides"] = std::vector<int64_t>{cc.stride_h, cc.stride_w};
+  node.attrs["pads"] = std::vector<int64_t>{cc.pad_t, cc.pad_l, cc.pad_b, cc.pad_r};
+  node.attrs["dilations"] = std::vector<int64_t>{cc.dilation, cc.dilation};
+  node.attrs["group"] = cc.group;
+  const int64_t oh = (cc.h + cc.pad_t + cc.pad_b - cc.dilation * (cc.kh - 1) - 1) / cc.stride_h + 1;
+  const int64_t ow = (cc.w + cc.pad_l + cc.pad_r - cc.dilation * (cc.kw - 1) - 1) / cc.stride_w + 1;
+  Tensor residual, factor;
+  ref::Inputs in{&x, &w, &bias};
+  if (cc.fused) {
+    node.attrs["relu"] = int64_t{cc.relu};
+    if (cc.residual) residual = random_tensor(DType::s32, {cc.n, cc.m, oh, ow}, -(1 << 20), 1 << 20, rng);
+    if (cc.requant) {
+      node.attrs["shift"] = int64_t{cc.requant->shift};
+      node.attrs["bits"] = int64_t{cc.requant->bits};
+      node.attrs["signed"] = int64_t{cc.requant->is_signed};
+      // With shift 0 small factors keep some outputs inside the clamp range.
+      const int64_t f_hi = cc.requant->shift == 0 ? 3 : 65535;
+      factor = random_tensor(DType::u16, rng() % 2 ? Shape{1, cc.m, 1, 1} : Shape{cc.m}, 0, f_hi, rng);
+    }
+    in.push_back(cc.residual ? &residual : nullptr);
+    if (cc.requant) in.push_back(&factor);
+  }
+  const Tensor want = run_kernel(cc.fused ? ref::int_conv_fused : ref::int_conv, node, in);
+  for (const auto& isa : vector_isas()) {
+    const ref::KernelFn fn = cpu::find_kernel(isa, node.op_type);
+    ASSERT_NE(fn, nullptr) << isa << " has no " << node.op_type;
+    EXPECT_TRUE(identical(want, run_kernel(fn, node, in))) << isa << ": " << cc.str() << " (seed " << seed << ")";
+  }
+}
+
+TEST(CpuBackend, DispatchNamesTheIsa) {
+  const std::string isa = cpu::isa_name();
+  EXPECT_TRUE(isa == "avx512vnni" || isa == "avx2" || isa == "scalar") << isa;
+  EXPECT_EQ(cpu::available_isas().front(), isa);
+  EXPECT_EQ(cpu::available_isas().back(), "scalar");
+  if (isa == "scalar") {
+    EXPECT_EQ(cpu::find_kernel("nibble:IntConvFused"), nullptr);
+  } else {
+    EXPECT_NE(cpu::find_kernel("nibble:IntConvFused"), nullptr);
+    EXPECT_NE(cpu::find_kernel("nibble:IntConv"), nullptr);
+  }
+  EXPECT_EQ(cpu::find_kernel("NoSuchOp"), nullptr);
+}
+
+// The seed model's layer shapes, scaled down in channels, and the stem.
+TEST(CpuBackend, IntConvFusedMatchesReferenceOnSeedLikeLayers) {
+  SKIP_WITHOUT_CPU_KERNELS();
+  uint32_t seed = 1;
+  // Stem: 7x7 stride 2 pad 3 on s8 images, s8 weights, u4 output.
+  for (int64_t n : {1, 3}) {
+    ConvCase stem{.n = n, .c = 3, .h = 37, .w = 41, .m = 13, .kh = 7, .kw = 7, .stride_h = 2, .stride_w = 2,
+                  .pad_t = 3, .pad_l = 3, .pad_b = 3, .pad_r = 3, .wtype = DType::s8, .act = Act::s8,
+                  .relu = true, .requant = Requant{16, 4, false}};
+    check_conv(stem, seed++);
+  }
+  // 1x1 reduce, 3x3 (stride 1 and 2), 1x1 expand with residual, downsample to s8.
+  for (int64_t n : {1, 3}) {
+    for (int64_t hw : {7, 14, 15, 28}) {
+      check_conv({.n = n, .c = 64, .h = hw, .w = hw, .m = 32, .kh = 1, .kw = 1, .pad_t = 0, .pad_l = 0, .pad_b = 0,
+                  .pad_r = 0, .relu = true, .requant = Requant{16, 4, false}},
+                 seed++);
+      for (int64_t s : {1, 2}) {
+        check_conv({.n = n, .c = 32, .h = hw, .w = hw, .m = 32, .stride_h = s, .stride_w = s, .relu = true,
+                    .requant = Requant{16, 4, false}},
+                   seed++);
+      }
+      check_conv({.n = n, .c = 32, .h = hw, .w = hw, .m = 64, .kh = 1, .kw = 1, .pad_t = 0, .pad_l = 0, .pad_b = 0,
+                  .pad_r = 0, .residual = true, .relu = true, .requant = Requant{16, 7, false}},
+                 seed++);
+      check_conv({.n = n, .c = 32, .h = hw, .w = hw, .m = 64, .kh = 1, .kw = 1, .stride_h = 2, .stride_w = 2,
+                  .pad_t = 0, .pad_l = 0, .pad_b = 0, .pad_r = 0, .requant = Requant{16, 7, true}},
+                 seed++);
+    }
+  }
+}
+
+TEST(CpuBackend, IntConvFusedMatchesReferenceOnRandomShapes) {
+  SKIP_WITHOUT_CPU_KERNELS();
+  std::mt19937 rng(20240607);
+  auto pick = [&](std::initializer_list<int64_t> v) { return *(v.begin() + rng() % v.size()); };
+  const Act acts[] = {Act::u4, Act::u7, Act::u8_full, Act::s8};
+  const Requant requants[] = {{16, 4, false}, {16, 7, false}, {16, 8, false}, {16, 7, true},  {16, 8, true},
+                              {16, 31, false}, {16, 31, true}, {0, 4, false}, {0, 8, true},   {0, 31, true},
+                              {0, 31, false},  {1, 7, true},   {31, 4, false}, {5, 13, true}};
+  for (int iter = 0; iter < 400; ++iter) {
+    ConvCase cc;
+    const int64_t shape_kind = rng() % 4;  // 1x1, 3x3, 7x7, odd
+    if (shape_kind == 0) {
+      cc.kh = cc.kw = 1;
+      cc.pad_t = cc.pad_l = cc.pad_b = cc.pad_r = 0;
+    } else if (shape_kind == 1) {
+      cc.kh = cc.kw = 3;
+    } else if (shape_kind == 2) {
+      cc.kh = cc.kw = 7;
+      cc.pad_t = cc.pad_l = cc.pad_b = cc.pad_r = 3;
+    } else {
+      cc.kh = pick({1, 2, 3, 5});
+      cc.kw = pick({1, 2, 3, 4});
+      cc.pad_t = pick({0, 1, 2});
+      cc.pad_l = pick({0, 1});
+      cc.pad_b = pick({0, 1, 2});
+      cc.pad_r = pick({0, 2});
+      cc.dilation = pick({1, 1, 2});
+    }
+    cc.stride_h = pick({1, 2});
+    cc.stride_w = rng() % 4 == 0 ? pick({1, 2, 3}) : cc.stride_h;
+    cc.group = pick({1, 1, 1, 1, 2, 3});
+    cc.c = cc.group * pick({1, 2, 3, 4, 5, 7, 13, 16, 33, 64});
+    cc.m = cc.group * pick({1, 3, 4, 5, 8, 13, 17, 64});
+    cc.n = pick({1, 1, 2, 3});
+    const int64_t min_h = cc.dilation * (cc.kh - 1) + 1 - cc.pad_t - cc.pad_b;
+    const int64_t min_w = cc.dilation * (cc.kw - 1) + 1 - cc.pad_l - cc.pad_r;
+    cc.h = std::max<int64_t>({1, min_h, pick({1, 2, 3, 5, 7, 9, 14, 16, 17, 23, 31})});
+    cc.w = std::max<int64_t>({1, min_w, pick({1, 2, 3, 5, 7, 9, 14, 16, 17, 23, 31, 40})});
+    cc.wtype = rng() % 2 ? DType::s4 : DType::s8;
+    cc.act = acts[rng() % 4];
+    cc.fused = rng() % 8 != 0;
+    cc.residual = rng() % 3 == 0;
+    cc.relu = rng() % 2 == 0;
+    if (rng() % 4 != 0) cc.requant = requants[rng() % std::size(requants)];
+    check_conv(cc, static_cast<uint32_t>(1000 + iter));
+    if (HasFailure()) break;
+  }
+}
+
+TEST(CpuBackend, IntConvMatchesReference) {
+  SKIP_WITHOUT_CPU_KERNELS();
+  for (Act a : {Act::u4, Act::u7, Act::u8_full, Act::s8}) {
+    for (DType wt : {DType::s4, DType::s8}) {
+      check_conv({.n = 3, .c = 13, .h = 9, .w = 11, .m = 17, .wtype = wt, .act = a, .fused = false}, 7);
+      check_conv({.n = 1, .c = 64, .h = 7, .w = 7, .m = 64, .kh = 1, .kw = 1, .pad_t = 0, .pad_l = 0, .pad_b = 0,
+                  .pad_r = 0, .wtype = wt, .act = a, .fused = false},
+                 8);
+    }
+  }
+}
+
+// Reductions long enough for the s16 partial sums to matter (K = 4608), at the edges of the
+// u8 x s8 bound: 0..127 activations with -128 weights, and 0..255 which must avoid maddubs.
+TEST(CpuBackend, LongReductionsAtTheSaturationBound) {
+  SKIP_WITHOUT_CPU_KERNELS();
+  for (Act a : {Act::u4, Act::u7, Act::u8_full}) {
+    for (DType wt : {DType::s4, DType::s8}) {
+      check_conv({.n = 1, .c = 512, .h = 7, .w = 7, .m = 20, .wtype = wt, .act = a, .relu = true,
+                  .requant = Requant{16, 4, false}},
+                 11);
+    }
+  }
+  // Every product at its extreme: the sums are exactly what an s16 overflow would corrupt.
+  for (int64_t value : {15, 127, 255}) {
+    for (int64_t wv : {-8, 7, -128}) {
+      const DType wt = wv >= -8 ? DType::s4 : DType::s8;
+      Tensor x(DType::u8, {1, 256, 5, 5});
+      for (int64_t i = 0; i < x.numel(); ++i) x.set(i, static_cast<double>(value));
+      Tensor w(wt, {16, 256, 3, 3});
+      for (int64_t i = 0; i < w.numel(); ++i) w.set(i, static_cast<double>(wv));
+      Tensor bias(DType::s32, {16});
+      Node node;
+      node.op_type = "nibble:IntConvFused";
+      node.outputs = {"y"};
+      node.attrs["pads"] = std::vector<int64_t>{1, 1, 1, 1};
+      const ref::Inputs in{&x, &w, &bias};
+      const Tensor want = run_kernel(ref::int_conv_fused, node, in);
+      for (const auto& isa : vector_isas()) {
+        EXPECT_TRUE(identical(want, run_kernel(cpu::find_kernel(isa, node.op_type), node, in)))
+            << isa << " x = " << value << " w = " << wv;
+      }
+    }
+  }
+}
+
+// The packed-weight cache must notice a weight tensor changed in place between calls.
+TEST(CpuBackend, WeightCacheSeesInPlaceChanges) {
+  SKIP_WITHOUT_CPU_KERNELS();
+  std::mt19937 rng(5);
+  const Tensor x = random_activations(Act::u4, {1, 16, 6, 6}, rng);
+  Tensor w = random_tensor(DType::s4, {8, 16, 3, 3}, -8, 7, rng);
+  const Tensor bias = random_tensor(DType::s16, {8}, -100, 100, rng);
+  Node node;
+  node.op_type = "nibble:IntConv";
+  node.outputs = {"y"};
+  node.attrs["pads"] = std::vector<int64_t>{1, 1, 1, 1};
+  const ref::Inputs in{&x, &w, &bias};
+  for (int round = 0; round < 3; ++round) {
+    const Tensor want = run_kernel(ref::int_conv, node, in);
+    for (const auto& isa : vector_isas()) {
+      EXPECT_TRUE(identical(want, run_kernel(cpu::find_kernel(isa, node.op_type), node, in))) << isa << " round " << round;
+    }
+    w.set(round * 7, -static_cast<double>(round + 1));
+  }
+}
+
+// Engine::run may be called from several threads at once; the pool then runs tasks inline.
+TEST(CpuBackend, ConcurrentCallsMatchReference) {
+  SKIP_WITHOUT_CPU_KERNELS();
+  std::mt19937 rng(9);
+  const Tensor x = random_activations(Act::u4, {2, 32, 14, 14}, rng);
+  const Tensor w = random_tensor(DType::s4, {64, 32, 3, 3}, -8, 7, rng);
+  const Tensor bias = random_tensor(DType::s16, {64}, -100, 100, rng);
+  const Tensor factor = random_tensor(DType::u16, {64}, 0, 65535, rng);
+  Node node;
+  node.op_type = "nibble:IntConvFused";
+  node.outputs = {"y"};
+  node.attrs["pads"] = std::vector<int64_t>{1, 1, 1, 1};
+  node.attrs["relu"] = int64_t{1};
+  node.attrs["shift"] = int64_t{16};
+  node.attrs["bits"] = int64_t{4};
+  node.attrs["signed"] = int64_t{0};
+  const ref::Inputs in{&x, &w, &bias, nullptr, &factor};
+  const Tensor want = run_kernel(ref::int_conv_fused, node, in);
+  const ref::KernelFn fn = cpu::find_kernel(node.op_type);
+  std::vector<Tensor> got(4);
+  std::vector<std::thread> threads;
+  for (size_t t = 0; t < got.size(); ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 5; ++i) got[t] = run_kernel(fn, node, in);
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (const auto& g : got) EXPECT_TRUE(identical(want, g));
+}
+
+TEST(CpuBackend, RequantizeMatchesReference) {
+  SKIP_WITHOUT_CPU_KERNELS();
+  std::mt19937 rng(17);
+  const Requant requants[] = {{16, 4, false}, {16, 7, true}, {0, 31, false}, {0, 31, true}, {16, 8, true},
+                              {3, 8, false},  {31, 2, true}, {16, 31, false}};
+  const Shape shapes[] = {{1, 64, 56, 56}, {3, 13, 7, 5}, {2, 17, 1, 1}, {2, 5}, {1, 3, 4, 5, 3}};
+  for (DType in_type : {DType::u8, DType::s8, DType::s32}) {
+    for (const Shape& shape : shapes) {
+      for (const Requant& rq : requants) {
+        const int64_t lo = in_type == DType::u8 ? 0 : in_type == DType::s8 ? -127 : -(int64_t{1} << 31);
+        const int64_t hi = in_type == DType::u8 ? 255 : in_type == DType::s8 ? 127 : (int64_t{1} << 31) - 1;
+        Tensor x = random_tensor(in_type, shape, lo, hi, rng);
+        if (in_type == DType::s32 && rng() % 2) x = random_tensor(in_type, shape, -100000, 100000, rng);
+        const Tensor factor = random_tensor(DType::u16, rng() % 2 || shape.size() != 4 ? Shape{shape[1]}
+                                                                                          : Shape{1, shape[1], 1, 1},
+                                            0, rq.shift == 0 ? 40000 : 65535, rng);
+        Node node;
+        node.op_type = "nibble:Requantize";
+        node.outputs = {"y"};
+        node.attrs["shift"] = int64_t{rq.shift};
+        node.attrs["bits"] = int64_t{rq.bits};
+        node.attrs["signed"] = int64_t{rq.is_signed};
+        const ref::Inputs in{&x, &factor};
+        const Tensor want = run_kernel(ref::requantize, node, in);
+        for (const auto& isa : vector_isas()) {
+          EXPECT_TRUE(identical(want, run_kernel(cpu::find_kernel(isa, node.op_type), node, in)))
+              << isa << " " << dtype_name(in_type) << " " << shape_str(shape) << " shift " << rq.shift << " bits "
+              << rq.bits << (rq.is_signed ? " signed" : " unsigned");
+        }
+      }
+    }
+  }
+}
+
+TEST(CpuBackend, IntLinearMatchesReference) {
+  SKIP_WITHOUT_CPU_KERNELS();
+  std::mt19937 rng(23);
+  for (Act a : {Act::u4, Act::u7, Act::u8_full, Act::s8}) {
+    for (DType wt : {DType::s4, DType::s8}) {
+      for (int64_t k : {1, 3, 31, 33, 100, 2048}) {
+        for (int64_t batch : {1, 3}) {
+          const Tensor x = random_activations(a, {batch, k}, rng);
+          const int64_t m = 1 + static_cast<int64_t>(rng() % 130);
+          const Tensor w = random_tensor(wt, {m, k}, wt == DType::s4 ? -8 : -128, wt == DType::s4 ? 7 : 127, rng);
+          const Tensor bias = random_tensor(rng() % 2 ? DType::s32 : DType::s16, {m}, -30000, 30000, rng);
+          Node node;
+          node.op_type = "nibble:IntLinear";
+          node.outputs = {"y"};
+          const ref::Inputs in{&x, &w, &bias};
+          const Tensor want = run_kernel(ref::int_linear, node, in);
+          for (const auto& isa : vector_isas()) {
+            EXPECT_TRUE(identical(want, run_kernel(cpu::find_kernel(isa, node.op_type), node, in)))
+                << isa << " " << act_name(a) << " " << dtype_name(wt) << " k " << k << " m " << m << " batch "
+                << batch;
+          }
+        }
+      }
+    }
+  }
+}
+
+const std::string kSeedModelDir = std::string(NIBBLE_SOURCE_DIR) + "/../shared/models/mlperf-v0.5-int4-resnet50";
+
+TEST(CpuBackend, SeedResNet50LogitsMatchReference) {
+  SKIP_WITHOUT_CPU_KERNELS();
+  if (!std::filesystem::exists(kSeedModelDir + "/model/model")) GTEST_SKIP() << "seed model not found";
+  const Tensor image = read_npy(kSeedModelDir + "/golden/image_a_input_s8.npy").reshaped({1, 3, 224, 224});
+  const Graph graph = load_model(kSeedModelDir + "/model");
+  const auto want = Engine(graph, Backend::ref).run({image});
+  const auto got = Engine(graph, Backend::cpu).run({image});
+  ASSERT_EQ(want.size(), got.size());
+  for (size_t o = 0; o < want.size(); ++o) EXPECT_TRUE(identical(want[o], got[o])) << "output " << o;
+  const Tensor golden = read_npy(kSeedModelDir + "/golden/image_a_logits_s32.npy");
+  ASSERT_EQ(golden.numel(), got[0].numel());
+  EXPECT_EQ(0, std::memcmp(golden.bytes(), got[0].bytes(), golden.nbytes()));
+}
+
+}  // namespace
+}  // namespace nibble
