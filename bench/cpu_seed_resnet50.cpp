@@ -25,7 +25,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
 
 nibble::Tensor image_batch(const std::string& seed_dir, int64_t batch) {
   const nibble::Tensor one = nibble::read_npy(seed_dir + "/golden/image_a_input_s8.npy");
@@ -51,7 +53,8 @@ Timing time_engine(const nibble::Engine& engine, const nibble::Tensor& x, int it
 }
 
 // Runs the nodes one by one with the kernels the engine would choose; seconds per op type.
-std::map<std::string, double> profile(const nibble::Graph& g, const nibble::Tensor& x, bool cpu, bool per_node) {
+std::map<std::string, double> profile(const nibble::Graph& g, const nibble::Tensor& x, bool cpu,
+                                      bool per_node) {
   std::map<std::string, nibble::Tensor> values(g.initializers.begin(), g.initializers.end());
   values[g.inputs.at(0).name] = x;
   std::map<std::string, double> per_op;
@@ -68,7 +71,8 @@ std::map<std::string, double> profile(const nibble::Graph& g, const nibble::Tens
     if (per_node) {
       std::string shapes;
       for (const auto* t : in) shapes += t ? nibble::shape_str(t->shape()) + " " : "- ";
-      std::printf("    %-28s %-20s %8.3f ms  %s\n", n.name.c_str(), n.op_type.c_str(), s * 1e3, shapes.c_str());
+      std::printf("    %-28s %-20s %8.3f ms  %s\n", n.name.c_str(), n.op_type.c_str(), s * 1e3,
+                  shapes.c_str());
     }
     for (size_t i = 0; i < n.outputs.size(); ++i) {
       if (!n.outputs[i].empty()) values[n.outputs[i]] = std::move(out[i]);
@@ -125,9 +129,10 @@ int main(int argc, char** argv) {
                 static_cast<long long>(batch), c.best * 1e3, c.median * 1e3, c.median * 1e3 / batch, iters);
     if (with_ref) {
       const Timing r = time_engine(ref, x, ref_iters);
-      std::printf("batch %3lld  ref: best %8.1f ms  median %8.1f ms  (%.1f ms/image, %d runs)  speed-up %.1fx\n",
-                  static_cast<long long>(batch), r.best * 1e3, r.median * 1e3, r.median * 1e3 / batch, ref_iters,
-                  r.median / c.median);
+      std::printf(
+          "batch %3lld  ref: best %8.1f ms  median %8.1f ms  (%.1f ms/image, %d runs)  speed-up %.1fx\n",
+          static_cast<long long>(batch), r.best * 1e3, r.median * 1e3, r.median * 1e3 / batch, ref_iters,
+          r.median / c.median);
     }
     if (with_profile) {
       for (bool use_cpu : {true, false}) {

@@ -2,6 +2,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <optional>
@@ -37,10 +39,12 @@ std::vector<std::string> vector_isas() {
 // Where the two outputs first differ, for a readable failure.
 ::testing::AssertionResult identical(const Tensor& want, const Tensor& got) {
   if (want.dtype() != got.dtype()) {
-    return ::testing::AssertionFailure() << "dtype " << dtype_name(got.dtype()) << " != " << dtype_name(want.dtype());
+    return ::testing::AssertionFailure()
+           << "dtype " << dtype_name(got.dtype()) << " != " << dtype_name(want.dtype());
   }
   if (want.shape() != got.shape()) {
-    return ::testing::AssertionFailure() << "shape " << shape_str(got.shape()) << " != " << shape_str(want.shape());
+    return ::testing::AssertionFailure()
+           << "shape " << shape_str(got.shape()) << " != " << shape_str(want.shape());
   }
   if (std::memcmp(want.bytes(), got.bytes(), want.nbytes()) == 0) return ::testing::AssertionSuccess();
   int64_t differing = 0, first = -1;
@@ -50,8 +54,8 @@ std::vector<std::string> vector_isas() {
       ++differing;
     }
   }
-  return ::testing::AssertionFailure() << differing << " of " << want.numel() << " elements differ; first at " << first
-                                       << ": got " << got.get(first) << ", want " << want.get(first);
+  return ::testing::AssertionFailure() << differing << " of " << want.numel() << " elements differ; first at "
+                                       << first << ": got " << got.get(first) << ", want " << want.get(first);
 }
 
 Tensor run_kernel(ref::KernelFn fn, const Node& n, const ref::Inputs& in) {
@@ -72,18 +76,26 @@ Tensor random_tensor(DType t, Shape shape, int64_t lo, int64_t hi, std::mt19937&
 enum class Act { u4, u7, u8_full, s8 };
 const char* act_name(Act a) {
   switch (a) {
-    case Act::u4: return "u4";
-    case Act::u7: return "u7";
-    case Act::u8_full: return "u8(0..255)";
-    default: return "s8";
+    case Act::u4:
+      return "u4";
+    case Act::u7:
+      return "u7";
+    case Act::u8_full:
+      return "u8(0..255)";
+    default:
+      return "s8";
   }
 }
 Tensor random_activations(Act a, Shape shape, std::mt19937& rng) {
   switch (a) {
-    case Act::u4: return random_tensor(DType::u8, std::move(shape), 0, 15, rng);
-    case Act::u7: return random_tensor(DType::u8, std::move(shape), 0, 127, rng);
-    case Act::u8_full: return random_tensor(DType::u8, std::move(shape), 0, 255, rng);
-    default: return random_tensor(DType::s8, std::move(shape), -127, 127, rng);
+    case Act::u4:
+      return random_tensor(DType::u8, std::move(shape), 0, 15, rng);
+    case Act::u7:
+      return random_tensor(DType::u8, std::move(shape), 0, 127, rng);
+    case Act::u8_full:
+      return random_tensor(DType::u8, std::move(shape), 0, 255, rng);
+    default:
+      return random_tensor(DType::s8, std::move(shape), -127, 127, rng);
   }
 }
 
@@ -103,16 +115,16 @@ struct ConvCase {
   bool fused = true;
   bool residual = false;
   bool relu = false;
-  std::optional<Requant> requant;
+  std::optional<Requant> requant = std::nullopt;
 
   std::string str() const {
     std::string s = "x " + std::to_string(n) + "x" + std::to_string(c) + "x" + std::to_string(h) + "x" +
                     std::to_string(w) + " " + act_name(act) + ", W " + std::to_string(m) + "x" +
                     std::to_string(c / group) + "x" + std::to_string(kh) + "x" + std::to_string(kw) + " " +
                     std::string(dtype_name(wtype)) + ", stride " + std::to_string(stride_h) + "," +
-                    std::to_string(stride_w) + ", pads " + std::to_string(pad_t) + "," + std::to_string(pad_l) +
-                    "," + std::to_string(pad_b) + "," + std::to_string(pad_r) + ", dilation " +
-                    std::to_string(dilation) + ", group " + std::to_string(group);
+                    std::to_string(stride_w) + ", pads " + std::to_string(pad_t) + "," +
+                    std::to_string(pad_l) + "," + std::to_string(pad_b) + "," + std::to_string(pad_r) +
+                    ", dilation " + std::to_string(dilation) + ", group " + std::to_string(group);
     if (!fused) return s + ", IntConv";
     s += residual ? ", residual" : "";
     s += relu ? ", relu" : "";
@@ -151,9 +163,26 @@ void check_conv(const ConvCase& cc, uint32_t seed) {
       node.attrs["shift"] = int64_t{cc.requant->shift};
       node.attrs["bits"] = int64_t{cc.requant->bits};
       node.attrs["signed"] = int64_t{cc.requant->is_signed};
-      // With shift 0 small factors keep some outputs inside the clamp range.
-      const int64_t f_hi = cc.requant->shift == 0 ? 3 : 65535;
-      factor = random_tensor(DType::u16, rng() % 2 ? Shape{1, cc.m, 1, 1} : Shape{cc.m}, 0, f_hi, rng);
+      factor = random_tensor(DType::u16, rng() % 2 ? Shape{1, cc.m, 1, 1} : Shape{cc.m}, 0, 65535, rng);
+      if (rng() % 4 != 0) {
+        // Scale each map's factor so that its outputs spread over the clamp range instead of
+        // saturating: a wrong sum must change the output, not vanish into the clamp.
+        Node plain = node;
+        plain.op_type = "nibble:IntConv";
+        const Tensor acc = run_kernel(ref::int_conv, plain, {&x, &w, &bias});
+        const int64_t plane = oh * ow;
+        const double top = std::ldexp(static_cast<double>(quant::output_range(cc.requant->bits, true).hi),
+                                      cc.requant->shift);
+        for (int64_t m = 0; m < cc.m; ++m) {
+          double max_abs = 1;
+          for (int64_t n = 0; n < cc.n; ++n) {
+            for (int64_t i = 0; i < plane; ++i)
+              max_abs = std::max(max_abs, std::abs(acc.get((n * cc.m + m) * plane + i)));
+          }
+          const double f = top / max_abs * std::uniform_real_distribution<double>(0.5, 2.0)(rng);
+          factor.set(m, std::clamp(std::floor(f), 1.0, 65535.0));
+        }
+      }
     }
     in.push_back(cc.residual ? &residual : nullptr);
     if (cc.requant) in.push_back(&factor);
@@ -162,7 +191,8 @@ void check_conv(const ConvCase& cc, uint32_t seed) {
   for (const auto& isa : vector_isas()) {
     const ref::KernelFn fn = cpu::find_kernel(isa, node.op_type);
     ASSERT_NE(fn, nullptr) << isa << " has no " << node.op_type;
-    EXPECT_TRUE(identical(want, run_kernel(fn, node, in))) << isa << ": " << cc.str() << " (seed " << seed << ")";
+    EXPECT_TRUE(identical(want, run_kernel(fn, node, in)))
+        << isa << ": " << cc.str() << " (seed " << seed << ")";
   }
 }
 
@@ -186,27 +216,84 @@ TEST(CpuBackend, IntConvFusedMatchesReferenceOnSeedLikeLayers) {
   uint32_t seed = 1;
   // Stem: 7x7 stride 2 pad 3 on s8 images, s8 weights, u4 output.
   for (int64_t n : {1, 3}) {
-    ConvCase stem{.n = n, .c = 3, .h = 37, .w = 41, .m = 13, .kh = 7, .kw = 7, .stride_h = 2, .stride_w = 2,
-                  .pad_t = 3, .pad_l = 3, .pad_b = 3, .pad_r = 3, .wtype = DType::s8, .act = Act::s8,
-                  .relu = true, .requant = Requant{16, 4, false}};
+    ConvCase stem{.n = n,
+                  .c = 3,
+                  .h = 37,
+                  .w = 41,
+                  .m = 13,
+                  .kh = 7,
+                  .kw = 7,
+                  .stride_h = 2,
+                  .stride_w = 2,
+                  .pad_t = 3,
+                  .pad_l = 3,
+                  .pad_b = 3,
+                  .pad_r = 3,
+                  .wtype = DType::s8,
+                  .act = Act::s8,
+                  .relu = true,
+                  .requant = Requant{16, 4, false}};
     check_conv(stem, seed++);
   }
   // 1x1 reduce, 3x3 (stride 1 and 2), 1x1 expand with residual, downsample to s8.
   for (int64_t n : {1, 3}) {
-    for (int64_t hw : {7, 14, 15, 28}) {
-      check_conv({.n = n, .c = 64, .h = hw, .w = hw, .m = 32, .kh = 1, .kw = 1, .pad_t = 0, .pad_l = 0, .pad_b = 0,
-                  .pad_r = 0, .relu = true, .requant = Requant{16, 4, false}},
+    for (int64_t hw : {7, 14, 15, 28, 56}) {
+      if (n == 3 && hw == 56) continue;
+      check_conv({.n = n,
+                  .c = 64,
+                  .h = hw,
+                  .w = hw,
+                  .m = 32,
+                  .kh = 1,
+                  .kw = 1,
+                  .pad_t = 0,
+                  .pad_l = 0,
+                  .pad_b = 0,
+                  .pad_r = 0,
+                  .relu = true,
+                  .requant = Requant{16, 4, false}},
                  seed++);
       for (int64_t s : {1, 2}) {
-        check_conv({.n = n, .c = 32, .h = hw, .w = hw, .m = 32, .stride_h = s, .stride_w = s, .relu = true,
+        check_conv({.n = n,
+                    .c = 32,
+                    .h = hw,
+                    .w = hw,
+                    .m = 32,
+                    .stride_h = s,
+                    .stride_w = s,
+                    .relu = true,
                     .requant = Requant{16, 4, false}},
                    seed++);
       }
-      check_conv({.n = n, .c = 32, .h = hw, .w = hw, .m = 64, .kh = 1, .kw = 1, .pad_t = 0, .pad_l = 0, .pad_b = 0,
-                  .pad_r = 0, .residual = true, .relu = true, .requant = Requant{16, 7, false}},
+      check_conv({.n = n,
+                  .c = 32,
+                  .h = hw,
+                  .w = hw,
+                  .m = 64,
+                  .kh = 1,
+                  .kw = 1,
+                  .pad_t = 0,
+                  .pad_l = 0,
+                  .pad_b = 0,
+                  .pad_r = 0,
+                  .residual = true,
+                  .relu = true,
+                  .requant = Requant{16, 7, false}},
                  seed++);
-      check_conv({.n = n, .c = 32, .h = hw, .w = hw, .m = 64, .kh = 1, .kw = 1, .stride_h = 2, .stride_w = 2,
-                  .pad_t = 0, .pad_l = 0, .pad_b = 0, .pad_r = 0, .requant = Requant{16, 7, true}},
+      check_conv({.n = n,
+                  .c = 32,
+                  .h = hw,
+                  .w = hw,
+                  .m = 64,
+                  .kh = 1,
+                  .kw = 1,
+                  .stride_h = 2,
+                  .stride_w = 2,
+                  .pad_t = 0,
+                  .pad_l = 0,
+                  .pad_b = 0,
+                  .pad_r = 0,
+                  .requant = Requant{16, 7, true}},
                  seed++);
     }
   }
@@ -217,8 +304,8 @@ TEST(CpuBackend, IntConvFusedMatchesReferenceOnRandomShapes) {
   std::mt19937 rng(20240607);
   auto pick = [&](std::initializer_list<int64_t> v) { return *(v.begin() + rng() % v.size()); };
   const Act acts[] = {Act::u4, Act::u7, Act::u8_full, Act::s8};
-  const Requant requants[] = {{16, 4, false}, {16, 7, false}, {16, 8, false}, {16, 7, true},  {16, 8, true},
-                              {16, 31, false}, {16, 31, true}, {0, 4, false}, {0, 8, true},   {0, 31, true},
+  const Requant requants[] = {{16, 4, false},  {16, 7, false}, {16, 8, false}, {16, 7, true}, {16, 8, true},
+                              {16, 31, false}, {16, 31, true}, {0, 4, false},  {0, 8, true},  {0, 31, true},
                               {0, 31, false},  {1, 7, true},   {31, 4, false}, {5, 13, true}};
   for (int iter = 0; iter < 400; ++iter) {
     ConvCase cc;
@@ -266,8 +353,20 @@ TEST(CpuBackend, IntConvMatchesReference) {
   for (Act a : {Act::u4, Act::u7, Act::u8_full, Act::s8}) {
     for (DType wt : {DType::s4, DType::s8}) {
       check_conv({.n = 3, .c = 13, .h = 9, .w = 11, .m = 17, .wtype = wt, .act = a, .fused = false}, 7);
-      check_conv({.n = 1, .c = 64, .h = 7, .w = 7, .m = 64, .kh = 1, .kw = 1, .pad_t = 0, .pad_l = 0, .pad_b = 0,
-                  .pad_r = 0, .wtype = wt, .act = a, .fused = false},
+      check_conv({.n = 1,
+                  .c = 64,
+                  .h = 7,
+                  .w = 7,
+                  .m = 64,
+                  .kh = 1,
+                  .kw = 1,
+                  .pad_t = 0,
+                  .pad_l = 0,
+                  .pad_b = 0,
+                  .pad_r = 0,
+                  .wtype = wt,
+                  .act = a,
+                  .fused = false},
                  8);
     }
   }
@@ -279,7 +378,14 @@ TEST(CpuBackend, LongReductionsAtTheSaturationBound) {
   SKIP_WITHOUT_CPU_KERNELS();
   for (Act a : {Act::u4, Act::u7, Act::u8_full}) {
     for (DType wt : {DType::s4, DType::s8}) {
-      check_conv({.n = 1, .c = 512, .h = 7, .w = 7, .m = 20, .wtype = wt, .act = a, .relu = true,
+      check_conv({.n = 1,
+                  .c = 512,
+                  .h = 7,
+                  .w = 7,
+                  .m = 20,
+                  .wtype = wt,
+                  .act = a,
+                  .relu = true,
                   .requant = Requant{16, 4, false}},
                  11);
     }
@@ -322,7 +428,8 @@ TEST(CpuBackend, WeightCacheSeesInPlaceChanges) {
   for (int round = 0; round < 3; ++round) {
     const Tensor want = run_kernel(ref::int_conv, node, in);
     for (const auto& isa : vector_isas()) {
-      EXPECT_TRUE(identical(want, run_kernel(cpu::find_kernel(isa, node.op_type), node, in))) << isa << " round " << round;
+      EXPECT_TRUE(identical(want, run_kernel(cpu::find_kernel(isa, node.op_type), node, in)))
+          << isa << " round " << round;
     }
     w.set(round * 7, -static_cast<double>(round + 1));
   }
@@ -361,8 +468,8 @@ TEST(CpuBackend, ConcurrentCallsMatchReference) {
 TEST(CpuBackend, RequantizeMatchesReference) {
   SKIP_WITHOUT_CPU_KERNELS();
   std::mt19937 rng(17);
-  const Requant requants[] = {{16, 4, false}, {16, 7, true}, {0, 31, false}, {0, 31, true}, {16, 8, true},
-                              {3, 8, false},  {31, 2, true}, {16, 31, false}};
+  const Requant requants[] = {{16, 4, false}, {16, 7, true}, {0, 31, false}, {0, 31, true},
+                              {16, 8, true},  {3, 8, false}, {31, 2, true},  {16, 31, false}};
   const Shape shapes[] = {{1, 64, 56, 56}, {3, 13, 7, 5}, {2, 17, 1, 1}, {2, 5}, {1, 3, 4, 5, 3}};
   for (DType in_type : {DType::u8, DType::s8, DType::s32}) {
     for (const Shape& shape : shapes) {
@@ -371,9 +478,9 @@ TEST(CpuBackend, RequantizeMatchesReference) {
         const int64_t hi = in_type == DType::u8 ? 255 : in_type == DType::s8 ? 127 : (int64_t{1} << 31) - 1;
         Tensor x = random_tensor(in_type, shape, lo, hi, rng);
         if (in_type == DType::s32 && rng() % 2) x = random_tensor(in_type, shape, -100000, 100000, rng);
-        const Tensor factor = random_tensor(DType::u16, rng() % 2 || shape.size() != 4 ? Shape{shape[1]}
-                                                                                          : Shape{1, shape[1], 1, 1},
-                                            0, rq.shift == 0 ? 40000 : 65535, rng);
+        const Tensor factor = random_tensor(
+            DType::u16, rng() % 2 || shape.size() != 4 ? Shape{shape[1]} : Shape{1, shape[1], 1, 1}, 0,
+            rq.shift == 0 ? 40000 : 65535, rng);
         Node node;
         node.op_type = "nibble:Requantize";
         node.outputs = {"y"};
@@ -384,8 +491,44 @@ TEST(CpuBackend, RequantizeMatchesReference) {
         const Tensor want = run_kernel(ref::requantize, node, in);
         for (const auto& isa : vector_isas()) {
           EXPECT_TRUE(identical(want, run_kernel(cpu::find_kernel(isa, node.op_type), node, in)))
-              << isa << " " << dtype_name(in_type) << " " << shape_str(shape) << " shift " << rq.shift << " bits "
-              << rq.bits << (rq.is_signed ? " signed" : " unsigned");
+              << isa << " " << dtype_name(in_type) << " " << shape_str(shape) << " shift " << rq.shift
+              << " bits " << rq.bits << (rq.is_signed ? " signed" : " unsigned");
+        }
+      }
+    }
+  }
+}
+
+// s32 extremes and rounding ties through every factor edge: |INT32_MIN| must round like llabs,
+// and products up to 2^31 x 65535 must not lose bits.
+TEST(CpuBackend, RequantizeEdgeValues) {
+  SKIP_WITHOUT_CPU_KERNELS();
+  const std::vector<int64_t> values = {
+      INT32_MIN, INT32_MIN + 1, -65536, -32769, -32768, -32767,        -3,       -2, -1, 0, 1, 2, 3,
+      32767,     32768,         32769,  65535,  65536,  INT32_MAX - 1, INT32_MAX};
+  const std::vector<int64_t> factors = {0, 1, 2, 3, 32768, 65534, 65535};
+  const int64_t n = static_cast<int64_t>(values.size()), c = static_cast<int64_t>(factors.size());
+  Tensor x(DType::s32, {1, c, 1, n});
+  Tensor factor(DType::u16, {c});
+  for (int64_t j = 0; j < c; ++j) {
+    factor.set(j, static_cast<double>(factors[static_cast<size_t>(j)]));
+    for (int64_t i = 0; i < n; ++i)
+      x.data<int32_t>()[j * n + i] = static_cast<int32_t>(values[static_cast<size_t>(i)]);
+  }
+  for (int shift : {0, 1, 2, 15, 16, 17, 30, 31}) {
+    for (int bits : {1, 4, 7, 8, 15, 16, 30, 31}) {
+      for (bool is_signed : {false, true}) {
+        Node node;
+        node.op_type = "nibble:Requantize";
+        node.outputs = {"y"};
+        node.attrs["shift"] = int64_t{shift};
+        node.attrs["bits"] = int64_t{bits};
+        node.attrs["signed"] = int64_t{is_signed};
+        const ref::Inputs in{&x, &factor};
+        const Tensor want = run_kernel(ref::requantize, node, in);
+        for (const auto& isa : vector_isas()) {
+          EXPECT_TRUE(identical(want, run_kernel(cpu::find_kernel(isa, node.op_type), node, in)))
+              << isa << " shift " << shift << " bits " << bits << (is_signed ? " signed" : " unsigned");
         }
       }
     }
@@ -401,7 +544,8 @@ TEST(CpuBackend, IntLinearMatchesReference) {
         for (int64_t batch : {1, 3}) {
           const Tensor x = random_activations(a, {batch, k}, rng);
           const int64_t m = 1 + static_cast<int64_t>(rng() % 130);
-          const Tensor w = random_tensor(wt, {m, k}, wt == DType::s4 ? -8 : -128, wt == DType::s4 ? 7 : 127, rng);
+          const Tensor w =
+              random_tensor(wt, {m, k}, wt == DType::s4 ? -8 : -128, wt == DType::s4 ? 7 : 127, rng);
           const Tensor bias = random_tensor(rng() % 2 ? DType::s32 : DType::s16, {m}, -30000, 30000, rng);
           Node node;
           node.op_type = "nibble:IntLinear";
@@ -419,7 +563,51 @@ TEST(CpuBackend, IntLinearMatchesReference) {
   }
 }
 
-const std::string kSeedModelDir = std::string(NIBBLE_SOURCE_DIR) + "/../shared/models/mlperf-v0.5-int4-resnet50";
+TEST(CpuBackend, MaxPoolMatchesReference) {
+  SKIP_WITHOUT_CPU_KERNELS();
+  std::mt19937 rng(31);
+  struct Pool {
+    int64_t k, s, p, d;
+    bool ceil;
+  };
+  const Pool pools[] = {{3, 2, 1, 1, false}, {3, 1, 1, 1, false}, {2, 2, 0, 1, false}, {3, 2, 0, 1, true},
+                        {3, 2, 1, 2, false}, {1, 1, 0, 1, false}, {5, 3, 2, 1, true}};
+  for (const Pool& pool : pools) {
+    for (const Shape& shape :
+         {Shape{1, 64, 112, 112}, Shape{3, 5, 7, 9}, Shape{2, 3, 33, 70}, Shape{1, 1, 5, 5}}) {
+      const Tensor x = random_tensor(DType::u8, shape, 0, rng() % 2 ? 15 : 255, rng);
+      Node node;
+      node.op_type = "MaxPool";
+      node.opset = 13;
+      node.outputs = {"y"};
+      node.attrs["kernel_shape"] = std::vector<int64_t>{pool.k, pool.k};
+      node.attrs["strides"] = std::vector<int64_t>{pool.s, pool.s};
+      node.attrs["pads"] = std::vector<int64_t>{pool.p, pool.p, pool.p, pool.p};
+      node.attrs["dilations"] = std::vector<int64_t>{pool.d, pool.d};
+      node.attrs["ceil_mode"] = int64_t{pool.ceil};
+      const ref::Inputs in{&x};
+      const Tensor want = run_kernel(ref::max_pool, node, in);
+      for (const auto& isa : vector_isas()) {
+        EXPECT_TRUE(identical(want, run_kernel(cpu::find_kernel(isa, node.op_type), node, in)))
+            << isa << " " << shape_str(shape) << " k " << pool.k << " s " << pool.s << " p " << pool.p
+            << " d " << pool.d << (pool.ceil ? " ceil" : "");
+      }
+    }
+  }
+  // Other dtypes go to the reference kernel.
+  const Tensor xf = random_tensor(DType::f32, {1, 2, 6, 6}, -5, 5, rng);
+  Node node;
+  node.op_type = "MaxPool";
+  node.opset = 13;
+  node.outputs = {"y"};
+  node.attrs["kernel_shape"] = std::vector<int64_t>{2, 2};
+  const ref::Inputs in{&xf};
+  EXPECT_TRUE(
+      identical(run_kernel(ref::max_pool, node, in), run_kernel(cpu::find_kernel("MaxPool"), node, in)));
+}
+
+const std::string kSeedModelDir =
+    std::string(NIBBLE_SOURCE_DIR) + "/../shared/models/mlperf-v0.5-int4-resnet50";
 
 TEST(CpuBackend, SeedResNet50LogitsMatchReference) {
   SKIP_WITHOUT_CPU_KERNELS();

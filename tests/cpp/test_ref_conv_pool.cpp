@@ -315,6 +315,11 @@ TEST(RefConv, MatchesTheDirectFormulaIn1d2d3d) {
       {"2d depthwise", {1, 3, 6, 6}, {3, 1, 3, 3}, {{1, 2}, {1, 1}, {1, 1, 1, 1}, 3}, true},
       {"2d big stride", {1, 2, 9, 9}, {2, 2, 2, 2}, {{3, 4}, {2, 1}, {1, 0, 0, 3}, 1}, false},
       {"3d", {1, 2, 5, 4, 6}, {4, 1, 2, 3, 2}, {{1, 2, 1}, {2, 1, 2}, {1, 0, 1, 0, 1, 1}, 2}, true},
+      {"2d stride 3 dilation 2", {1, 2, 8, 13}, {2, 2, 2, 3}, {{1, 3}, {1, 2}, {0, 2, 1, 1}, 1}, true},
+      {"3d strided", {2, 2, 5, 6, 7}, {2, 2, 2, 2, 3}, {{2, 2, 3}, {1, 2, 1}, {1, 0, 2, 0, 1, 1}, 1}, false},
+      // Rows of 16 and more outputs take the row-at-a-time path rather than the flattened one.
+      {"2d wide strided rows", {1, 2, 5, 37}, {3, 2, 2, 3}, {{2, 2}, {1, 3}, {1, 2, 0, 1}, 1}, true},
+      {"2d wide rows", {2, 3, 4, 20}, {2, 3, 3, 3}, {{1, 1}, {1, 1}, {1, 1, 1, 1}, 1}, false},
   };
   int seed = 1;
   for (const DirectCase& c : cases) {

@@ -44,7 +44,9 @@ std::shared_ptr<const PackedConvWeights> packed_conv_weights(const Tensor& w, in
 // Whether u8 x s8 maddubs products are exact: each s16 result is the sum of two products, so it
 // stays within s16 when 2 * max_x * max_w <= 32767 (true for any u8 <= 127 and |w| <= 128:
 // 2 * 127 * 128 = 32512).
-inline bool maddubs_is_exact(int max_x, int max_w) { return 2 * static_cast<int64_t>(max_x) * max_w <= 32767; }
+inline bool maddubs_is_exact(int max_x, int max_w) {
+  return 2 * static_cast<int64_t>(max_x) * max_w <= 32767;
+}
 
 // The fused epilogue: acc + bias [+ residual] [max 0] [requantize], written as out_dtype.
 struct ConvEpilogue {
@@ -59,47 +61,58 @@ struct ConvEpilogue {
   void* out = nullptr;           // N x M x OH x OW
 };
 
-// How the im2col packing reads a block of nr output pixels for one tap. Stride-1 convolutions read
-// consecutive elements within an output row; a block that wraps to the next row of a padded input
-// still lies within 32 elements (the padded copy carries slack so that 32 can always be read).
-enum BlockKind : uint8_t { kGather = 0, kContiguous = 1, kSpan32 = 2 };
+// How the im2col packing reads a block of nr output pixels for one tap, from the fastest:
+// kContiguous: consecutive elements (stride 1 within an output row, or 1x1 unpadded).
+// kSpans (u8s8): the pixels lie in at most two windows of 32 elements, the first starting at the
+//   block's first pixel, the second block_anchor[b] elements after it (a row wrap, stride 2);
+//   block_span[b * nr + i] = pixel i's offset within its window + 32 x its window.
+// kStride2 (s16s16): pixel i reads the first pixel's element + 2i (the stem).
+// kGather: one element at a time.
+// Vector reads may run up to 32 elements past a block's last pixel; the glue only picks them where
+// that stays inside the source (a padded copy carries slack for it).
+enum BlockKind : uint8_t { kGather = 0, kContiguous = 1, kSpans = 2, kStride2 = 3 };
 
-// One convolution call, prepared by the ISA-independent glue. Activations come from `src`: per
-// image and group, channel c's plane starts at c * channel_stride and holds the input (zero-padded
-// when the conv pads), as bytes for u8s8 or as s16 for s16s16. Tap k reads src + k_offset[k] +
-// pixel_offset[p] for output pixel p (flattened OH x OW).
+// One convolution call, prepared by the ISA-independent glue. The images of the batch are folded
+// into one pixel axis q = n x plane + p, so that small late layers still fill whole pixel blocks.
+// Activations come from `src` as bytes (u8s8) or s16 (s16s16), zero-padded when the conv pads; tap
+// k of pixel q of group g reads src[g * group_stride + k_offset[k] + pixel_offset[q]].
 struct ConvJob {
   ConvMode mode = ConvMode::u8s8;
-  int64_t batch = 0, group = 0, out_channels = 0, plane = 0;  // plane = OH x OW
+  int64_t group = 0, out_channels = 0;
+  int64_t plane = 0;   // OH x OW
+  int64_t pixels = 0;  // batch x plane
   const void* src = nullptr;
-  int64_t image_stride = 0;   // elements between images of src
-  int64_t group_stride = 0;   // elements between groups of src
+  int64_t group_stride = 0;               // elements between groups of src
   const int64_t* k_offset = nullptr;      // k_steps x lanes entries (k past K read offset 0)
-  const int64_t* pixel_offset = nullptr;  // plane entries, then offset 0 up to a whole pixel block
+  const int64_t* pixel_offset = nullptr;  // `pixels` entries, then offset 0 up to a whole block
   const uint8_t* block_kind = nullptr;    // per pixel block, a BlockKind
-  // Per pixel block of kind kSpan32, nr offsets relative to its first pixel, all below 32.
-  const uint8_t* block_span = nullptr;
+  const uint8_t* block_span = nullptr;    // kSpans: nr entries per block
+  const int64_t* block_anchor = nullptr;  // kSpans: one entry per block
   const PackedConvWeights* weights = nullptr;
   ConvEpilogue epilogue;
-  // When set, the panels of every image, group and pixel block were packed beforehand (pack_chunk)
-  // in this order, k_steps x nr x 4 bytes per block; otherwise each task packs its own.
+  // When set, the panels of every group and pixel chunk were packed beforehand (pack_chunk) in
+  // this order, blocks_per_chunk x k_steps x nr x 4 bytes per chunk; otherwise each task packs its
+  // own.
   uint8_t* panels = nullptr;
-  // Task grid: image x group x pixel chunk x map chunk.
-  int64_t pixel_blocks = 0;           // ceil(plane / nr)
-  int64_t blocks_per_chunk = 0;       // pixel blocks per task
+  // Task grid: group x pixel chunk x map chunk.
+  int64_t pixel_blocks = 0;      // ceil(pixels / nr)
+  int64_t blocks_per_chunk = 0;  // pixel blocks per task
   int64_t pixel_chunks = 0;
-  int64_t m_blocks_per_chunk = 0;     // map blocks per task
+  int64_t m_blocks_per_chunk = 0;  // map blocks per task
   int64_t m_chunks = 0;
-  int64_t tasks() const { return batch * group * pixel_chunks * m_chunks; }
+  int64_t chunks() const { return group * pixel_chunks; }
+  int64_t tasks() const { return chunks() * m_chunks; }
 };
 
 // What an instruction set supplies to the convolution: its tile shape, the im2col packing of one
-// (image, group, pixel chunk) into job.panels, and the task body (pack the task's panel unless
+// (group, pixel chunk) into job.panels, and the task body (pack the task's panel unless
 // job.panels holds it, run the micro-kernel per tile, apply the epilogue).
 struct ConvIsa {
   const char* name;
   int mr;  // output maps per micro-tile
   int nr;  // output pixels per micro-tile
+  // Whether its u8 x s8 products never saturate (vpdpbusd); else u8s8 needs maddubs_is_exact.
+  bool u8s8_always_exact;
   void (*pack_chunk)(const ConvJob& job, int64_t chunk);
   void (*run_task)(const ConvJob& job, int64_t task);
 };

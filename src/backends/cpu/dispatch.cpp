@@ -22,8 +22,20 @@ struct Table {
 Table avx2_table() {
   return {"avx2",
           {
+              {"MaxPool", max_pool_u8_avx2},
               {"nibble:IntConv", int_conv_avx2},
               {"nibble:IntConvFused", int_conv_fused_avx2},
+              {"nibble:IntLinear", int_linear_avx2},
+              {"nibble:Requantize", requantize_avx2},
+          }};
+}
+
+Table avx512vnni_table() {
+  return {"avx512vnni",
+          {
+              {"MaxPool", max_pool_u8_avx2},
+              {"nibble:IntConv", int_conv_avx512vnni},
+              {"nibble:IntConvFused", int_conv_fused_avx512vnni},
               {"nibble:IntLinear", int_linear_avx2},
               {"nibble:Requantize", requantize_avx2},
           }};
@@ -34,7 +46,12 @@ const std::vector<Table>& tables() {
   static const std::vector<Table> t = [] {
     std::vector<Table> all;
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) all.push_back(avx2_table());
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni")) {
+      all.push_back(avx512vnni_table());
+    }
+    if (avx2) all.push_back(avx2_table());
     all.push_back(Table{"scalar", {}});
     return all;
   }();

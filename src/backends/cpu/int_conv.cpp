@@ -27,8 +27,8 @@ struct Requant {
 std::optional<Requant> requant_attrs(const Node& node, const Tensor& factor, int64_t channels) {
   if (factor.dtype() != DType::u16) return std::nullopt;
   const bool flat = factor.rank() == 1 && factor.dim(0) == channels;
-  const bool nchw = factor.rank() == 4 && factor.dim(0) == 1 && factor.dim(1) == channels && factor.dim(2) == 1 &&
-                    factor.dim(3) == 1;
+  const bool nchw = factor.rank() == 4 && factor.dim(0) == 1 && factor.dim(1) == channels &&
+                    factor.dim(2) == 1 && factor.dim(3) == 1;
   if (!flat && !nchw) return std::nullopt;
   const int64_t shift = node.attr_int("shift", -1);
   const int64_t bits = node.attr_int("bits", -1);
@@ -42,13 +42,42 @@ uint8_t max_u8(const uint8_t* x, int64_t n) {
   return m;
 }
 
-// Elements readable past the end of a padded copy, for the kSpan32 loads.
+// Elements readable past the end of a padded copy, for the vector reads of kSpans and kStride2.
 constexpr int64_t kPaddedSlack = 64;
+
+// The BlockKind of the nr pixels at `po` (see conv_job.h); `readable(offset)` says whether 32
+// elements from pixel offset `offset` can be read for every tap and group.
+template <typename Readable>
+BlockKind classify_block(const int64_t* po, int64_t nr, ConvMode mode, Readable readable, uint8_t* span,
+                         int64_t* anchor) {
+  bool contiguous = true, stride2 = true, increasing = true;
+  for (int64_t i = 1; i < nr; ++i) {
+    contiguous = contiguous && po[i] == po[0] + i;
+    stride2 = stride2 && po[i] == po[0] + 2 * i;
+    increasing = increasing && po[i] > po[i - 1];
+  }
+  if (contiguous) return kContiguous;
+  if (mode == ConvMode::s16s16) return stride2 && readable(po[0]) ? kStride2 : kGather;
+  if (!increasing) return kGather;
+  int64_t second = 0;
+  for (int64_t i = 0; i < nr; ++i) {
+    if (po[i] - po[0] < 32) {
+      span[i] = static_cast<uint8_t>(po[i] - po[0]);
+      continue;
+    }
+    if (second == 0) second = po[i] - po[0];
+    if (po[i] - po[0] - second >= 32) return kGather;
+    span[i] = static_cast<uint8_t>(32 + po[i] - po[0] - second);
+  }
+  if (!readable(po[0]) || !readable(po[0] + second)) return kGather;
+  *anchor = second;
+  return kSpans;
+}
 
 // x copied into zero-padded planes of T, N x C x (H + pads) x (W + pads).
 template <typename T, typename X>
-std::vector<T> padded_copy(const X* x, int64_t planes, int64_t h, int64_t w, int64_t pad_top, int64_t pad_left,
-                           int64_t padded_h, int64_t padded_w) {
+std::vector<T> padded_copy(const X* x, int64_t planes, int64_t h, int64_t w, int64_t pad_top,
+                           int64_t pad_left, int64_t padded_h, int64_t padded_w) {
   std::vector<T> out(static_cast<size_t>(planes * padded_h * padded_w + kPaddedSlack), T{0});
   parallel_for(planes, [&](int64_t c) {
     for (int64_t i = 0; i < h; ++i) {
@@ -62,7 +91,8 @@ std::vector<T> padded_copy(const X* x, int64_t planes, int64_t h, int64_t w, int
 
 }  // namespace
 
-void int_conv_cpu(const Node& node, const ref::Inputs& in, ref::Outputs& out, const ConvIsa& isa, bool fused) {
+void int_conv_cpu(const Node& node, const ref::Inputs& in, ref::Outputs& out, const ConvIsa& isa,
+                  bool fused) {
   const ref::KernelFn reference = fused ? ref::int_conv_fused : ref::int_conv;
   const Tensor* xp = ref::optional_input(in, 0);
   const Tensor* wp = ref::optional_input(in, 1);
@@ -98,15 +128,16 @@ void int_conv_cpu(const Node& node, const ref::Inputs& in, ref::Outputs& out, co
     }
   }
   std::vector<int32_t> bias(static_cast<size_t>(p.out_channels));
-  for (int64_t m = 0; m < p.out_channels; ++m) bias[static_cast<size_t>(m)] = static_cast<int32_t>(bp->get(m));
+  for (int64_t m = 0; m < p.out_channels; ++m)
+    bias[static_cast<size_t>(m)] = static_cast<int32_t>(bp->get(m));
   ep.bias = bias.data();
 
-  // u8 activations take the u8 x s8 kernels when the bound shows no s16 saturation.
+  // u8 activations take the u8 x s8 kernels unless s16 pair sums could saturate.
   std::shared_ptr<const PackedConvWeights> packed;
   ConvJob job;
   if (x.dtype() == DType::u8) {
     packed = packed_conv_weights(w, p.group, isa.mr, ConvMode::u8s8);
-    if (maddubs_is_exact(max_u8(x.data<uint8_t>(), x.numel()), packed->max_abs)) {
+    if (isa.u8s8_always_exact || maddubs_is_exact(max_u8(x.data<uint8_t>(), x.numel()), packed->max_abs)) {
       job.mode = ConvMode::u8s8;
     } else {
       packed.reset();
@@ -145,7 +176,7 @@ void int_conv_cpu(const Node& node, const ref::Inputs& in, ref::Outputs& out, co
   }
   const int64_t channel_stride = src_h * src_w;
   const int64_t channels_per_group = p.in_channels / p.group;
-  job.image_stride = p.in_channels * channel_stride;
+  const int64_t image_stride = p.in_channels * channel_stride;
   job.group_stride = channels_per_group * channel_stride;
 
   const int lanes = job.mode == ConvMode::u8s8 ? 4 : 2;
@@ -153,54 +184,57 @@ void int_conv_cpu(const Node& node, const ref::Inputs& in, ref::Outputs& out, co
   for (int64_t c = 0, k = 0; c < channels_per_group; ++c) {
     for (int64_t kh = 0; kh < k_h; ++kh) {
       for (int64_t kw = 0; kw < k_w; ++kw, ++k) {
-        k_offset[static_cast<size_t>(k)] = c * channel_stride + kh * win.dilations[0] * src_w + kw * win.dilations[1];
+        k_offset[static_cast<size_t>(k)] =
+            c * channel_stride + kh * win.dilations[0] * src_w + kw * win.dilations[1];
       }
     }
   }
   const int64_t nr = isa.nr;
-  job.pixel_blocks = (plane + nr - 1) / nr;
+  job.plane = plane;
+  job.pixels = p.batch * plane;
+  job.pixel_blocks = (job.pixels + nr - 1) / nr;
   std::vector<int64_t> pixel_offset(static_cast<size_t>(job.pixel_blocks * nr), 0);
-  for (int64_t oh = 0; oh < out_h; ++oh) {
-    for (int64_t ow = 0; ow < out_w; ++ow) {
-      pixel_offset[static_cast<size_t>(oh * out_w + ow)] = oh * win.strides[0] * src_w + ow * win.strides[1];
+  for (int64_t n = 0, q = 0; n < p.batch; ++n) {
+    for (int64_t oh = 0; oh < out_h; ++oh) {
+      for (int64_t ow = 0; ow < out_w; ++ow, ++q) {
+        pixel_offset[static_cast<size_t>(q)] =
+            n * image_stride + oh * win.strides[0] * src_w + ow * win.strides[1];
+      }
     }
   }
-  // Only whole blocks take the vector reads, and kSpan32 only from a padded copy, which has slack.
+  // Only whole blocks take the vector reads.
+  const int64_t src_elems = job.mode == ConvMode::u8s8
+                                ? (padded ? static_cast<int64_t>(src_u8.size()) : x.numel())
+                                : static_cast<int64_t>(src_s16.size());
+  const int64_t max_k_offset = *std::max_element(k_offset.begin(), k_offset.end());
+  const int64_t last_group = (p.group - 1) * job.group_stride;
+  auto readable = [&](int64_t offset) { return last_group + max_k_offset + offset + 32 <= src_elems; };
   std::vector<uint8_t> block_kind(static_cast<size_t>(job.pixel_blocks), kGather);
   std::vector<uint8_t> block_span(static_cast<size_t>(job.pixel_blocks * nr), 0);
-  for (int64_t b = 0; b < job.pixel_blocks && (b + 1) * nr <= plane; ++b) {
-    const int64_t* po = pixel_offset.data() + b * nr;
-    bool contiguous = true, increasing = true;
-    for (int64_t i = 1; i < nr; ++i) {
-      contiguous = contiguous && po[i] == po[0] + i;
-      increasing = increasing && po[i] > po[i - 1];
-    }
-    if (contiguous) {
-      block_kind[static_cast<size_t>(b)] = kContiguous;
-    } else if (increasing && po[nr - 1] - po[0] < 32 && padded && job.mode == ConvMode::u8s8) {
-      block_kind[static_cast<size_t>(b)] = kSpan32;
-      for (int64_t i = 0; i < nr; ++i) block_span[static_cast<size_t>(b * nr + i)] = static_cast<uint8_t>(po[i] - po[0]);
-    }
+  std::vector<int64_t> block_anchor(static_cast<size_t>(job.pixel_blocks), 0);
+  for (int64_t b = 0; b < job.pixel_blocks && (b + 1) * nr <= job.pixels; ++b) {
+    block_kind[static_cast<size_t>(b)] =
+        classify_block(pixel_offset.data() + b * nr, nr, job.mode, readable, block_span.data() + b * nr,
+                       &block_anchor[static_cast<size_t>(b)]);
   }
   job.k_offset = k_offset.data();
   job.pixel_offset = pixel_offset.data();
   job.block_kind = block_kind.data();
   job.block_span = block_span.data();
+  job.block_anchor = block_anchor.data();
 
-  job.batch = p.batch;
   job.group = p.group;
   job.out_channels = p.out_channels;
-  job.plane = plane;
   job.weights = packed.get();
 
-  // Tasks of up to 64 pixels; when images x groups x pixel chunks give the threads too little to
-  // share (the 7 x 7 layers), the maps are split too.
+  // Tasks of up to 64 pixels; when groups x pixel chunks give the threads too little to share (the
+  // 7 x 7 layers of a single image), the maps are split too.
   job.blocks_per_chunk = std::min<int64_t>(job.pixel_blocks, std::max<int64_t>(1, 64 / nr));
   job.pixel_chunks = (job.pixel_blocks + job.blocks_per_chunk - 1) / job.blocks_per_chunk;
-  const int64_t base_tasks = p.batch * p.group * job.pixel_chunks;
   const int64_t want_tasks = 4 * static_cast<int64_t>(thread_count());
   const int64_t m_blocks = packed->m_blocks;
-  const int64_t split = base_tasks >= want_tasks ? 1 : std::min(m_blocks, (want_tasks + base_tasks - 1) / base_tasks);
+  const int64_t chunks = job.chunks();
+  const int64_t split = chunks >= want_tasks ? 1 : std::min(m_blocks, (want_tasks + chunks - 1) / chunks);
   job.m_blocks_per_chunk = (m_blocks + split - 1) / split;
   job.m_chunks = (m_blocks + job.m_blocks_per_chunk - 1) / job.m_blocks_per_chunk;
 
@@ -211,9 +245,9 @@ void int_conv_cpu(const Node& node, const ref::Inputs& in, ref::Outputs& out, co
   // so few pixel chunks are small).
   std::vector<uint8_t> panels;
   if (job.m_chunks > 1) {
-    panels.resize(static_cast<size_t>(base_tasks * job.blocks_per_chunk * packed->k_steps * nr * 4));
+    panels.resize(static_cast<size_t>(chunks * job.blocks_per_chunk * packed->k_steps * nr * 4));
     job.panels = panels.data();
-    parallel_for(base_tasks, [&](int64_t chunk) { isa.pack_chunk(job, chunk); });
+    parallel_for(chunks, [&](int64_t chunk) { isa.pack_chunk(job, chunk); });
   }
   parallel_for(job.tasks(), [&](int64_t t) { isa.run_task(job, t); });
   out.at(0) = std::move(y);

@@ -1,4 +1,4 @@
-// The AVX2 convolution task: im2col panels of 16 pixels, 4 x 16 s32 micro-tiles, vector epilogue.
+// The AVX2 convolution: im2col panels of 16 pixels, 4 x 16 s32 micro-tiles, vector epilogue.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "backends/cpu/avx2_common.h"
+#include "backends/cpu/conv_task_avx2.h"
 #include "backends/cpu/int_conv.h"
 #include "backends/cpu/isa_kernels.h"
 
@@ -13,23 +14,41 @@ namespace nibble::cpu {
 
 namespace {
 
-constexpr int kMr = 4;   // output maps per tile: 8 s32 accumulators plus operands fit 16 ymm
-constexpr int kNr = 16;  // output pixels per tile: two ymm of s32
-// A panel step is 16 pixels x 4 bytes (u8s8) or 16 pixels x 2 s16 (s16s16): 64 bytes either way.
-constexpr int64_t kStepBytes = 64;
+constexpr int kMr = 4;  // output maps per tile: 8 s32 accumulators plus operands fit 16 ymm
+constexpr int kNr = kPanelNr;
+constexpr int64_t kStepBytes = kPanelStepBytes;
+
+// pshufb masks that pick the lanes of one 32-byte window from its two 16-byte halves: an index
+// with bit 7 set gives 0, so OR-ing the picks of every half and window assembles the block.
+struct WindowPicks {
+  __m128i lo, hi;
+};
+NIBBLE_AVX2 inline WindowPicks window_picks(__m128i span, int window) {
+  const __m128i rel = _mm_sub_epi8(span, _mm_set1_epi8(static_cast<char>(32 * window)));
+  const __m128i in_lo =
+      _mm_and_si128(_mm_cmpgt_epi8(rel, _mm_set1_epi8(-1)), _mm_cmplt_epi8(rel, _mm_set1_epi8(16)));
+  const __m128i in_hi =
+      _mm_and_si128(_mm_cmpgt_epi8(rel, _mm_set1_epi8(15)), _mm_cmplt_epi8(rel, _mm_set1_epi8(32)));
+  const __m128i off = _mm_set1_epi8(-128);
+  return {
+      _mm_or_si128(_mm_and_si128(in_lo, rel), _mm_andnot_si128(in_lo, off)),
+      _mm_or_si128(_mm_and_si128(in_hi, _mm_sub_epi8(rel, _mm_set1_epi8(16))), _mm_andnot_si128(in_hi, off))};
+}
+
+NIBBLE_AVX2 inline __m128i pick_window(const uint8_t* p, const WindowPicks& w) {
+  return _mm_or_si128(_mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)), w.lo),
+                      _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16)), w.hi));
+}
 
 // Packs one block of 16 pixels for u8s8: step s holds, per pixel, the bytes of taps 4s .. 4s + 3.
 NIBBLE_AVX2 void pack_block_u8_avx2(const uint8_t* src, const int64_t* k_offset, int64_t k_steps,
                                     const int64_t* pixel_offset, BlockKind kind, const uint8_t* span,
-                                    uint8_t* panel) {
-  // kSpan32: the block's bytes sit within 32 of its first pixel; pshufb picks them out of two
-  // 16-byte loads (an index with bit 7 set gives 0, so each half keeps only its own bytes).
-  __m128i pick_lo = _mm_setzero_si128(), pick_hi = _mm_setzero_si128();
-  if (kind == kSpan32) {
-    const __m128i rel = _mm_loadu_si128(reinterpret_cast<const __m128i*>(span));
-    const __m128i in_hi = _mm_cmpgt_epi8(rel, _mm_set1_epi8(15));
-    pick_lo = _mm_or_si128(rel, in_hi);
-    pick_hi = _mm_or_si128(_mm_sub_epi8(rel, _mm_set1_epi8(16)), _mm_andnot_si128(in_hi, _mm_set1_epi8(-128)));
+                                    int64_t anchor, uint8_t* panel) {
+  WindowPicks w0{}, w1{};
+  if (kind == kSpans) {
+    const __m128i sp = _mm_loadu_si128(reinterpret_cast<const __m128i*>(span));
+    w0 = window_picks(sp, 0);
+    w1 = window_picks(sp, 1);
   }
   alignas(16) uint8_t gathered[4][kNr];
   for (int64_t s = 0; s < k_steps; ++s) {
@@ -38,10 +57,9 @@ NIBBLE_AVX2 void pack_block_u8_avx2(const uint8_t* src, const int64_t* k_offset,
       const uint8_t* first = src + k_offset[s * 4 + i] + pixel_offset[0];
       if (kind == kContiguous) {
         r[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(first));
-      } else if (kind == kSpan32) {
-        const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(first));
-        const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(first + 16));
-        r[i] = _mm_or_si128(_mm_shuffle_epi8(lo, pick_lo), _mm_shuffle_epi8(hi, pick_hi));
+      } else if (kind == kSpans) {
+        r[i] = pick_window(first, w0);
+        if (anchor != 0) r[i] = _mm_or_si128(r[i], pick_window(first + anchor, w1));
       } else {
         const uint8_t* tap = src + k_offset[s * 4 + i];
         for (int j = 0; j < kNr; ++j) gathered[i][j] = tap[pixel_offset[j]];
@@ -59,17 +77,29 @@ NIBBLE_AVX2 void pack_block_u8_avx2(const uint8_t* src, const int64_t* k_offset,
   }
 }
 
+// The even s16 elements of p[0 .. 31], in order.
+NIBBLE_AVX2 inline __m256i even_s16_avx2(const int16_t* p) {
+  const __m256i pick = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 4, 5,
+                                        8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1);
+  const __m256i lo = _mm256_permute4x64_epi64(
+      _mm256_shuffle_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), pick), 0xD8);
+  const __m256i hi = _mm256_permute4x64_epi64(
+      _mm256_shuffle_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16)), pick), 0xD8);
+  return _mm256_permute2x128_si256(lo, hi, 0x20);
+}
+
 // Packs one block of 16 pixels for s16s16: step s holds, per pixel, taps 2s and 2s + 1.
 NIBBLE_AVX2 void pack_block_s16_avx2(const int16_t* src, const int64_t* k_offset, int64_t k_steps,
                                      const int64_t* pixel_offset, BlockKind kind, int16_t* panel) {
-  const bool contiguous = kind == kContiguous;
   alignas(32) int16_t gathered[2][kNr];
   for (int64_t s = 0; s < k_steps; ++s) {
     __m256i r[2];
     for (int i = 0; i < 2; ++i) {
       const int16_t* tap = src + k_offset[s * 2 + i];
-      if (contiguous) {
+      if (kind == kContiguous) {
         r[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tap + pixel_offset[0]));
+      } else if (kind == kStride2) {
+        r[i] = even_s16_avx2(tap + pixel_offset[0]);
       } else {
         for (int j = 0; j < kNr; ++j) gathered[i][j] = tap[pixel_offset[j]];
         r[i] = _mm256_load_si256(reinterpret_cast<const __m256i*>(gathered[i]));
@@ -90,64 +120,119 @@ NIBBLE_AVX2 inline __m256i broadcast_u32(const void* p) {
   return _mm256_set1_epi32(v);
 }
 
-// 4 maps x 16 pixels of u8 x s8 sums. maddubs adds two u8 x s8 products into s16, which the caller
-// proved cannot saturate; madd with ones widens the pairs to s32. (Summing several maddubs results
-// in s16 before widening measured no faster on Zen 3, so the kernel stays this simple.)
-NIBBLE_AVX2 void tile_u8s8s32_4x16_avx2(const uint8_t* panel, const int8_t* w, int64_t k_steps, int32_t* acc) {
+// 4 maps x 8 kNv pixels of u8 x s8 sums. maddubs adds two u8 x s8 products into s16, which the
+// caller proved cannot saturate; madd with ones widens the pairs to s32. (Summing several maddubs
+// results in s16 before widening measured no faster on Zen 3, so the kernel stays this simple.)
+// kNv = 1 serves a last block of at most 8 pixels.
+template <int kNv>
+NIBBLE_AVX2 void tile_u8s8s32_4x16_avx2(const uint8_t* panel, const int8_t* w, int64_t k_steps,
+                                        int32_t* acc) {
   const __m256i ones = _mm256_set1_epi16(1);
-  __m256i c[kMr][2];
-  for (int r = 0; r < kMr; ++r) c[r][0] = c[r][1] = _mm256_setzero_si256();
+  __m256i c[kMr][kNv];
+  for (int r = 0; r < kMr; ++r) {
+    for (int j = 0; j < kNv; ++j) c[r][j] = _mm256_setzero_si256();
+  }
   for (int64_t s = 0; s < k_steps; ++s) {
-    const __m256i a0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + s * kStepBytes));
-    const __m256i a1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + s * kStepBytes + 32));
+    __m256i a[kNv];
+    for (int j = 0; j < kNv; ++j) {
+      a[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + s * kStepBytes + 32 * j));
+    }
+#pragma GCC unroll 16
     for (int r = 0; r < kMr; ++r) {
       const __m256i wv = broadcast_u32(w + (s * kMr + r) * 4);
-      c[r][0] = _mm256_add_epi32(c[r][0], _mm256_madd_epi16(_mm256_maddubs_epi16(a0, wv), ones));
-      c[r][1] = _mm256_add_epi32(c[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(a1, wv), ones));
+      for (int j = 0; j < kNv; ++j) {
+        c[r][j] = _mm256_add_epi32(c[r][j], _mm256_madd_epi16(_mm256_maddubs_epi16(a[j], wv), ones));
+      }
     }
   }
   for (int r = 0; r < kMr; ++r) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + r * kNr), c[r][0]);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + r * kNr + 8), c[r][1]);
+    for (int j = 0; j < kNv; ++j)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + r * kNr + 8 * j), c[r][j]);
+    for (int j = kNv; j < 2; ++j) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + r * kNr + 8 * j), _mm256_setzero_si256());
+    }
   }
 }
 
-// 4 maps x 16 pixels of s16 x s16 sums: madd forms exact s32 pair sums, so any s8/u8 input works.
-NIBBLE_AVX2 void tile_s16s16s32_4x16_avx2(const int16_t* panel, const int16_t* w, int64_t k_steps, int32_t* acc) {
-  __m256i c[kMr][2];
-  for (int r = 0; r < kMr; ++r) c[r][0] = c[r][1] = _mm256_setzero_si256();
+// 4 maps x 8 kNv pixels of s16 x s16 sums: madd forms exact s32 pair sums, so any s8/u8 input works.
+template <int kNv>
+NIBBLE_AVX2 void tile_s16s16s32_4x16_avx2(const int16_t* panel, const int16_t* w, int64_t k_steps,
+                                          int32_t* acc) {
+  __m256i c[kMr][kNv];
+  for (int r = 0; r < kMr; ++r) {
+    for (int j = 0; j < kNv; ++j) c[r][j] = _mm256_setzero_si256();
+  }
   for (int64_t s = 0; s < k_steps; ++s) {
-    const __m256i a0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + s * 32));
-    const __m256i a1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + s * 32 + 16));
+    __m256i a[kNv];
+    for (int j = 0; j < kNv; ++j)
+      a[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + s * 32 + 16 * j));
+#pragma GCC unroll 16
     for (int r = 0; r < kMr; ++r) {
       const __m256i wv = broadcast_u32(w + (s * kMr + r) * 2);
-      c[r][0] = _mm256_add_epi32(c[r][0], _mm256_madd_epi16(a0, wv));
-      c[r][1] = _mm256_add_epi32(c[r][1], _mm256_madd_epi16(a1, wv));
+      for (int j = 0; j < kNv; ++j) c[r][j] = _mm256_add_epi32(c[r][j], _mm256_madd_epi16(a[j], wv));
     }
   }
   for (int r = 0; r < kMr; ++r) {
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + r * kNr), c[r][0]);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + r * kNr + 8), c[r][1]);
+    for (int j = 0; j < kNv; ++j)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + r * kNr + 8 * j), c[r][j]);
+    for (int j = kNv; j < 2; ++j) {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(acc + r * kNr + 8 * j), _mm256_setzero_si256());
+    }
   }
 }
 
-// Bias, residual, ReLU and requantization of `rows` maps x `count` pixels of one tile.
-NIBBLE_AVX2 void epilogue_tile_avx2(const ConvEpilogue& ep, int64_t first, int64_t map_stride, int64_t m0,
-                                    int rows, int count, const int32_t* acc) {
+// The tiles of the AVX2 table: 4 maps x 16 pixels, or x 8 for a narrow last block.
+NIBBLE_AVX2 void tile_u8s8_avx2(const uint8_t* panel, const void* w, int64_t k_steps, bool narrow,
+                                int32_t* acc) {
+  if (narrow) {
+    tile_u8s8s32_4x16_avx2<1>(panel, static_cast<const int8_t*>(w), k_steps, acc);
+  } else {
+    tile_u8s8s32_4x16_avx2<2>(panel, static_cast<const int8_t*>(w), k_steps, acc);
+  }
+}
+
+NIBBLE_AVX2 void tile_s16s16_avx2(const uint8_t* panel, const void* w, int64_t k_steps, bool narrow,
+                                  int32_t* acc) {
+  const int16_t* panel16 = reinterpret_cast<const int16_t*>(panel);
+  if (narrow) {
+    tile_s16s16s32_4x16_avx2<1>(panel16, static_cast<const int16_t*>(w), k_steps, acc);
+  } else {
+    tile_s16s16s32_4x16_avx2<2>(panel16, static_cast<const int16_t*>(w), k_steps, acc);
+  }
+}
+
+void run_conv_task_avx2(const ConvJob& job, int64_t task) {
+  run_conv_task_with_avx2(job, task, kMr, tile_u8s8_avx2, tile_s16s16_avx2);
+}
+
+const ConvIsa kConvAvx2{"avx2", kMr, kNr, false, pack_chunk_avx2, run_conv_task_avx2};
+
+}  // namespace
+
+// Bias, residual, ReLU and requantization of `rows` maps of one tile, written to the segments.
+NIBBLE_AVX2 void epilogue_tile_avx2(const ConvEpilogue& ep, const Segment* segs, int nsegs, int64_t plane,
+                                    int64_t m0, int rows, const int32_t* acc) {
   const EpilogueConstsAvx2 k = epilogue_consts_avx2(ep.shift, ep.hi);
+  const bool direct = nsegs == 1 && segs[0].lane_begin == 0;  // lanes map 1:1 onto consecutive outputs
+  const size_t out_size = ep.out_dtype == DType::s32 ? 4 : 1;
   for (int r = 0; r < rows; ++r) {
     const int64_t m = m0 + r;
-    const int64_t at = first + r * map_stride;
     const __m256i bias = _mm256_set1_epi32(ep.bias[m]);
     __m256i v[2];
     for (int j = 0; j < 2; ++j) {
-      v[j] = _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + r * kNr + 8 * j)), bias);
+      v[j] =
+          _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(acc + r * kNr + 8 * j)), bias);
     }
     if (ep.residual) {
       alignas(32) int32_t res[kNr] = {};
-      const int32_t* rp = ep.residual + at;
-      if (count < kNr) {
-        std::memcpy(res, rp, sizeof(int32_t) * static_cast<size_t>(count));
+      const int32_t* rp;
+      if (direct && segs[0].lane_end == kNr) {
+        rp = ep.residual + segs[0].first + m * plane;
+      } else {
+        for (int s = 0; s < nsegs; ++s) {
+          std::memcpy(res + segs[s].lane_begin, ep.residual + segs[s].first + m * plane,
+                      sizeof(int32_t) * static_cast<size_t>(segs[s].lane_end - segs[s].lane_begin));
+        }
         rp = res;
       }
       for (int j = 0; j < 2; ++j) {
@@ -160,49 +245,54 @@ NIBBLE_AVX2 void epilogue_tile_avx2(const ConvEpilogue& ep, int64_t first, int64
     if (ep.factor) {
       for (int j = 0; j < 2; ++j) v[j] = requantize_s32_avx2(v[j], ep.factor[m], k, ep.is_signed);
     }
-    store_s32x16_as_avx2(v[0], v[1], ep.out_dtype, ep.out, at, count);
+    if (direct) {
+      store_s32x16_as_avx2(v[0], v[1], ep.out_dtype, ep.out, segs[0].first + m * plane, segs[0].lane_end);
+    } else {
+      alignas(32) uint8_t tmp[kNr * 4];
+      store_s32x16_as_avx2(v[0], v[1], ep.out_dtype, tmp, 0, kNr);
+      for (int s = 0; s < nsegs; ++s) {
+        std::memcpy(
+            static_cast<uint8_t*>(ep.out) + (segs[s].first + m * plane) * static_cast<int64_t>(out_size),
+            tmp + segs[s].lane_begin * out_size,
+            out_size * static_cast<size_t>(segs[s].lane_end - segs[s].lane_begin));
+      }
+    }
   }
 }
 
-// Packs pixel blocks [b_begin, b_end) of image n, group g into `panel`.
-NIBBLE_AVX2 void pack_blocks_avx2(const ConvJob& job, int64_t n, int64_t g, int64_t b_begin, int64_t b_end,
+// Packs pixel blocks [b_begin, b_end) of group g into `panel`.
+NIBBLE_AVX2 void pack_blocks_avx2(const ConvJob& job, int64_t g, int64_t b_begin, int64_t b_end,
                                   uint8_t* panel) {
   const int64_t k_steps = job.weights->k_steps;
-  const int64_t src_base = n * job.image_stride + g * job.group_stride;
   for (int64_t b = b_begin; b < b_end; ++b) {
     uint8_t* dst = panel + (b - b_begin) * k_steps * kStepBytes;
     const int64_t* po = job.pixel_offset + b * kNr;
     const BlockKind kind = static_cast<BlockKind>(job.block_kind[b]);
     if (job.mode == ConvMode::u8s8) {
-      pack_block_u8_avx2(static_cast<const uint8_t*>(job.src) + src_base, job.k_offset, k_steps, po, kind,
-                         job.block_span + b * kNr, dst);
+      pack_block_u8_avx2(static_cast<const uint8_t*>(job.src) + g * job.group_stride, job.k_offset, k_steps,
+                         po, kind, job.block_span + b * kNr, job.block_anchor[b], dst);
     } else {
-      pack_block_s16_avx2(static_cast<const int16_t*>(job.src) + src_base, job.k_offset, k_steps, po, kind,
-                          reinterpret_cast<int16_t*>(dst));
+      pack_block_s16_avx2(static_cast<const int16_t*>(job.src) + g * job.group_stride, job.k_offset, k_steps,
+                          po, kind, reinterpret_cast<int16_t*>(dst));
     }
   }
 }
 
-// Chunk = (image, group, pixel chunk), in the task order without the map split.
+// chunk = g x pixel_chunks + pixel chunk, the task order without the map split.
 NIBBLE_AVX2 void pack_chunk_avx2(const ConvJob& job, int64_t chunk) {
-  const int64_t pc = chunk % job.pixel_chunks;
-  const int64_t g = chunk / job.pixel_chunks % job.group;
-  const int64_t n = chunk / job.pixel_chunks / job.group;
-  const int64_t b_begin = pc * job.blocks_per_chunk;
+  const int64_t b_begin = chunk % job.pixel_chunks * job.blocks_per_chunk;
   const int64_t b_end = std::min(job.pixel_blocks, b_begin + job.blocks_per_chunk);
-  pack_blocks_avx2(job, n, g, b_begin, b_end,
+  pack_blocks_avx2(job, chunk / job.pixel_chunks, b_begin, b_end,
                    job.panels + chunk * job.blocks_per_chunk * job.weights->k_steps * kStepBytes);
 }
 
-NIBBLE_AVX2 void run_conv_task_avx2(const ConvJob& job, int64_t task) {
+NIBBLE_AVX2 void run_conv_task_with_avx2(const ConvJob& job, int64_t task, int mr, ConvTileFn u8s8,
+                                         ConvTileFn s16s16) {
   const PackedConvWeights& pw = *job.weights;
   const int64_t mc = task % job.m_chunks;
   const int64_t chunk = task / job.m_chunks;
-  const int64_t pc = chunk % job.pixel_chunks;
-  const int64_t g = chunk / job.pixel_chunks % job.group;
-  const int64_t n = chunk / job.pixel_chunks / job.group;
-
-  const int64_t b_begin = pc * job.blocks_per_chunk;
+  const int64_t g = chunk / job.pixel_chunks;
+  const int64_t b_begin = chunk % job.pixel_chunks * job.blocks_per_chunk;
   const int64_t b_end = std::min(job.pixel_blocks, b_begin + job.blocks_per_chunk);
   const int64_t block_bytes = pw.k_steps * kStepBytes;
   const uint8_t* panel;
@@ -213,35 +303,50 @@ NIBBLE_AVX2 void run_conv_task_avx2(const ConvJob& job, int64_t task) {
     const size_t need = static_cast<size_t>((b_end - b_begin) * block_bytes + 64);
     if (storage.size() < need) storage.resize(need);
     uint8_t* own = storage.data() + (64 - reinterpret_cast<uintptr_t>(storage.data()) % 64) % 64;
-    pack_blocks_avx2(job, n, g, b_begin, b_end, own);
+    pack_blocks_avx2(job, g, b_begin, b_end, own);
     panel = own;
   }
 
+  // Output runs of each block: lanes split where the folded pixel axis crosses into the next image.
+  const int64_t image_elems = job.out_channels * job.plane;
+  thread_local std::vector<Segment> all_segs;
+  thread_local std::vector<int> seg_begin;
+  all_segs.clear();
+  seg_begin.clear();
+  for (int64_t b = b_begin; b < b_end; ++b) {
+    seg_begin.push_back(static_cast<int>(all_segs.size()));
+    const int64_t q0 = b * kNr;
+    const int count = static_cast<int>(std::min<int64_t>(kNr, job.pixels - q0));
+    for (int lane = 0; lane < count;) {
+      const int64_t q = q0 + lane;
+      const int64_t n = q / job.plane, p = q % job.plane;
+      const int run = static_cast<int>(std::min<int64_t>(count - lane, job.plane - p));
+      all_segs.push_back({lane, lane + run, n * image_elems + p});
+      lane += run;
+    }
+  }
+  seg_begin.push_back(static_cast<int>(all_segs.size()));
+
+  const ConvTileFn tile = job.mode == ConvMode::u8s8 ? u8s8 : s16s16;
+  const void* weights = job.mode == ConvMode::u8s8 ? static_cast<const void*>(pw.s8.data()) : pw.s16.data();
+  const size_t weight_size = job.mode == ConvMode::u8s8 ? 1 : 2;
   const int64_t mb_begin = mc * job.m_blocks_per_chunk;
   const int64_t mb_end = std::min(pw.m_blocks, mb_begin + job.m_blocks_per_chunk);
-  alignas(32) int32_t acc[kMr * kNr];
+  alignas(64) int32_t acc[kMaxTileMaps * kNr];
   for (int64_t mb = mb_begin; mb < mb_end; ++mb) {
-    const int64_t w_at = (g * pw.m_blocks + mb) * pw.block_elems();
-    const int64_t m0 = g * pw.maps_per_group + mb * kMr;
-    const int rows = static_cast<int>(std::min<int64_t>(kMr, pw.maps_per_group - mb * kMr));
+    const uint8_t* w_block = static_cast<const uint8_t*>(weights) +
+                             (g * pw.m_blocks + mb) * pw.block_elems() * static_cast<int64_t>(weight_size);
+    const int64_t mg0 = mb * mr;  // first map of the tile within the group
+    const int rows = static_cast<int>(std::min<int64_t>(mr, pw.maps_per_group - mg0));
     for (int64_t b = b_begin; b < b_end; ++b) {
-      const uint8_t* blk = panel + (b - b_begin) * block_bytes;
-      if (job.mode == ConvMode::u8s8) {
-        tile_u8s8s32_4x16_avx2(blk, pw.s8.data() + w_at, pw.k_steps, acc);
-      } else {
-        tile_s16s16s32_4x16_avx2(reinterpret_cast<const int16_t*>(blk), pw.s16.data() + w_at, pw.k_steps, acc);
-      }
-      const int64_t p0 = b * kNr;
-      const int count = static_cast<int>(std::min<int64_t>(kNr, job.plane - p0));
-      epilogue_tile_avx2(job.epilogue, (n * job.out_channels + m0) * job.plane + p0, job.plane, m0, rows, count,
-                         acc);
+      tile(panel + (b - b_begin) * block_bytes, w_block, pw.k_steps, job.pixels - b * kNr <= 8, acc);
+      const int first_seg = seg_begin[static_cast<size_t>(b - b_begin)];
+      const int seg_count = seg_begin[static_cast<size_t>(b - b_begin) + 1] - first_seg;
+      epilogue_tile_avx2(job.epilogue, all_segs.data() + first_seg, seg_count, job.plane,
+                         g * pw.maps_per_group + mg0, rows, acc);
     }
   }
 }
-
-const ConvIsa kConvAvx2{"avx2", kMr, kNr, pack_chunk_avx2, run_conv_task_avx2};
-
-}  // namespace
 
 void int_conv_avx2(const Node& node, const ref::Inputs& in, ref::Outputs& out) {
   int_conv_cpu(node, in, out, kConvAvx2, false);

@@ -22,7 +22,8 @@ bool is_channel_vector(const Tensor& t, int64_t channels) {
 }
 
 // 16 elements of a u8, s8 or s32 tensor from element `at` as two s32 vectors; past `count` zeros.
-NIBBLE_AVX2 void load_s32x16_avx2(const void* x, DType dtype, int64_t at, int count, __m256i& lo, __m256i& hi) {
+NIBBLE_AVX2 void load_s32x16_avx2(const void* x, DType dtype, int64_t at, int count, __m256i& lo,
+                                  __m256i& hi) {
   const size_t size = dtype == DType::s32 ? 4 : 1;
   alignas(32) uint8_t tmp[64] = {};
   const uint8_t* p = static_cast<const uint8_t*>(x) + at * static_cast<int64_t>(size);
@@ -56,8 +57,8 @@ NIBBLE_AVX2 void requantize_planes_avx2(const Tensor& x, const uint16_t* factor,
       const int count = static_cast<int>(std::min<int64_t>(16, plane - i));
       __m256i lo, hi_v;
       load_s32x16_avx2(x.bytes(), x.dtype(), at, count, lo, hi_v);
-      store_s32x16_as_avx2(requantize_s32_avx2(lo, f, k, is_signed), requantize_s32_avx2(hi_v, f, k, is_signed),
-                           y.dtype(), y.bytes(), at, count);
+      store_s32x16_as_avx2(requantize_s32_avx2(lo, f, k, is_signed),
+                           requantize_s32_avx2(hi_v, f, k, is_signed), y.dtype(), y.bytes(), at, count);
     }
   }
 }
@@ -126,8 +127,8 @@ void requantize_avx2(const Node& node, const ref::Inputs& in, ref::Outputs& out)
   const int64_t per_task = std::max<int64_t>(1, (int64_t{1} << 14) / plane);
   const int64_t tasks = (planes + per_task - 1) / per_task;
   parallel_for(tasks, [&](int64_t t) {
-    requantize_planes_avx2(*x, factor->data<uint16_t>(), static_cast<int>(shift), hi, is_signed, y, channels, plane,
-                           t * per_task, std::min(planes, (t + 1) * per_task));
+    requantize_planes_avx2(*x, factor->data<uint16_t>(), static_cast<int>(shift), hi, is_signed, y, channels,
+                           plane, t * per_task, std::min(planes, (t + 1) * per_task));
   });
   out.at(0) = std::move(y);
 }
@@ -152,7 +153,7 @@ void int_linear_avx2(const Node& node, const ref::Inputs& in, ref::Outputs& out)
   if (x->dtype() == DType::u8) {
     const uint8_t* xp = x->data<uint8_t>();
     const uint8_t max_x = *std::max_element(xp, xp + x->numel());
-    narrow = s16_sum_limit(max_x, packed->max_abs) >= 1;
+    narrow = maddubs_is_exact(max_x, packed->max_abs);
   }
   Tensor y(DType::s32, {batch, m});
   int32_t* py = y.data<int32_t>();
@@ -170,7 +171,8 @@ void int_linear_avx2(const Node& node, const ref::Inputs& in, ref::Outputs& out)
         } else {
           dot = dot_s16s16_avx2<true>(xr, wr, k);
         }
-        py[r * m + o] = static_cast<int32_t>(static_cast<uint32_t>(b[static_cast<size_t>(o)]) + static_cast<uint32_t>(dot));
+        py[r * m + o] = static_cast<int32_t>(static_cast<uint32_t>(b[static_cast<size_t>(o)]) +
+                                             static_cast<uint32_t>(dot));
       }
     }
   });

@@ -13,4 +13,9 @@ void int_linear_avx2(const Node&, const ref::Inputs&, ref::Outputs&);
 void requantize_avx2(const Node&, const ref::Inputs&, ref::Outputs&);
 void max_pool_u8_avx2(const Node&, const ref::Inputs&, ref::Outputs&);
 
+// AVX-512 VNNI (F, BW, VL, VNNI): u8 x s8 with vpdpbusd, s16 x s16 with vpdpwssd; the other ops
+// take the AVX2 kernels.
+void int_conv_avx512vnni(const Node&, const ref::Inputs&, ref::Outputs&);
+void int_conv_fused_avx512vnni(const Node&, const ref::Inputs&, ref::Outputs&);
+
 }  // namespace nibble::cpu

@@ -13,8 +13,16 @@ namespace {
 // Raw bytes plus packed layouts beyond this are dropped, oldest first.
 constexpr size_t kCacheBudgetBytes = size_t{512} << 20;
 
-int weight_at(const Tensor& w, const uint8_t* raw, int64_t i) {
-  return w.dtype() == DType::s4 ? unpack_s4(raw, i) : static_cast<int8_t>(raw[i]);
+std::vector<int8_t> unpacked(const Tensor& w) {
+  std::vector<int8_t> v(static_cast<size_t>(w.numel()));
+  const uint8_t* raw = w.bytes();
+  if (w.dtype() == DType::s4) {
+    for (int64_t i = 0; i < w.numel(); ++i)
+      v[static_cast<size_t>(i)] = static_cast<int8_t>(unpack_s4(raw, i));
+  } else {
+    std::memcpy(v.data(), raw, v.size());
+  }
+  return v;
 }
 
 std::shared_ptr<PackedConvWeights> pack(const Tensor& w, int64_t group, int mr, ConvMode mode) {
@@ -33,29 +41,30 @@ std::shared_ptr<PackedConvWeights> pack(const Tensor& w, int64_t group, int mr, 
   } else {
     p->s16.assign(total, 0);
   }
-  const uint8_t* raw = w.bytes();
+  const std::vector<int8_t> v = unpacked(w);
   int max_abs = 0;
+  for (int8_t e : v) max_abs = std::max(max_abs, e < 0 ? -int{e} : int{e});
+  p->max_abs = max_abs;
   for (int64_t g = 0; g < group; ++g) {
     for (int64_t mb = 0; mb < p->m_blocks; ++mb) {
       const int64_t block = (g * p->m_blocks + mb) * p->block_elems();
       for (int r = 0; r < mr; ++r) {
         const int64_t mg = mb * mr + r;
         if (mg >= p->maps_per_group) break;
-        const int64_t row = (g * p->maps_per_group + mg) * p->k;
-        for (int64_t k = 0; k < p->k; ++k) {
-          const int v = weight_at(w, raw, row + k);
-          max_abs = std::max(max_abs, v < 0 ? -v : v);
-          const int64_t at = block + ((k / lanes) * mr + r) * lanes + k % lanes;
-          if (mode == ConvMode::u8s8) {
-            p->s8[static_cast<size_t>(at)] = static_cast<int8_t>(v);
-          } else {
-            p->s16[static_cast<size_t>(at)] = static_cast<int16_t>(v);
+        const int8_t* row = v.data() + (g * p->maps_per_group + mg) * p->k;
+        for (int64_t s = 0, k = 0; s < p->k_steps; ++s) {
+          const int64_t at = block + (s * mr + r) * lanes;
+          for (int l = 0; l < lanes && k < p->k; ++l, ++k) {
+            if (mode == ConvMode::u8s8) {
+              p->s8[static_cast<size_t>(at + l)] = row[k];
+            } else {
+              p->s16[static_cast<size_t>(at + l)] = row[k];
+            }
           }
         }
       }
     }
   }
-  p->max_abs = max_abs;
   return p;
 }
 

@@ -124,32 +124,50 @@ void conv_accumulate(const ConvProblem& p, const X* x, Acc x_zero, const Acc* w,
   const Window& win = p.window3d;
   const int64_t in_d = win.input[0], in_h = win.input[1], in_w = win.input[2];
   const int64_t out_d = win.output[0], out_h = win.output[1], out_w = win.output[2];
-  const int64_t stride_w = win.strides[2];
+  const int64_t stride_h = win.strides[1], stride_w = win.strides[2];
 
   // The loop reads a copy of one group's input, converted to Acc with the zero point taken off
   // and surrounded by its padding (0, which is what x_zero becomes), so every window lies inside
-  // it and the hot loop needs no bounds checks. Each row is stored as stride_w phases (columns
-  // phase, phase + stride_w, ...), so the inputs that consecutive outputs read through one tap
-  // are adjacent in memory whatever the stride.
+  // it and the hot loop needs no bounds checks. Each depth slice is stored polyphase: padded
+  // column c goes to column block c % stride_w at position c / stride_w, and padded row r to row
+  // block r % stride_h at position r / stride_h. Output (oh, ow) then reads, through any one tap,
+  // slice + tap offset + oh * phase_len + ow: consecutive outputs read consecutive memory
+  // whatever the strides.
   const int64_t padded_d = in_d + win.pad_begin[0] + win.pad_end[0];
   const int64_t padded_h = in_h + win.pad_begin[1] + win.pad_end[1];
   const int64_t padded_w = in_w + win.pad_begin[2] + win.pad_end[2];
-  const int64_t phase_len = ceil_div(padded_w, stride_w);
-  const int64_t row = stride_w * phase_len;
-  const int64_t plane = padded_d * padded_h * row;
-  auto column = [&](int64_t padded_col) {
-    return (padded_col % stride_w) * phase_len + padded_col / stride_w;
+  const int64_t phase_len = ceil_div(padded_w, stride_w);       // stored row length
+  const int64_t rows_per_phase = ceil_div(padded_h, stride_h);  // stored rows per row block
+  const int64_t column_block = stride_h * rows_per_phase * phase_len;
+  const int64_t slice = stride_w * column_block;
+  const int64_t plane = padded_d * slice;
+  auto offset_in_slice = [&](int64_t padded_row, int64_t padded_col) {
+    return (padded_col % stride_w) * column_block +
+           ((padded_row % stride_h) * rows_per_phase + padded_row / stride_h) * phase_len +
+           padded_col / stride_w;
   };
 
   std::vector<int64_t> tap_offsets;
   for (int64_t kd = 0; kd < win.kernel[0]; ++kd) {
     for (int64_t kh = 0; kh < win.kernel[1]; ++kh) {
       for (int64_t kw = 0; kw < win.kernel[2]; ++kw) {
-        tap_offsets.push_back((kd * win.dilations[0] * padded_h + kh * win.dilations[1]) * row +
-                              column(kw * win.dilations[2]));
+        tap_offsets.push_back(kd * win.dilations[0] * slice +
+                              offset_in_slice(kh * win.dilations[1], kw * win.dilations[2]));
       }
     }
   }
+  std::vector<int64_t> column_offsets(static_cast<size_t>(in_w));  // of input column iw in row 0
+  for (int64_t iw = 0; iw < in_w; ++iw) {
+    column_offsets[static_cast<size_t>(iw)] = offset_in_slice(0, iw + win.pad_begin[2]);
+  }
+
+  // Rows shorter than two full blocks would spend much of each pass on partial blocks; instead
+  // all rows of a slice run as one virtual row q = oh * phase_len + ow, whose outputs at
+  // ow >= out_w are computed and discarded. Long rows run one at a time, keeping the input rows
+  // under them in cache while every map reads them.
+  const bool flatten_rows = out_w < 16 && out_h > 1;
+  const int64_t virtual_width = (out_h - 1) * phase_len + out_w;
+  std::vector<Acc> virtual_row(flatten_rows ? static_cast<size_t>(virtual_width) : 0);
 
   const int64_t channels_per_group = p.in_channels / p.group;
   const int64_t maps_per_group = p.out_channels / p.group;
@@ -164,27 +182,39 @@ void conv_accumulate(const ConvProblem& p, const X* x, Acc x_zero, const Acc* w,
         for (int64_t id = 0; id < in_d; ++id) {
           for (int64_t ih = 0; ih < in_h; ++ih) {
             const X* src = x_group + c * in_plane + (id * in_h + ih) * in_w;
-            Acc* dst = padded.data() + c * plane +
-                       ((id + win.pad_begin[0]) * padded_h + ih + win.pad_begin[1]) * row;
+            Acc* dst = padded.data() + c * plane + (id + win.pad_begin[0]) * slice +
+                       offset_in_slice(ih + win.pad_begin[1], 0);
             for (int64_t iw = 0; iw < in_w; ++iw) {
               if constexpr (std::is_same_v<Acc, float>) {
-                dst[column(iw + win.pad_begin[2])] = static_cast<float>(src[iw]);
+                dst[column_offsets[static_cast<size_t>(iw)]] = static_cast<float>(src[iw]);
               } else {
-                dst[column(iw + win.pad_begin[2])] = static_cast<Acc>(src[iw]) - x_zero;
+                dst[column_offsets[static_cast<size_t>(iw)]] = static_cast<Acc>(src[iw]) - x_zero;
               }
             }
           }
         }
       }
-      // Maps innermost: the input rows under one output row stay in cache while every map of
-      // the group reads them.
       for (int64_t od = 0; od < out_d; ++od) {
+        const Acc* x_slice = padded.data() + od * win.strides[0] * slice;
+        if (flatten_rows) {
+          for (int64_t mg = 0; mg < maps_per_group; ++mg) {
+            const int64_t m = grp * maps_per_group + mg;
+            conv_detail::conv_row(virtual_width, channels_per_group, plane, tap_offsets, x_slice,
+                                  w + m * channels_per_group * taps, virtual_row.data());
+            Acc* y_slice = y + (n * p.out_channels + m) * out_plane + od * out_h * out_w;
+            for (int64_t oh = 0; oh < out_h; ++oh) {
+              for (int64_t ow = 0; ow < out_w; ++ow) {
+                y_slice[oh * out_w + ow] = virtual_row[static_cast<size_t>(oh * phase_len + ow)];
+              }
+            }
+          }
+          continue;
+        }
         for (int64_t oh = 0; oh < out_h; ++oh) {
-          const Acc* x_row = padded.data() + (od * win.strides[0] * padded_h + oh * win.strides[1]) * row;
           for (int64_t mg = 0; mg < maps_per_group; ++mg) {
             const int64_t m = grp * maps_per_group + mg;
             Acc* y_row = y + (n * p.out_channels + m) * out_plane + (od * out_h + oh) * out_w;
-            conv_detail::conv_row(out_w, channels_per_group, plane, tap_offsets, x_row,
+            conv_detail::conv_row(out_w, channels_per_group, plane, tap_offsets, x_slice + oh * phase_len,
                                   w + m * channels_per_group * taps, y_row);
           }
         }

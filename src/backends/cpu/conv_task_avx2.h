@@ -1,0 +1,42 @@
+// The AVX2 convolution task body, which wider instruction sets reuse around their own micro-tiles.
+#pragma once
+
+#include <cstdint>
+
+#include "backends/cpu/conv_job.h"
+
+namespace nibble::cpu {
+
+// The im2col panel: blocks of 16 pixels; one reduction step is 16 pixels x 4 bytes (u8s8) or
+// 16 pixels x 2 s16 (s16s16), 64 bytes either way.
+inline constexpr int kPanelNr = 16;
+inline constexpr int64_t kPanelStepBytes = 64;
+// The most maps a micro-tile may cover.
+inline constexpr int kMaxTileMaps = 16;
+
+// Where a block's pixels land in the output: runs of lanes within one image, whose elements for
+// map m start at first + m * plane.
+struct Segment {
+  int lane_begin, lane_end;
+  int64_t first;
+};
+
+// Packs pixel blocks [b_begin, b_end) of group g into `panel` (AVX2 byte shuffles).
+void pack_blocks_avx2(const ConvJob& job, int64_t g, int64_t b_begin, int64_t b_end, uint8_t* panel);
+// ConvIsa::pack_chunk for the 16-pixel panel.
+void pack_chunk_avx2(const ConvJob& job, int64_t chunk);
+
+// Bias, residual, ReLU and requantization of `rows` maps from m0 of one tile (acc: rows x 16),
+// written to the block's segments.
+void epilogue_tile_avx2(const ConvEpilogue& ep, const Segment* segs, int nsegs, int64_t plane, int64_t m0,
+                        int rows, const int32_t* acc);
+
+// One micro-tile: mr maps x 16 pixels of s32 sums over k_steps panel steps into acc (mr x 16),
+// from the mr-map weight block `w`. `narrow`: only the first 8 pixels are needed.
+using ConvTileFn = void (*)(const uint8_t* panel, const void* w, int64_t k_steps, bool narrow, int32_t* acc);
+
+// ConvIsa::run_task with tiles of `mr` (<= kMaxTileMaps) maps: takes or packs the task's panel,
+// runs the tile of job.mode per block and map block, and applies the epilogue.
+void run_conv_task_with_avx2(const ConvJob& job, int64_t task, int mr, ConvTileFn u8s8, ConvTileFn s16s16);
+
+}  // namespace nibble::cpu
