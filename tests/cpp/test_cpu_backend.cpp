@@ -201,6 +201,9 @@ TEST(CpuBackend, DispatchNamesTheIsa) {
   EXPECT_TRUE(isa == "avx512vnni" || isa == "avx2" || isa == "scalar") << isa;
   EXPECT_EQ(cpu::available_isas().front(), isa);
   EXPECT_EQ(cpu::available_isas().back(), "scalar");
+  std::string all;
+  for (const auto& name : cpu::available_isas()) all += (all.empty() ? "" : ",") + name;
+  RecordProperty("cpu_isas", all);  // which tables the parity tests below cover on this machine
   if (isa == "scalar") {
     EXPECT_EQ(cpu::find_kernel("nibble:IntConvFused"), nullptr);
   } else {

@@ -11,7 +11,8 @@
 namespace nibble::cpu {
 
 // How the reduction is multiplied. u8s8: unsigned bytes times signed bytes, four k per 32-bit
-// lane (maddubs / dpbusd); only valid when no pair sum can saturate s16 (see choose_s16_group).
+// lane (maddubs / dpbusd); only valid when no pair sum can saturate s16 (maddubs_is_exact) or
+// the instruction cannot saturate (vpdpbusd).
 // s16s16: both operands widened to s16, two k per 32-bit lane (madd); always exact.
 enum class ConvMode { u8s8, s16s16 };
 

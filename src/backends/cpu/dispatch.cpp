@@ -1,6 +1,7 @@
 // The CPU backend's dispatch table, chosen once for the processor it runs on.
-#include <array>
-#include <utility>
+#include <string>
+#include <string_view>
+#include <vector>
 
 #include "backends/cpu/isa_kernels.h"
 #include "backends/cpu/kernels.h"
