@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "backends/ref/kernels.h"
+#include "backends/ref/quant_axis.h"
 
 namespace nibble::ref {
 
@@ -22,38 +23,8 @@ void quantize_linear(const Node& node, const Inputs& in, Outputs& out) {
   // Without a zero point the output is u8 with zero point 0.
   const DType out_type = zp ? zp->dtype() : DType::u8;
 
-  // A one-element scale is per tensor whatever its rank; anything else is per axis (opset 13).
-  const bool per_axis = scale.numel() != 1;
-  int64_t axis = 0;
-  if (per_axis) {
-    if (node.opset < 13) {
-      kernel_fail("QuantizeLinear: y_scale is {}; opset {} allows only a scalar (per-axis needs opset 13)",
-                  shape_str(scale.shape()), node.opset);
-    }
-    axis = node.attr_int("axis", 1);
-    if (axis < -x.rank() || axis >= x.rank()) {
-      kernel_fail("QuantizeLinear: axis {} is out of range for x of shape {}", axis, shape_str(x.shape()));
-    }
-    if (axis < 0) axis += x.rank();
-    if (scale.rank() != 1 || scale.dim(0) != x.dim(static_cast<int>(axis))) {
-      kernel_fail("QuantizeLinear: y_scale is {} but x is {}: a per-axis scale needs {} values (axis {})",
-                  shape_str(scale.shape()), shape_str(x.shape()), x.dim(static_cast<int>(axis)), axis);
-    }
-  }
-  if (zp && (zp->numel() != scale.numel() || (per_axis && zp->rank() != 1))) {
-    kernel_fail("QuantizeLinear: y_zero_point is {} but y_scale is {}: they must have the same shape",
-                shape_str(zp->shape()), shape_str(scale.shape()));
-  }
-
-  // View x as [outer, channels, inner] around the axis so that each (outer, channel) run is contiguous.
-  const int64_t channels = per_axis ? x.dim(static_cast<int>(axis)) : 1;
-  int64_t inner = 1;
-  if (per_axis) {
-    for (int d = static_cast<int>(axis) + 1; d < x.rank(); ++d) inner *= x.dim(d);
-  } else {
-    inner = x.numel();
-  }
-  const int64_t outer = channels * inner == 0 ? 0 : x.numel() / (channels * inner);
+  const QuantAxisLayout layout = quant_axis_layout(node, x, scale, zp, "y_scale", "y_zero_point");
+  const int64_t outer = layout.outer, channels = layout.channels, inner = layout.inner;
   const double lo = traits(out_type).min;
   const double hi = traits(out_type).max;
 
