@@ -9,39 +9,18 @@
 #include "nibble/error.h"
 #include "nibble/file_util.h"
 #include "nibble/npy.h"
+#include "test_util.h"
 
 namespace nibble {
 namespace {
 
 namespace fs = std::filesystem;
 
-class TempDir : public ::testing::Test {
- protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() /
-           ("nibble_test_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-  fs::path dir_;
-};
 
-using Npy = TempDir;
-using Idx = TempDir;
+using testing_util::error_of;
+using Npy = testing_util::TempDirTest;
+using Idx = testing_util::TempDirTest;
 
-// The error message of `f`, which must throw nibble::Error.
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no nibble::Error thrown";
-  return {};
-}
 
 TEST_F(Npy, RoundTripsEverySupportedDtype) {
   for (DType t : {DType::f32, DType::f64, DType::s64, DType::s32, DType::s16, DType::s8, DType::u8}) {

@@ -9,6 +9,7 @@
 #include "nibble/error.h"
 #include "nibble/file_util.h"
 #include "nibble/image.h"
+#include "test_util.h"
 #include "nibble/npy.h"
 
 // Only the tests write images; stb_image_write is compiled here, static, for that alone.
@@ -26,33 +27,11 @@ const std::string kSkimageData = std::string(NIBBLE_SOURCE_DIR) + "/data/images/
 const std::string kGolden =
     std::string(NIBBLE_SOURCE_DIR) + "/../shared/models/mlperf-v0.5-int4-resnet50/golden/";
 
-class ImageFiles : public ::testing::Test {
- protected:
-  void SetUp() override {
-    dir_ =
-        fs::temp_directory_path() /
-        ("nibble_test_image_" + std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
-  fs::path dir_;
-};
 
-using ImageRead = ImageFiles;
-using ImageClassNames = ImageFiles;
+using testing_util::error_of;
+using ImageRead = testing_util::TempDirTest;
+using ImageClassNames = testing_util::TempDirTest;
 
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no nibble::Error thrown";
-  return {};
-}
 
 void write_bytes(const std::string& path, const std::string& bytes) {
   std::ofstream f(path, std::ios::binary | std::ios::trunc);

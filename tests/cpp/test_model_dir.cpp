@@ -11,9 +11,12 @@
 
 #include "nibble/error.h"
 #include "nibble/model_dir.h"
+#include "test_util.h"
 
 namespace nibble {
 namespace {
+
+using testing_util::error_of;
 
 namespace fs = std::filesystem;
 
@@ -41,20 +44,6 @@ std::map<std::string, std::string> tree(const fs::path& dir) {
   return out;
 }
 
-// The message of the nibble::Error that `f` throws; every message must be a single line.
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    const std::string msg = e.what();
-    EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
-    EXPECT_EQ(msg.find('\r'), std::string::npos) << msg;
-    return msg;
-  }
-  ADD_FAILURE() << "no nibble::Error was thrown";
-  return {};
-}
 
 bool starts_with(const std::string& s, const std::string& prefix) { return s.rfind(prefix, 0) == 0; }
 
