@@ -1,35 +1,60 @@
 #!/usr/bin/python3
-r"""Train a small ResNet-style CNN on Fashion-MNIST and export it to ONNX.
+r"""Train a ResNet-style CNN on Fashion-MNIST and export it to ONNX.
 
 Run with Debian's interpreter (PyTorch 1.13, torchvision 0.14, numpy, onnx 1.12):
 
     /usr/bin/python3 tools/train_fmnist.py --epochs 30 \
         --save-predictions models/fmnist_resnet_test_predictions.npy
 
-Model input : "input",  float32 [N, 1, 28, 28], pixel / 255 in [0, 1]
-              (no mean/std normalization).
+Architectures (--arch):
+  * small (default): SmallResNet, a 3x3 stem and basic blocks 1,1,2 at
+    widths 16/32/64 (the committed models/fmnist_resnet.onnx).
+  * resnet18: torchvision's ResNet-18 layout (BasicBlock, stages 2,2,2,2,
+    widths w, 2w, 4w, 8w; --width defaults to 64 as in torchvision).
+  * resnet50: torchvision's ResNet-50 v1.5 layout (Bottleneck with the stride
+    on the 3x3 conv, stages 3,4,6,3, expansion 4; --width defaults to 64).
+  The resnets keep torchvision's module names (conv1, bn1, layer1..layer4,
+  downsample.0/.1, fc), so the exported ONNX node names look like
+  torchvision's.  Their stem depends on --input-size: at 28 a 3x3 stride-1
+  conv (1 input channel) + BN + ReLU with no max pool; at any other size
+  torchvision's stem (7x7 stride 2 pad 3 + BN + ReLU + max pool 3x3 s2 p1).
+
+Model input : "input",  float32 [N, 1, S, S], pixel / 255 in [0, 1]
+              (no mean/std normalization), S = --input-size (default 28).
+              For S != 28 the 28x28 images are bilinearly upsampled to S x S
+              (F.interpolate, align_corners=False, no antialias) in the data
+              pipeline, per batch on the training device; the upsampling is
+              NOT part of the exported model, so evaluation tools must feed
+              S x S inputs (the JSON summary records this under "upsampling").
 Model output: "logits", float32 [N, 10].  N is a dynamic dimension.
 
 Outputs:
   * the ONNX model (-o/--output, default models/fmnist_resnet.onnx),
   * a JSON summary next to it (same stem, .json): PyTorch top-1 of the
     exported (eval-mode, float32) module on the 10,000 test images, command
-    line, versions, parameter count, MACs per image, ...
+    line, versions, architecture, parameter count, MACs per image, ...
   * optionally (--save-predictions) the argmax predictions of the exported
     PyTorch module on the 10,000 test images (.npy, uint8) for parity tests.
 
 The Fashion-MNIST IDX files are read directly with gzip + numpy (nothing is
 downloaded).
 
-Training on a busy 2-core CPU is slow (about 2 min/epoch when idle, much more
-under load), so training and export can be split: train anywhere (e.g. on a
-GPU, any torch >= 1.13) and save the weights as a version-neutral .npz, then
-export with Debian's torch 1.13:
+Training on a busy 2-core CPU is slow (about 2 min/epoch for the small model
+when idle, much more under load), so training and export can be split: train
+anywhere (e.g. on a GPU, any torch >= 1.13) and save the weights as a
+version-neutral .npz, then export with Debian's torch 1.13:
 
     python3 tools/train_fmnist.py --device cuda --epochs 30 --seed 0 \
         --no-export --save-checkpoint ckpt.npz
     /usr/bin/python3 tools/train_fmnist.py --from-checkpoint ckpt.npz \
         --device cpu --save-predictions models/fmnist_resnet_test_predictions.npy
+
+The checkpoint records the architecture (arch, width, blocks, input size), so
+the export command needs none of those options.
+
+On CUDA, --amp trains (and evaluates during training) under bf16 autocast with
+the model and inputs in channels_last memory format.  It is off by default;
+the export and the final evaluation are always float32 on the CPU.
 
 Export keeps BatchNormalization nodes (opset 13, inference form) unless
 --fold-bn is given.
@@ -50,6 +75,11 @@ import torch.nn.functional as F
 
 DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
 DEFAULT_OUTPUT = "models/fmnist_resnet.onnx"
+NATIVE_SIZE = 28  # Fashion-MNIST images are 28 x 28
+
+ARCHS = ("small", "resnet18", "resnet50")
+DEFAULT_WIDTH = {"small": 16, "resnet18": 64, "resnet50": 64}
+DEFAULT_BLOCKS = {"small": (1, 1, 2), "resnet18": (2, 2, 2, 2), "resnet50": (3, 4, 6, 3)}
 
 
 # --------------------------------------------------------------------------
@@ -101,6 +131,16 @@ def augment(x, pad, flip, gen):
         m = torch.rand(n, generator=gen) < 0.5
         x[m] = x[m].flip(3)
     return x
+
+
+def resize_batch(x, size):
+    """Bilinearly upsample an N x 1 x 28 x 28 batch to size x size (identity at 28).
+
+    This is part of the data pipeline (done per batch on the training device),
+    not of the exported model."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
 
 # --------------------------------------------------------------------------
@@ -172,6 +212,119 @@ class SmallResNet(nn.Module):
         return self.fc(x)
 
 
+class Bottleneck(nn.Module):
+    """torchvision's ResNet v1.5 bottleneck: conv1x1-BN-ReLU-conv3x3(stride)-BN-ReLU-
+    conv1x1-BN (+shortcut) -ReLU; output channels = planes * 4."""
+
+    expansion = 4
+
+    def __init__(self, cin, planes, stride):
+        super().__init__()
+        cout = planes * self.expansion
+        self.conv1 = nn.Conv2d(cin, planes, 1, 1, 0, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, cout, 1, 1, 0, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, 0, bias=False),
+                nn.BatchNorm2d(cout),
+            )
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class ResNet(nn.Module):
+    """torchvision's ResNet layout (module names included) for 1-channel input.
+
+    stem "3x3": conv3x3 stride 1 (1 -> width) + BN + ReLU, no max pool (for 28x28);
+    stem "7x7": torchvision's conv7x7 stride 2 pad 3 + BN + ReLU + max pool 3x3 s2 p1.
+    Stages layer1..layer4 have width, 2*width, 4*width, 8*width planes (times
+    the block's expansion); the first block of layer2..layer4 has stride 2."""
+
+    def __init__(self, block, blocks, width=64, num_classes=10, stem="3x3"):
+        super().__init__()
+        if stem == "3x3":
+            self.conv1 = nn.Conv2d(1, width, 3, 1, 1, bias=False)
+        elif stem == "7x7":
+            self.conv1 = nn.Conv2d(1, width, 7, 2, 3, bias=False)
+        else:
+            raise ValueError(f"unknown stem {stem!r}")
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1) if stem == "7x7" else nn.Identity()
+        cin = width
+        for i, nb in enumerate(blocks):
+            planes = width * (2 ** i)
+            layer = []
+            for j in range(nb):
+                stride = 2 if (i > 0 and j == 0) else 1
+                layer.append(block(cin, planes, stride))
+                cin = planes * getattr(block, "expansion", 1)
+            setattr(self, f"layer{i + 1}", nn.Sequential(*layer))
+        self.num_stages = len(blocks)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        # zero_init_residual, as SmallResNet (and torchvision's option)
+        for m in self.modules():
+            if isinstance(m, Bottleneck):
+                nn.init.zeros_(m.bn3.weight)
+            elif isinstance(m, BasicBlock):
+                nn.init.zeros_(m.bn2.weight)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for i in range(self.num_stages):
+            x = getattr(self, f"layer{i + 1}")(x)
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        return self.fc(x)
+
+
+def stem_for(arch, input_size):
+    """The stem a model gets: SmallResNet always has its 3x3 stem; the resnets
+    use the 3x3 stride-1 stem at the native 28x28 and torchvision's 7x7 stem
+    (with max pool) on upsampled input."""
+    if arch == "small" or input_size == NATIVE_SIZE:
+        return "3x3"
+    return "7x7"
+
+
+def build_model(arch, width=None, blocks=None, input_size=NATIVE_SIZE, num_classes=10):
+    """The model for --arch/--width/--blocks/--input-size (None: the arch's default)."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r} (choose from {', '.join(ARCHS)})")
+    width = DEFAULT_WIDTH[arch] if width is None else width
+    blocks = DEFAULT_BLOCKS[arch] if blocks is None else tuple(blocks)
+    if arch == "small":
+        return SmallResNet(width=width, blocks=blocks, num_classes=num_classes)
+    block = BasicBlock if arch == "resnet18" else Bottleneck
+    return ResNet(block, blocks, width=width, num_classes=num_classes,
+                  stem=stem_for(arch, input_size))
+
+
+def stage_channels(arch, width, blocks):
+    """Output channels of each stage."""
+    expansion = 4 if arch == "resnet50" else 1
+    return [width * (2 ** i) * expansion for i in range(len(blocks))]
+
+
 def count_macs(model, input_shape=(1, 1, 28, 28)):
     """Multiply-accumulates per image of Conv2d and Linear layers.
 
@@ -207,18 +360,25 @@ def count_macs(model, input_shape=(1, 1, 28, 28)):
 # --------------------------------------------------------------------------
 
 @torch.no_grad()
-def predict(model, x, device, batch_size=1000):
+def predict(model, x, device, batch_size=1000, input_size=NATIVE_SIZE, amp=False):
+    """Argmax predictions; x is N x 1 x 28 x 28, resized on `device` to input_size."""
     model.eval()
     preds = []
     for i in range(0, x.shape[0], batch_size):
-        xb = x[i:i + batch_size].to(device)
-        preds.append(model(xb).argmax(1).cpu())
+        xb = resize_batch(x[i:i + batch_size].to(device), input_size)
+        if amp:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+                out = model(xb)
+        else:
+            out = model(xb)
+        preds.append(out.argmax(1).cpu())
     return torch.cat(preds)
 
 
-def export_onnx(model, path, fold_bn):
+def export_onnx(model, path, fold_bn, input_size=NATIVE_SIZE):
     model.eval()
-    dummy = torch.zeros(1, 1, 28, 28)
+    dummy = torch.zeros(1, 1, input_size, input_size)
     tmp = path + ".tmp"
     # With TrainingMode.EVAL torch 1.13 runs its eval peephole pass, which
     # folds BatchNorm into the preceding Conv. PRESERVE with the module in
@@ -272,6 +432,9 @@ def export_onnx(model, path, fold_bn):
 def main(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", choices=ARCHS, default=None,
+                   help="architecture: small (SmallResNet), resnet18 or resnet50 in torchvision's "
+                        "layout (default: small)")
     p.add_argument("--epochs", type=int, default=30, help="training epochs (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=128, help="mini-batch size (default: %(default)s)")
     p.add_argument("--lr", type=float, default=0.1,
@@ -279,14 +442,22 @@ def main(argv=None):
     p.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay (default: %(default)s)")
     p.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--width", type=int, default=16,
-                   help="base width; stages have width, 2*width, 4*width channels at 28/14/7 (default: %(default)s)")
-    p.add_argument("--blocks", type=str, default="1,1,2",
-                   help="basic blocks per stage, comma separated (default: %(default)s)")
+    p.add_argument("--width", type=int, default=None,
+                   help="base width w; small: stages of w, 2w, 4w channels at 28/14/7 (default 16); "
+                        "resnet18/resnet50: stages of w, 2w, 4w, 8w planes (default 64, as torchvision)")
+    p.add_argument("--blocks", type=str, default=None,
+                   help="blocks per stage, comma separated (default: small 1,1,2; resnet18 2,2,2,2; "
+                        "resnet50 3,4,6,3; the resnets need 4 stages)")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="model input size S (S x S); for S != 28 the images are bilinearly upsampled "
+                        "per batch outside the model, and resnet18/resnet50 get torchvision's 7x7 "
+                        "stem with max pool (default: 28)")
     p.add_argument("--pad", type=int, default=2, help="random-crop padding, 0 disables (default: %(default)s)")
     p.add_argument("--no-flip", action="store_true", help="disable random horizontal flips")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None,
                    help="training device (default: cuda if available, else cpu)")
+    p.add_argument("--amp", action="store_true",
+                   help="CUDA only: train under bf16 autocast with channels_last tensors (default: off)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: %(default)s)")
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR,
                    help="directory with the gzipped Fashion-MNIST IDX files (default: %(default)s)")
@@ -299,12 +470,14 @@ def main(argv=None):
     p.add_argument("--save-checkpoint", metavar="PATH.npz", default=None,
                    help="save the trained weights (numpy .npz, readable by any torch/numpy version)")
     p.add_argument("--from-checkpoint", metavar="PATH.npz", default=None,
-                   help="skip training: load weights saved by --save-checkpoint (its width/blocks and "
-                        "training metadata are used), then export and evaluate")
+                   help="skip training: load weights saved by --save-checkpoint (its arch/width/blocks/"
+                        "input size and training metadata are used), then export and evaluate")
     p.add_argument("--no-export", action="store_true",
                    help="train (and --save-checkpoint) only; skip the ONNX export and the JSON summary")
     p.add_argument("--max-train-batches", type=int, default=0,
                    help="debug: stop each epoch after this many batches (0 = full epoch)")
+    p.add_argument("--max-test-images", type=int, default=0,
+                   help="debug: evaluate on the first N test images only (0 = all 10,000)")
     args = p.parse_args(argv)
 
     ckpt_meta = None
@@ -313,13 +486,45 @@ def main(argv=None):
         with np.load(args.from_checkpoint) as z:
             ckpt_arrays = {k: z[k] for k in z.files}
         ckpt_meta = json.loads(str(ckpt_arrays.pop("__meta__")))
-        args.width = ckpt_meta["width"]
-        args.blocks = ",".join(str(b) for b in ckpt_meta["blocks"])
+        # checkpoints written before --arch existed hold a SmallResNet at 28x28
+        from_ckpt = {
+            "arch": ckpt_meta.get("arch", "small"),
+            "width": ckpt_meta["width"],
+            "blocks": ",".join(str(b) for b in ckpt_meta["blocks"]),
+            "input_size": ckpt_meta.get("input_size", NATIVE_SIZE),
+        }
+        for key, value in from_ckpt.items():
+            given = getattr(args, key)
+            if given is not None and str(given).replace(" ", "") != str(value):
+                p.error(f"--{key.replace('_', '-')} {given} conflicts with the checkpoint's {value}")
+            setattr(args, key, value)
         args.epochs = 0
+    args.arch = args.arch or "small"
+    if args.input_size is None:
+        args.input_size = NATIVE_SIZE
+    if args.width is None:
+        args.width = DEFAULT_WIDTH[args.arch]
+    if args.blocks is None:
+        blocks = DEFAULT_BLOCKS[args.arch]
+    else:
+        try:
+            blocks = tuple(int(b) for b in args.blocks.split(","))
+        except ValueError:
+            p.error(f"--blocks {args.blocks!r}: expected comma-separated integers")
+    if not blocks or min(blocks) < 1 or args.width < 1:
+        p.error("--width and every --blocks entry must be >= 1")
+    if args.arch != "small" and len(blocks) != 4:
+        p.error(f"--arch {args.arch} needs 4 stages in --blocks (got {len(blocks)})")
+    if args.input_size < NATIVE_SIZE:
+        p.error(f"--input-size must be >= {NATIVE_SIZE}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda requested but CUDA is not available")
-    blocks = tuple(int(b) for b in args.blocks.split(","))
+    if args.amp and device != "cuda" and ckpt_arrays is None:
+        p.error("--amp (bf16 autocast + channels_last) is for --device cuda only")
+    amp = args.amp and device == "cuda" and ckpt_arrays is None
+    input_size = args.input_size
+    stem = stem_for(args.arch, input_size)
 
     torch.set_num_threads(args.threads)
     if device == "cuda":
@@ -331,19 +536,27 @@ def main(argv=None):
 
     x_train, y_train = load_split(args.data_dir, "train")
     x_test, y_test = load_split(args.data_dir, "t10k")
+    if args.max_test_images:
+        x_test, y_test = x_test[:args.max_test_images], y_test[:args.max_test_images]
     print(f"data: train {tuple(x_train.shape)}, test {tuple(x_test.shape)}, device {device}, "
           f"torch {torch.__version__}, threads {torch.get_num_threads()}", flush=True)
+    if input_size != NATIVE_SIZE:
+        print(f"input: 28x28 images bilinearly upsampled to {input_size}x{input_size} per batch "
+              f"on {device} (outside the model)", flush=True)
 
-    model = SmallResNet(width=args.width, blocks=blocks)
+    model = build_model(args.arch, args.width, blocks, input_size)
     n_params = sum(p_.numel() for p_ in model.parameters())
-    macs = count_macs(model)
-    print(f"model: width {args.width}, blocks {blocks}, {n_params} parameters, "
-          f"{macs} MACs/image ({macs / 1e6:.2f} M)", flush=True)
+    macs = count_macs(model, (1, 1, input_size, input_size))
+    print(f"model: arch {args.arch}, width {args.width}, blocks {blocks}, input {input_size}x{input_size}, "
+          f"stem {stem}, {n_params} parameters, {macs} MACs/image ({macs / 1e6:.2f} M)", flush=True)
     if ckpt_arrays is not None:
         sd = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in ckpt_arrays.items()}
         model.load_state_dict(sd, strict=True)
         print(f"loaded weights from {args.from_checkpoint} (trained by: {ckpt_meta['command']})", flush=True)
     model.to(device)
+    if amp:
+        model.to(memory_format=torch.channels_last)
+        print("amp: bf16 autocast, channels_last", flush=True)
 
     decay, no_decay = [], []
     for name, prm in model.named_parameters():
@@ -373,9 +586,16 @@ def main(argv=None):
         for step in range(steps_per_epoch):
             idx = perm[step * args.batch_size:(step + 1) * args.batch_size]
             xb = augment(x_train[idx], args.pad, not args.no_flip, gen).to(device)
+            xb = resize_batch(xb, input_size)
             yb = y_train[idx].to(device)
-            out = model(xb)
-            loss = crit(out, yb)
+            if amp:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+                    out = model(xb)
+                    loss = crit(out, yb)
+            else:
+                out = model(xb)
+                loss = crit(out, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -384,7 +604,7 @@ def main(argv=None):
             tot_correct += (out.argmax(1) == yb).sum().item()
             seen += yb.shape[0]
         t_train = time.time() - t0
-        test_pred = predict(model, x_test, device)
+        test_pred = predict(model, x_test, device, input_size=input_size, amp=amp)
         test_acc = (test_pred == y_test).float().mean().item()
         dt = time.time() - t0
         epoch_times.append(dt)
@@ -398,16 +618,24 @@ def main(argv=None):
             "command": " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv),
             "torch_version": torch.__version__,
             "device": device,
+            "device_name": torch.cuda.get_device_name() if device == "cuda" else None,
+            "arch": args.arch,
+            "input_size": input_size,
+            "stem": stem,
+            "amp": amp,
             "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
             "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing,
             "seed": args.seed, "width": args.width, "blocks": list(blocks),
             "pad": args.pad, "flip": not args.no_flip,
+            "max_train_batches": args.max_train_batches or None,
             "train_seconds": round(train_seconds, 1),
             "mean_epoch_seconds": round(sum(epoch_times) / max(1, len(epoch_times)), 1),
             "final_test_top1_during_training": test_acc if args.epochs > 0 else None,
         }
     if args.save_checkpoint:
-        arrays = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+        model_sd = model.state_dict()
+        # .contiguous(): channels_last (--amp) weights are saved in plain NCHW order
+        arrays = {k: v.detach().cpu().contiguous().numpy() for k, v in model_sd.items()}
         arrays["__meta__"] = np.array(json.dumps(ckpt_meta))
         tmp = args.save_checkpoint + ".tmp.npz"
         np.savez(tmp, **arrays)
@@ -418,15 +646,16 @@ def main(argv=None):
 
     # ---- export ----
     model.to("cpu").eval()
+    model.to(memory_format=torch.contiguous_format)
     out_dir = os.path.dirname(os.path.abspath(args.output))
     os.makedirs(out_dir, exist_ok=True)
-    onnx_model, op_types = export_onnx(model, args.output, args.fold_bn)
+    onnx_model, op_types = export_onnx(model, args.output, args.fold_bn, input_size)
     n_bn = sum(1 for nd in onnx_model.graph.node if nd.op_type == "BatchNormalization")
     print(f"exported {args.output} ({os.path.getsize(args.output)} bytes), opset 13, "
           f"op types: {', '.join(op_types)}; BatchNormalization nodes: {n_bn}", flush=True)
 
     # ---- final evaluation of the exported (eval-mode, float32) module ----
-    pred = predict(model, x_test, "cpu")
+    pred = predict(model, x_test, "cpu", input_size=input_size)
     correct = int((pred == y_test).sum().item())
     total = int(y_test.shape[0])
     top1 = correct / total
@@ -439,6 +668,16 @@ def main(argv=None):
         os.replace(tmp, args.save_predictions)
         print(f"saved test predictions to {args.save_predictions}", flush=True)
 
+    preprocessing = "pixel / 255, no mean/std normalization"
+    upsampling = None
+    if input_size != NATIVE_SIZE:
+        preprocessing += (f"; the 28x28 image is then bilinearly upsampled to {input_size}x{input_size} "
+                          "(torch.nn.functional.interpolate, align_corners=False, no antialias) "
+                          "OUTSIDE the model: feed {0}x{0} inputs".format(input_size))
+        upsampling = {"outside_model": True, "from": [NATIVE_SIZE, NATIVE_SIZE],
+                      "to": [input_size, input_size], "mode": "bilinear",
+                      "align_corners": False, "antialias": False,
+                      "function": "torch.nn.functional.interpolate"}
     json_path = os.path.splitext(args.output)[0] + ".json"
     summary = {
         "onnx": os.path.basename(args.output),
@@ -451,14 +690,19 @@ def main(argv=None):
         "onnx_opset": 13,
         "onnx_op_types": op_types,
         "batchnorm_nodes_in_onnx": n_bn,
+        "arch": args.arch,
+        "input_size": input_size,
+        "stem": stem,
+        "upsampling": upsampling,
         "epochs": ckpt_meta["epochs"],
         "seed": ckpt_meta["seed"],
-        "width": ckpt_meta["width"],
-        "blocks": ckpt_meta["blocks"],
+        "width": args.width,
+        "blocks": list(blocks),
+        "stage_channels": stage_channels(args.arch, args.width, blocks),
         "parameters": n_params,
         "macs_per_image": macs,
-        "input": {"name": "input", "shape": ["N", 1, 28, 28], "dtype": "float32",
-                  "preprocessing": "pixel / 255, no mean/std normalization"},
+        "input": {"name": "input", "shape": ["N", 1, input_size, input_size], "dtype": "float32",
+                  "preprocessing": preprocessing},
         "output": {"name": "logits", "shape": ["N", 10], "dtype": "float32"},
         "training": ckpt_meta,
         "test_predictions": os.path.basename(args.save_predictions) if args.save_predictions else None,

@@ -10,6 +10,9 @@ void add_run_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
 void add_classify_command(CLI::App& app);
 void add_bench_command(CLI::App& app);
+void add_calibrate_command(CLI::App& app);
+void add_quantize_command(CLI::App& app);
+void add_compare_command(CLI::App& app);
 
 // Adds --mean and --std (dataset normalization shared by every command reading a dataset).
 void add_normalization_flags(CLI::App& cmd, float& mean, float& std);

@@ -25,7 +25,10 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "nibble 0.1.0");
   nibble::cli::add_inspect_command(app);
   nibble::cli::add_run_command(app);
+  nibble::cli::add_calibrate_command(app);
+  nibble::cli::add_quantize_command(app);
   nibble::cli::add_eval_command(app);
+  nibble::cli::add_compare_command(app);
   nibble::cli::add_classify_command(app);
   nibble::cli::add_bench_command(app);
   try {

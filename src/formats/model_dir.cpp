@@ -36,6 +36,11 @@ constexpr auto kLayerTypes = std::to_array<std::string_view>({
     "Scale",
     "Sequential",
     "BottleneckQuantized",
+    // nibble's extensions (docs/model-format.md): any graph, float layers, float <-> integer.
+    "GraphQuantized",
+    "QuantizeFloat",
+    "Dequantize",
+    "Add",
 });
 
 // Beyond this a declared shape is surely corrupt; checking first keeps the element count from overflowing.

@@ -1,6 +1,9 @@
 // Builds the graph of a seed-format model directory (ResNetQuantized and its blocks).
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
 #include <map>
 
 #include "nibble/error.h"
@@ -26,11 +29,7 @@ class Builder {
     return std::move(g_);
   }
 
-  std::string input(const std::string& name, Shape shape) {
-    shapes_[name] = shape;
-    g_.inputs.push_back(info(name, DType::s8, shape));
-    return name;
-  }
+  std::string input(const std::string& name, Shape shape) { return typed_input(name, DType::s8, shape); }
 
   // Conv2d: s32 accumulators of x * weight + bias.
   std::string conv(const std::string& layer, const std::string& x) {
@@ -55,11 +54,14 @@ class Builder {
     const Shape& xs = shapes_.at(x);
     if (xs[1] != cin) fail(where, "in_channels={} but the layer receives {} channels", cin, xs[1]);
     const auto mode = parse_compute_mode(f.get_string("compute_mode"), where);
-    if (mode.size() != 3 || mode[2].kind != 's' || mode[2].bits != 32) {
-      fail(where, "compute_mode {} is not <act><weight>s32", f.get_string("compute_mode"));
+    const bool is_float = is_float_mode(mode);
+    if (!is_float && (mode.size() != 3 || mode[2].kind != 's' || mode[2].bits != 32)) {
+      fail(where, "compute_mode {} is neither <act><weight>s32 nor f32f32f32", f.get_string("compute_mode"));
     }
     check_weight_type(where, w, mode[1]);
-    Node n = node("nibble:IntConv", layer, {x, constant(layer + ".weight", w), constant(layer + ".bias", b)});
+    check_input_type(where, x, is_float);
+    Node n = node(is_float ? "Conv" : "nibble:IntConv", layer,
+                  {x, constant(layer + ".weight", w), constant(layer + ".bias", b)});
     n.attrs["kernel_shape"] = kernel;
     n.attrs["strides"] = stride;
     n.attrs["pads"] = std::vector<int64_t>{pad[0], pad[1], pad[0], pad[1]};
@@ -71,12 +73,15 @@ class Builder {
       ys[2 + d] = (xs[2 + d] + 2 * pad[d] - dilation[d] * (kernel[d] - 1) - 1) / stride[d] + 1;
       if (ys[2 + d] <= 0) fail(where, "the output would be empty for input {}", shape_str(xs));
     }
-    return emit(std::move(n), DType::s32, ys);
+    return emit(std::move(n), is_float ? DType::f32 : DType::s32, ys);
   }
 
   std::string relu(const std::string& layer, const std::string& x) {
     expect(layer, "ReLU");
-    return emit(node("nibble:IntRelu", unique(layer), {x}), DType::s32, shapes_.at(x));
+    // s32 accumulators take the integer ReLU; f32 values (layers kept in float) the ONNX one.
+    const DType t = node_dtype(x);
+    if (t != DType::s32 && t != DType::f32) fail(file_of(layer), "ReLU needs s32 or f32 input, got {}", dtype_name(t));
+    return emit(node(t == DType::f32 ? "Relu" : "nibble:IntRelu", unique(layer), {x}), t, shapes_.at(x));
   }
 
   std::string quantize(const std::string& layer, const std::string& x) {
@@ -113,19 +118,21 @@ class Builder {
     n.attrs["pads"] = std::vector<int64_t>{p, p, p, p};
     Shape ys = shapes_.at(x);
     for (int d = 2; d < 4; ++d) ys[d] = (ys[d] + 2 * p - k) / s + 1;
-    return emit(std::move(n), DType::u8, ys);
+    return emit(std::move(n), node_dtype(x), ys);
   }
 
   std::string avg_pool(const std::string& layer, const std::string& x) {
     const LayerFile& f = expect(layer, "AvgPool2d");
     const int64_t k = f.get_int("kernel_size"), s = f.get_int("stride");
     if (f.get_int("padding") != 0 || f.get_bool("ceil_mode")) fail(file_of(layer), "only padding=0 without ceil_mode is supported");
-    Node n = node("nibble:IntAvgPool", layer, {x});
+    // Integer pooling rounds as the seed does; f32 values (layers kept in float) use ONNX's.
+    const bool is_float = node_dtype(x) == DType::f32;
+    Node n = node(is_float ? "AveragePool" : "nibble:IntAvgPool", layer, {x});
     n.attrs["kernel_shape"] = std::vector<int64_t>{k, k};
     n.attrs["strides"] = std::vector<int64_t>{s, s};
     Shape ys = shapes_.at(x);
     for (int d = 2; d < 4; ++d) ys[d] = (ys[d] - k) / s + 1;
-    return emit(std::move(n), DType::u8, ys);
+    return emit(std::move(n), is_float ? DType::f32 : DType::u8, ys);
   }
 
   std::string linear(const std::string& layer, const std::string& x) {
@@ -138,15 +145,19 @@ class Builder {
     }
     const auto mode = parse_compute_mode(f.get_string("compute_mode"), where);
     if (mode.size() != 3) fail(where, "compute_mode {} is not <act><weight>s32", f.get_string("compute_mode"));
+    const bool is_float = is_float_mode(mode);
     check_weight_type(where, w, mode[1]);
+    check_input_type(where, x, is_float);
     const Shape& xs = shapes_.at(x);
     if (shape_numel(Shape(xs.begin() + 1, xs.end())) != in) {
       fail(where, "in_features={} but the layer receives {}", in, shape_str(xs));
     }
     Node flat = node("Flatten", layer + ".flatten", {x});
-    const std::string flat_out = emit(std::move(flat), DType::u8, {xs[0], in});
-    Node n = node("nibble:IntLinear", layer, {flat_out, constant(layer + ".weight", w), constant(layer + ".bias", f.get_tensor("bias"))});
-    return emit(std::move(n), DType::s32, {xs[0], out});
+    const std::string flat_out = emit(std::move(flat), node_dtype(x), {xs[0], in});
+    Node n = node(is_float ? "Gemm" : "nibble:IntLinear", layer,
+                  {flat_out, constant(layer + ".weight", w), constant(layer + ".bias", f.get_tensor("bias"))});
+    if (is_float) n.attrs["transB"] = int64_t{1};
+    return emit(std::move(n), is_float ? DType::f32 : DType::s32, {xs[0], out});
   }
 
   std::string scale(const std::string& layer, const std::string& x) {
@@ -202,10 +213,128 @@ class Builder {
     return y;
   }
 
+  // Add: two s32 accumulators (nibble:IntAdd) or two f32 values (Add) of one shape.
+  std::string add(const std::string& layer, const std::string& a, const std::string& b) {
+    expect(layer, "Add");
+    const DType t = node_dtype(a);
+    if (node_dtype(b) != t || (t != DType::s32 && t != DType::f32)) {
+      fail(file_of(layer), "Add needs two s32 or two f32 inputs, got {} and {}", dtype_name(t), dtype_name(node_dtype(b)));
+    }
+    if (shapes_.at(a) != shapes_.at(b)) {
+      fail(file_of(layer), "the inputs differ in shape: {} and {}", shape_str(shapes_.at(a)), shape_str(shapes_.at(b)));
+    }
+    return emit(node(t == DType::f32 ? "Add" : "nibble:IntAdd", layer, {a, b}), t, shapes_.at(a));
+  }
+
+  // QuantizeFloat: f32 -> integer, round(x / scale) clamped to output_bits.
+  std::string quantize_float(const std::string& layer, const std::string& x) {
+    const LayerFile& f = expect(layer, "QuantizeFloat");
+    const std::string where = file_of(layer);
+    if (node_dtype(x) != DType::f32) fail(where, "QuantizeFloat needs f32 input, got {}", dtype_name(node_dtype(x)));
+    const auto mode = parse_compute_mode(f.get_string("compute_mode"), where);
+    if (mode.size() != 3 || mode[0].kind != 'f' || mode[2].kind == 'f') {
+      fail(where, "compute_mode {} is not f32f32<out>", f.get_string("compute_mode"));
+    }
+    const int64_t bits = f.get_int("output_bits");
+    if (bits < 1 || bits > 31) fail(where, "output_bits={} is outside 1..31", bits);
+    const bool is_signed = mode[2].kind == 's';
+    Node n = node("nibble:QuantizeFloat", layer, {x, constant(layer + ".scale", scale_tensor(f, "scale", x))});
+    n.attrs["bits"] = bits;
+    n.attrs["signed"] = int64_t{is_signed};
+    return emit(std::move(n), quant::storage_dtype(static_cast<int>(bits), is_signed), shapes_.at(x));
+  }
+
+  // Dequantize: integer -> f32, x * scale (one scale, or one per channel).
+  std::string dequantize(const std::string& layer, const std::string& x) {
+    const LayerFile& f = expect(layer, "Dequantize");
+    const DType t = node_dtype(x);
+    if (t != DType::u8 && t != DType::s8 && t != DType::s32) {
+      fail(file_of(layer), "Dequantize needs u8, s8 or s32 input, got {}", dtype_name(t));
+    }
+    Node n = node("DequantizeLinear", layer, {x, constant(layer + ".scale", scale_tensor(f, "scale", x))});
+    n.attrs["axis"] = int64_t{1};
+    return emit(std::move(n), DType::f32, shapes_.at(x));
+  }
+
+  // The root of a GraphQuantized model: the layer `name` applied to `inputs` (values already built).
+  std::string layer(const std::string& name, const std::vector<std::string>& inputs) {
+    const std::string& type = layer_type(name);
+    const size_t want = type == "Add" ? 2 : 1;
+    if (inputs.size() != want) fail(file_of(name), "a {} layer takes {} input(s), the file names {}", type, want, inputs.size());
+    const std::string& x = inputs[0];
+    if (type == "Conv2d") return conv(name, x);
+    if (type == "ReLU") return relu(name, x);
+    if (type == "Quantize") return quantize(name, x);
+    if (type == "QuantizeFloat") return quantize_float(name, x);
+    if (type == "Dequantize") return dequantize(name, x);
+    if (type == "Add") return add(name, x, inputs[1]);
+    if (type == "MaxPool2d") return max_pool(name, x);
+    if (type == "AvgPool2d") return avg_pool(name, x);
+    if (type == "Linear") return linear(name, x);
+    if (type == "Scale") return scale(name, x);
+    fail(file_of(name), "layer type {} cannot appear in a GraphQuantized model", type);
+  }
+
+  bool has_value(const std::string& v) const { return shapes_.count(v) != 0; }
+
   const std::string& layer_type(const std::string& layer) const { return m_.layer(layer).type; }
 
- private:
   std::string file_of(const std::string& layer) const { return m_.path + "/" + layer; }
+
+  // The graph's outputs, renamed from their layers to `names`; each keeps the dtype its layer gives.
+  Graph finish_outputs(const std::vector<std::string>& layers, const std::vector<std::string>& names) {
+    for (size_t i = 0; i < layers.size(); ++i) {
+      g_.outputs.push_back(info(names[i], node_dtype(layers[i]), shapes_.at(layers[i])));
+      rename(layers[i], names[i]);
+    }
+    return std::move(g_);
+  }
+
+  std::string typed_input(const std::string& name, DType t, Shape shape) {
+    shapes_[name] = shape;
+    g_.inputs.push_back(info(name, t, shape));
+    input_types_[name] = t;
+    return name;
+  }
+
+ private:
+  static bool is_float_mode(const std::vector<NumberType>& mode) {
+    return mode.size() == 3 && mode[0].kind == 'f' && mode[1].kind == 'f' && mode[2].kind == 'f';
+  }
+
+  // Integer layers take u8/s8 activations, float layers f32 values.
+  void check_input_type(const std::string& where, const std::string& x, bool is_float) const {
+    const DType t = node_dtype(x);
+    const bool ok = is_float ? t == DType::f32 : (t == DType::u8 || t == DType::s8);
+    if (!ok) fail(where, "the layer computes in {} but receives {} values", is_float ? "f32" : "integers", dtype_name(t));
+  }
+
+  // A scale field: a number ("0.0123") or an f32 tensor with one value per channel of x.
+  Tensor scale_tensor(const LayerFile& f, const std::string& key, const std::string& x) const {
+    const LayerField* field = f.find(key);
+    const std::string where = file_of(f.name);
+    if (!field) fail(where, "missing '{}'", key);
+    Tensor s;
+    if (field->is_tensor) {
+      s = field->tensor;
+      if (s.dtype() != DType::f32) fail(where, "'{}' must be f32, got {}", key, dtype_name(s.dtype()));
+      if (s.numel() != 1 && (shapes_.at(x).size() < 2 || s.numel() != shapes_.at(x)[1])) {
+        fail(where, "'{}' has {} values but the layer receives {} channels", key, s.numel(), shapes_.at(x)[1]);
+      }
+      s = s.reshaped({s.numel()});
+    } else {
+      char* end = nullptr;
+      const double v = std::strtod(field->value.c_str(), &end);
+      if (field->value.empty() || *end != '\0') fail(where, "'{}' is not a number: {}", key, field->value);
+      s = Tensor(DType::f32, {1});
+      s.data<float>()[0] = static_cast<float>(v);
+    }
+    for (int64_t i = 0; i < s.numel(); ++i) {
+      const float v = s.data<float>()[i];
+      if (!(v > 0.0f) || !std::isfinite(v)) fail(where, "'{}' holds {}, which is not a positive finite scale", key, v);
+    }
+    return s;
+  }
 
   const LayerFile& expect(const std::string& layer, const char* type) const {
     const LayerFile& f = m_.layer(layer);
@@ -259,7 +388,10 @@ class Builder {
     return out;
   }
 
-  DType node_dtype(const std::string& value) const { return *g_.value_info.at(value).dtype; }
+  DType node_dtype(const std::string& value) const {
+    if (auto it = input_types_.find(value); it != input_types_.end()) return it->second;
+    return *g_.value_info.at(value).dtype;
+  }
 
   void rename(const std::string& from, const std::string& to) {
     for (auto& n : g_.nodes) {
@@ -282,14 +414,68 @@ class Builder {
   Graph g_;
   std::map<std::string, Shape> shapes_;
   std::map<std::string, int> uses_;
+  std::map<std::string, DType> input_types_;
 };
+
+// A list of names, "a,b,c" -> {a, b, c}.
+std::vector<std::string> names_field(const LayerFile& f, const std::string& key, const std::string& where) {
+  const std::string& v = f.get_string(key);
+  std::vector<std::string> out;
+  size_t i = 0;
+  while (i <= v.size()) {
+    const size_t j = std::min(v.find(',', i), v.size());
+    if (j == i) fail(where, "'{}' holds an empty name: '{}'", key, v);
+    out.push_back(v.substr(i, j - i));
+    i = j + 1;
+  }
+  return out;
+}
+
+// The generic root: every layer names its inputs; `layers` gives a topological order.
+Graph graph_from_layer_list(const ModelDir& m, std::optional<int64_t> fixed_batch) {
+  const LayerFile& root = m.layer("model");
+  const std::string where = m.path + "/model";
+  Builder b(m, fixed_batch);
+  const auto dims = root.get_tuple("input_shape");
+  Shape shape{fixed_batch.value_or(-1)};
+  for (int64_t d : dims) {
+    if (d <= 0) fail(where, "input_shape holds a non-positive dimension {}", d);
+    shape.push_back(d);
+  }
+  const std::string in_name = root.get_string("input");
+  const std::string& in_type = root.get_string("input_type");
+  const std::optional<DType> in_dtype = dtype_from_name(in_type);
+  if (!in_dtype || (*in_dtype != DType::f32 && *in_dtype != DType::u8 && *in_dtype != DType::s8)) {
+    fail(where, "input_type must be f32, u8 or s8, got '{}'", in_type);
+  }
+  b.typed_input(in_name, *in_dtype, shape);
+  for (const std::string& layer : names_field(root, "layers", where)) {
+    if (!m.has_layer(layer)) fail(where, "'layers' names '{}', which has no layer file", layer);
+    if (b.has_value(layer)) fail(where, "'layers' names '{}' twice", layer);
+    std::vector<std::string> inputs = names_field(m.layer(layer), "inputs", b.file_of(layer));
+    for (const auto& x : inputs) {
+      if (!b.has_value(x)) fail(b.file_of(layer), "input '{}' is neither the model input nor an earlier layer", x);
+    }
+    b.layer(layer, inputs);
+  }
+  const auto outputs = names_field(root, "outputs", where);
+  const auto output_names = names_field(root, "output_names", where);
+  if (outputs.empty() || outputs.size() != output_names.size()) {
+    fail(where, "'outputs' and 'output_names' must list the same, non-zero number of names");
+  }
+  for (const auto& o : outputs) {
+    if (!b.has_value(o)) fail(where, "output '{}' is not a layer of the model", o);
+  }
+  return b.finish_outputs(outputs, output_names);
+}
 
 }  // namespace
 
 Graph graph_from_model_dir(const ModelDir& m, std::optional<int64_t> fixed_batch) {
   const LayerFile& root = m.layer("model");
+  if (root.type == "GraphQuantized") return graph_from_layer_list(m, fixed_batch);
   if (root.type != "ResNetQuantized") {
-    fail(m.path + "/model", "the root layer is {}; only ResNetQuantized models are supported", root.type);
+    fail(m.path + "/model", "the root layer is {}; nibble reads ResNetQuantized and GraphQuantized models", root.type);
   }
   Builder b(m, fixed_batch);
   std::string x = b.input("input", {fixed_batch.value_or(-1), 3, 224, 224});

@@ -58,6 +58,7 @@ void matmul_integer(const Node&, const Inputs&, Outputs&);
 void qlinear_matmul(const Node&, const Inputs&, Outputs&);
 void quantize_linear(const Node&, const Inputs&, Outputs&);
 void dequantize_linear(const Node&, const Inputs&, Outputs&);
+void quantize_float(const Node&, const Inputs&, Outputs&);
 void flatten(const Node&, const Inputs&, Outputs&);
 void reshape(const Node&, const Inputs&, Outputs&);
 void transpose(const Node&, const Inputs&, Outputs&);

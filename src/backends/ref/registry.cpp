@@ -12,7 +12,7 @@ struct Entry {
   int min_opset;  // oldest operator-set version whose semantics the kernel implements
 };
 
-constexpr std::array<Entry, 35> kKernels = {{
+constexpr std::array<Entry, 36> kKernels = {{
     {"Add", add, 7},
     {"AveragePool", average_pool, 1},
     {"BatchNormalization", batch_normalization, 7},
@@ -46,6 +46,7 @@ constexpr std::array<Entry, 35> kKernels = {{
     {"nibble:IntConvFused", int_conv_fused, 1},
     {"nibble:IntLinear", int_linear, 1},
     {"nibble:IntRelu", int_relu, 1},
+    {"nibble:QuantizeFloat", quantize_float, 1},
     {"nibble:Requantize", requantize, 1},
     {"nibble:Scale", scale, 1},
 }};

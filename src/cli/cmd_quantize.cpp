@@ -1,0 +1,68 @@
+// `nibble quantize MODEL.onnx --calib X.calib --precision P -o OUT.nbl/`: PTQ to a model directory.
+#include <fmt/format.h>
+
+#include <set>
+#include <sstream>
+
+#include "cli/commands.h"
+#include "cli/quant_common.h"
+#include "nibble/error.h"
+#include "nibble/model_dir.h"
+
+namespace nibble::cli {
+
+namespace {
+
+struct QuantizeArgs {
+  std::string model;
+  std::string calib;
+  std::string precision = "int8";
+  std::vector<std::string> layer_precision;
+  std::vector<std::string> exclude;
+  bool all_layers = false;
+  std::string output;
+};
+
+void quantize(const QuantizeArgs& args) {
+  require_new_path(args.output);
+  const Graph fp32 = load_fp32_onnx(args.model);
+  quant::QuantizeOptions opt;
+  opt.precision = quant::parse_precision(args.precision, "--precision");
+  opt.layer_precision = parse_layer_precisions(args.layer_precision);
+  opt.exclude = std::set<std::string>(args.exclude.begin(), args.exclude.end());
+  opt.first_last_8bit = !args.all_layers;
+  if (args.calib.empty()) fail("--calib", "give the calibration table made by `nibble calibrate`");
+  const quant::CalibTable calib = quant::read_calib(args.calib);
+  quant::QuantizeResult result = quant::quantize_model(fp32, calib, opt);
+  result.model.path = args.output;
+  // Build the graph once before writing, so a model the engine cannot run is never written.
+  quantized_graph(result.model);
+  print_layer_report(result);
+  write_model_dir(result.model, args.output);
+  size_t bytes = 0;
+  for (const auto& [name, layer] : result.model.layers) {
+    for (const auto& f : layer.fields) bytes += f.is_tensor ? f.tensor.nbytes() : 0;
+  }
+  fmt::print("wrote {} ({} layers, {} bytes of tensors)\n", args.output, result.model.layers.size(), bytes);
+}
+
+}  // namespace
+
+void add_quantize_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand("quantize", "Quantize an FP32 ONNX model to an integer model directory");
+  auto args = std::make_shared<QuantizeArgs>();
+  cmd->add_option("model", args->model, "FP32 ONNX model")->required();
+  cmd->add_option("--calib", args->calib, "Calibration table from `nibble calibrate`");
+  cmd->add_option("--precision", args->precision, "int8, int4 or w4a8 (4-bit weights, 8-bit activations)")
+      ->default_val("int8");
+  cmd->add_option("--layer-precision", args->layer_precision,
+                  "NAME:PRECISION,... per layer (layer or ONNX node name; precision int8, int4, w4a8 or float)")
+      ->delimiter(',');
+  cmd->add_option("--exclude", args->exclude, "NAME,... layers to keep in float")->delimiter(',');
+  cmd->add_flag("--all-layers", args->all_layers,
+                "Quantize the first and last layers to --precision too (by default they stay at 8 bits)");
+  cmd->add_option("-o,--output", args->output, "Model directory to write (must not exist)")->required();
+  cmd->callback([args] { quantize(*args); });
+}
+
+}  // namespace nibble::cli

@@ -1,0 +1,35 @@
+// Pieces shared by calibrate, quantize and compare.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "cli/batch_runner.h"
+#include "nibble/graph.h"
+#include "quant/calibration.h"
+#include "quant/quantize.h"
+
+namespace nibble::cli {
+
+// Loads an FP32 ONNX model; a model directory is refused with a clear message.
+Graph load_fp32_onnx(const std::string& path);
+
+// Calibrates `fp32` on `data` (two passes) and returns the observer's table for `spec`.
+// Several specs share one pass: tables() gives one table per spec.
+std::vector<quant::CalibTable> calibrate_tables(const Graph& fp32, const InputData& data, const DataArgs& args,
+                                                const std::vector<quant::CalibSpec>& specs, int bits,
+                                                const std::vector<std::string>& comments);
+
+// The fused integer graph of an in-memory model directory.
+Graph quantized_graph(const ModelDir& model);
+
+// "a:int4,b:int8" -> map; "a,b" -> set. Errors name the flag.
+std::map<std::string, quant::Precision> parse_layer_precisions(const std::vector<std::string>& items);
+
+// Prints the per-layer table of a quantization.
+void print_layer_report(const quant::QuantizeResult& r);
+
+// Refuses an output path that exists (before any work is done).
+void require_new_path(const std::string& path);
+
+}  // namespace nibble::cli

@@ -1,0 +1,139 @@
+// Loading model inputs: Fashion-MNIST, .npy batches and directories of images.
+#include "nibble/input_data.h"
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+
+#include "nibble/dataset.h"
+#include "nibble/error.h"
+#include "nibble/image.h"
+#include "nibble/npy.h"
+
+namespace nibble {
+
+namespace fs = std::filesystem;
+
+Tensor InputData::batch(int64_t begin, int64_t end) const {
+  Shape s = inputs.shape();
+  s[0] = end - begin;
+  Tensor out(DType::f32, s);
+  const int64_t per = inputs.numel() / inputs.dim(0);
+  std::memcpy(out.data<float>(), inputs.data<float>() + begin * per, static_cast<size_t>((end - begin) * per) * sizeof(float));
+  return out;
+}
+
+namespace {
+
+bool is_image_file(const fs::path& p) {
+  std::string ext = p.extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  for (const char* e : {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tga", ".pgm", ".ppm", ".pnm"}) {
+    if (ext == e) return true;
+  }
+  return false;
+}
+
+std::vector<fs::path> sorted_entries(const fs::path& dir, bool directories) {
+  std::vector<fs::path> out;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (directories ? e.is_directory() : (e.is_regular_file() && is_image_file(e.path()))) out.push_back(e.path());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// One image as normalized f32 C x H x W.
+void image_to_chw(const fs::path& path, const Shape& chw, float mean, float std, float* out) {
+  const Tensor rgb = read_image_rgb(path.string());
+  const int64_t h = chw[1], w = chw[2];
+  const Tensor resized = resize_bilinear_u8(rgb, h, w);  // f32 h x w x 3, values 0..255
+  const float* p = resized.data<float>();
+  for (int64_t y = 0; y < h; ++y) {
+    for (int64_t x = 0; x < w; ++x) {
+      const float* px = p + (y * w + x) * 3;
+      if (chw[0] == 1) {
+        const float grey = 0.299f * px[0] + 0.587f * px[1] + 0.114f * px[2];
+        out[y * w + x] = (grey / 255.0f - mean) / std;
+      } else {
+        for (int c = 0; c < 3; ++c) out[(c * h + y) * w + x] = (px[c] / 255.0f - mean) / std;
+      }
+    }
+  }
+}
+
+InputData from_images(const std::string& spec, const Shape& chw, float mean, float std, int64_t limit) {
+  if (chw.size() != 3 || (chw[0] != 1 && chw[0] != 3)) {
+    fail(spec, "images need a model input of 1 or 3 channels x H x W, the model takes {}", shape_str(chw));
+  }
+  InputData d;
+  d.name = spec;
+  std::vector<std::pair<fs::path, int64_t>> files;
+  const auto classes = sorted_entries(spec, true);
+  if (!classes.empty()) {
+    for (size_t c = 0; c < classes.size(); ++c) {
+      d.classes.push_back(classes[c].filename().string());
+      for (const auto& f : sorted_entries(classes[c], false)) files.emplace_back(f, static_cast<int64_t>(c));
+    }
+  } else {
+    for (const auto& f : sorted_entries(spec, false)) files.emplace_back(f, -1);
+  }
+  if (files.empty()) fail(spec, "the directory holds no image files (png, jpg, bmp, gif, tga, pnm)");
+  if (limit > 0 && static_cast<int64_t>(files.size()) > limit) files.resize(static_cast<size_t>(limit));
+  const int64_t n = static_cast<int64_t>(files.size());
+  d.inputs = Tensor(DType::f32, {n, chw[0], chw[1], chw[2]});
+  const int64_t per = chw[0] * chw[1] * chw[2];
+  for (int64_t i = 0; i < n; ++i) {
+    image_to_chw(files[static_cast<size_t>(i)].first, chw, mean, std, d.inputs.data<float>() + i * per);
+    if (!classes.empty()) d.labels.push_back(files[static_cast<size_t>(i)].second);
+  }
+  return d;
+}
+
+InputData from_npy(const std::string& spec, const Shape& chw, float mean, float std, int64_t limit) {
+  Tensor t = read_npy(spec);
+  if (t.rank() == 3) t = t.reshaped({t.dim(0), 1, t.dim(1), t.dim(2)});
+  if (t.rank() != 4) fail(spec, "expected an array N x C x H x W (or N x H x W), got {}", shape_str(t.shape()));
+  if (t.dtype() != DType::f32 && t.dtype() != DType::u8) {
+    fail(spec, "expected f32 inputs or u8 pixels, got {}", dtype_name(t.dtype()));
+  }
+  if (!chw.empty() && Shape(t.shape().begin() + 1, t.shape().end()) != chw) {
+    fail(spec, "holds inputs of {} but the model takes {}", shape_str(Shape(t.shape().begin() + 1, t.shape().end())),
+         shape_str(chw));
+  }
+  const int64_t n = limit > 0 ? std::min(limit, t.dim(0)) : t.dim(0);
+  if (n == 0) fail(spec, "the array holds no inputs");
+  InputData d;
+  d.name = spec;
+  d.inputs = Tensor(DType::f32, {n, t.dim(1), t.dim(2), t.dim(3)});
+  float* out = d.inputs.data<float>();
+  for (int64_t i = 0; i < d.inputs.numel(); ++i) {
+    out[i] = t.dtype() == DType::f32 ? t.data<float>()[i] : (static_cast<float>(t.data<uint8_t>()[i]) / 255.0f - mean) / std;
+  }
+  return d;
+}
+
+}  // namespace
+
+InputData load_input_data(const std::string& spec, const Shape& chw, float mean, float std, const std::string& data_dir,
+                          int64_t limit) {
+  if (!(std > 0.0f)) fail("--std", "must be a positive number, got {}", std);
+  if (spec == "fashion-mnist" || spec.rfind("fashion-mnist:", 0) == 0) {
+    const Dataset ds = load_dataset(spec, data_dir, limit);
+    if (!chw.empty() && chw != Shape{1, ds.images.dim(1), ds.images.dim(2)}) {
+      fail(spec, "gives inputs of [1, {}, {}] but the model takes {}", ds.images.dim(1), ds.images.dim(2), shape_str(chw));
+    }
+    InputData d;
+    d.name = ds.name;
+    d.inputs = image_batch_f32(ds, 0, ds.size(), mean, std);
+    for (int64_t i = 0; i < ds.size(); ++i) d.labels.push_back(ds.labels.data<uint8_t>()[i]);
+    return d;
+  }
+  std::error_code ec;
+  if (fs::is_directory(spec, ec)) return from_images(spec, chw, mean, std, limit);
+  if (spec.size() > 4 && spec.substr(spec.size() - 4) == ".npy") return from_npy(spec, chw, mean, std, limit);
+  if (!fs::exists(spec, ec)) fail(spec, "no such file or directory (--data takes fashion-mnist[:split], an .npy file or a directory of images)");
+  fail(spec, "unknown data source (--data takes fashion-mnist[:split], an .npy file or a directory of images)");
+}
+
+}  // namespace nibble

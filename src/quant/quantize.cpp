@@ -1,0 +1,890 @@
+// Post-training quantization of an FP32 ONNX graph into a GraphQuantized model directory.
+#include "quant/quantize.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <limits>
+
+#include "nibble/error.h"
+#include "quant/requant.h"
+
+namespace nibble::quant {
+
+const char* precision_name(Precision p) {
+  switch (p) {
+    case Precision::int8: return "int8";
+    case Precision::int4: return "int4";
+    case Precision::w4a8: return "w4a8";
+    case Precision::f32: return "float";
+  }
+  return "?";
+}
+
+Precision parse_precision(const std::string& text, const std::string& where) {
+  for (Precision p : {Precision::int8, Precision::int4, Precision::w4a8, Precision::f32}) {
+    if (text == precision_name(p)) return p;
+  }
+  fail(where, "unknown precision '{}' (expected int8, int4, w4a8 or float)", text);
+}
+
+int weight_bits(Precision p) { return p == Precision::int8 ? 8 : (p == Precision::f32 ? 0 : 4); }
+int activation_bits(Precision p) { return p == Precision::int4 ? 4 : (p == Precision::f32 ? 0 : 8); }
+
+std::optional<Requant> choose_requant(const std::vector<double>& ratio) {
+  double top = 0.0;
+  for (double r : ratio) top = std::max(top, r);
+  if (!(top < 65535.5)) return std::nullopt;
+  int shift = 0;
+  while (shift < 31 && std::nearbyint(top * std::ldexp(1.0, shift + 1)) <= 65535.0) ++shift;
+  Requant q;
+  q.shift = shift;
+  for (double r : ratio) q.factor.push_back(static_cast<uint16_t>(std::nearbyint(r * std::ldexp(1.0, shift))));
+  return q;
+}
+
+namespace {
+
+constexpr const char* kDataDir = "model/npdata/";
+
+// One conv (BatchNormalization folded in) or linear layer with the ops it absorbs.
+struct Unit {
+  enum Kind { conv, linear, max_pool, avg_pool, pass, relu, add } kind;
+  std::string name;       // layer name
+  const Node* node;       // the ONNX node that starts it
+  std::string input;      // ONNX tensor of the main input
+  std::string input2;     // add: the second input; conv: the residual operand ("" if none)
+  std::string output;     // ONNX tensor the unit produces
+  std::vector<double> w;  // conv: K x C/g x R x S; linear: K x C (row-major), BN folded
+  std::vector<double> b;  // K
+  Shape w_shape;
+  bool relu_after = false;
+  bool residual_only = false;  // a conv whose output is only the residual operand of a later add
+  Precision precision = Precision::f32;
+  std::string note;
+};
+
+// Layer names from ONNX node names: "/layers/layers.0/conv1/Conv" -> "layers_layers_0_conv1".
+std::string layer_name_of(const Node& n, size_t index) {
+  std::string s = n.name;
+  while (!s.empty() && s.front() == '/') s.erase(s.begin());
+  // The exporter of PyTorch ends each name with the op type: drop it.
+  const size_t slash = s.rfind('/');
+  if (slash != std::string::npos && s.substr(slash + 1) == n.op_type) s.erase(slash);
+  if (s.empty()) s = fmt::format("{}_{}", n.op_type, index);
+  std::string out;
+  for (char c : s) {
+    const bool keep = std::isalnum(static_cast<unsigned char>(c)) || c == '-';
+    if (keep) {
+      out += c;
+    } else if (out.empty() || out.back() != '_') {
+      out += '_';
+    }
+  }
+  while (!out.empty() && out.back() == '_') out.pop_back();
+  if (out.empty() || out == "model" || out == "npdata") out = fmt::format("{}_{}", n.op_type, index);
+  return out;
+}
+
+const Tensor& initializer(const Graph& g, const Node& n, size_t i, const char* what) {
+  if (i >= n.inputs.size() || n.inputs[i].empty()) fail(g.source, "{}: {} is missing", n.label(), what);
+  const auto it = g.initializers.find(n.inputs[i]);
+  if (it == g.initializers.end()) fail(g.source, "{}: {} '{}' is not a constant initializer", n.label(), what, n.inputs[i]);
+  return it->second;
+}
+
+std::vector<double> to_doubles(const Tensor& t) {
+  std::vector<double> v(static_cast<size_t>(t.numel()));
+  for (int64_t i = 0; i < t.numel(); ++i) v[static_cast<size_t>(i)] = t.get(i);
+  return v;
+}
+
+Tensor f32_tensor(const std::vector<double>& v, Shape shape) {
+  Tensor t(DType::f32, std::move(shape));
+  for (size_t i = 0; i < v.size(); ++i) t.data<float>()[i] = static_cast<float>(v[i]);
+  return t;
+}
+
+std::string num(double v) { return fmt::format("{:.9g}", v); }
+
+std::string tuple(const std::vector<int64_t>& v) { return fmt::format("{}:{}", v.size(), fmt::join(v, " ")); }
+
+// A list of names: "a,b,c" (layer names never hold ',' or whitespace).
+std::string name_list(const std::vector<std::string>& v) { return fmt::format("{}", fmt::join(v, ",")); }
+
+// An integer activation in the model directory.
+struct QValue {
+  std::string layer;
+  double scale;
+  int bits;        // levels: 2^bits - 1 unsigned, 2^(bits-1) - 1 signed
+  bool is_signed;
+};
+
+// s32 accumulators of a conv in scale acc[c] (a residual operand not yet rescaled).
+struct AccValue {
+  std::string layer;
+  std::vector<double> scale;
+};
+
+class Quantizer {
+ public:
+  Quantizer(const Graph& g, const CalibTable& calib, const QuantizeOptions& opt) : g_(g), calib_(calib), opt_(opt) {}
+
+  std::vector<Unit> build_units() {
+    std::map<std::string, std::vector<const Node*>> readers;
+    for (const Node& n : g_.nodes) {
+      for (const auto& in : n.inputs) {
+        if (!in.empty()) readers[in].push_back(&n);
+      }
+    }
+    std::set<std::string> outputs;
+    for (const auto& o : g_.outputs) outputs.insert(o.name);
+    auto sole = [&](const std::string& v, const char* op) -> const Node* {
+      if (outputs.count(v)) return nullptr;
+      const auto it = readers.find(v);
+      if (it == readers.end() || it->second.size() != 1 || it->second[0]->op_type != op) return nullptr;
+      return it->second[0];
+    };
+    std::set<const Node*> absorbed;
+    std::map<std::string, size_t> producer_index;  // ONNX tensor -> unit that produces it
+    std::vector<Unit> units;
+    std::set<std::string> names;
+    auto add_unit = [&](Unit u, size_t index) {
+      std::string base = layer_name_of(*u.node, index), name = base;
+      for (int k = 2; names.count(name); ++k) name = fmt::format("{}_{}", base, k);
+      names.insert(name);
+      u.name = name;
+      producer_index[u.output] = units.size();
+      units.push_back(std::move(u));
+    };
+    std::set<std::string> available;  // tensors computed by earlier nodes
+    for (const auto& in : g_.inputs) available.insert(in.name);
+    for (size_t i = 0; i < g_.nodes.size(); ++i) {
+      const Node& n = g_.nodes[i];
+      if (i > 0) {
+        for (const auto& o : g_.nodes[i - 1].outputs) available.insert(o);
+      }
+      if (absorbed.count(&n)) continue;
+      Unit u{};
+      u.node = &n;
+      u.input = n.inputs.empty() ? "" : n.inputs[0];
+      u.output = n.outputs.empty() ? "" : n.outputs[0];
+      if (n.op_type == "Conv") {
+        u.kind = Unit::conv;
+        fold_conv(n, u);
+        std::string v = u.output;
+        if (const Node* bn = sole(v, "BatchNormalization")) {
+          fold_bn(*bn, u);
+          absorbed.insert(bn);
+          v = bn->outputs[0];
+        }
+        if (const Node* add = sole(v, "Add")) {
+          // The operand computed later absorbs the add; the other one, already computed, is the
+          // residual (a shortcut, or a downsampling conv whose accumulators are rescaled).
+          const std::string other = add->inputs[0] == v ? add->inputs[1] : add->inputs[0];
+          if (available.count(other) && other != v) {
+            u.input2 = other;
+            absorbed.insert(add);
+            v = add->outputs[0];
+          }
+        }
+        if (const Node* relu = sole(v, "Relu")) {
+          u.relu_after = true;
+          absorbed.insert(relu);
+          v = relu->outputs[0];
+        }
+        u.output = v;
+      } else if (n.op_type == "Gemm" || n.op_type == "MatMul") {
+        u.kind = Unit::linear;
+        fold_linear(n, u);
+        if (const Node* relu = sole(u.output, "Relu")) {
+          u.relu_after = true;
+          absorbed.insert(relu);
+          u.output = relu->outputs[0];
+        }
+      } else if (n.op_type == "MaxPool") {
+        u.kind = Unit::max_pool;
+      } else if (n.op_type == "GlobalAveragePool" || n.op_type == "AveragePool") {
+        u.kind = Unit::avg_pool;
+      } else if (n.op_type == "Flatten" || n.op_type == "Identity" || n.op_type == "Dropout") {
+        u.kind = Unit::pass;
+      } else if (n.op_type == "Relu") {
+        u.kind = Unit::relu;
+      } else if (n.op_type == "Add") {
+        u.kind = Unit::add;
+        u.input2 = n.inputs.at(1);
+      } else {
+        fail(g_.source, "{}: nibble quantize has no layer for op {}", n.label(), n.op_type);
+      }
+      add_unit(std::move(u), i);
+    }
+    // A conv read only as the residual operand of a later conv's add keeps its accumulators.
+    for (Unit& u : units) {
+      if (u.kind != Unit::conv || u.input2.empty()) continue;
+      const auto it = producer_index.find(u.input2);
+      if (it == producer_index.end()) continue;
+      Unit& r = units[it->second];
+      const auto rd = readers.find(u.input2);
+      if (r.kind == Unit::conv && !r.relu_after && r.input2.empty() && rd != readers.end() && rd->second.size() == 1 &&
+          !outputs.count(u.input2)) {
+        r.residual_only = true;
+      }
+    }
+    return units;
+  }
+
+  QuantizeResult run() {
+    if (g_.inputs.size() != 1) fail(g_.source, "quantize needs a model with one input, this one has {}", g_.inputs.size());
+    for (const auto& e : calib_.entries) {
+      if (!g_.find_value(e.tensor) && !is_graph_input(e.tensor)) {
+        fail(g_.source, "the calibration table names tensor '{}', which the model does not have", e.tensor);
+      }
+    }
+    std::vector<Unit> units = build_units();
+    assign_precisions(units);
+    assign_activation_bits(units);
+
+    const ValueInfo& in = g_.inputs[0];
+    if (!in.shape || in.shape->size() < 2) fail(g_.source, "the input '{}' needs a known shape", in.name);
+    if (!in.dtype || *in.dtype != DType::f32) fail(g_.source, "the input '{}' must be f32", in.name);
+    input_name_ = in.name;
+    float_[in.name] = in.name;  // the graph input is an f32 value under its own name
+
+    for (Unit& u : units) emit(u);
+
+    LayerFile root = new_layer("model", "GraphQuantized");
+    field(root, "compute_mode", "f32f32");
+    field(root, "input", in.name);
+    field(root, "input_type", "f32");
+    field(root, "input_shape", tuple(Shape(in.shape->begin() + 1, in.shape->end())));
+    std::vector<std::string> outs, out_names;
+    for (const auto& o : g_.outputs) {
+      if (o.name.empty() || o.name.find_first_of(", \t\r\n") != std::string::npos) {
+        fail(g_.source, "output name '{}' cannot be stored in a model directory (it holds ',' or whitespace)", o.name);
+      }
+      outs.push_back(need_float(o.name));
+      out_names.push_back(o.name);
+    }
+    field(root, "layers", name_list(order_));
+    field(root, "outputs", name_list(outs));
+    field(root, "output_names", name_list(out_names));
+    result_.model.layers["model"] = std::move(root);
+    for (const Unit& u : units) {
+      if (u.kind == Unit::conv || u.kind == Unit::linear) {
+        result_.layers.push_back({u.name, u.node->name, u.node->op_type, u.precision, u.note});
+      }
+    }
+    return std::move(result_);
+  }
+
+ private:
+  bool is_graph_input(const std::string& t) const {
+    for (const auto& i : g_.inputs) {
+      if (i.name == t) return true;
+    }
+    return false;
+  }
+
+  // --- folding ------------------------------------------------------------------------------------
+
+  void fold_conv(const Node& n, Unit& u) {
+    const Tensor& w = initializer(g_, n, 1, "the weight");
+    if (w.rank() != 4) fail(g_.source, "{}: only 2-D convolutions can be quantized (weight {})", n.label(), shape_str(w.shape()));
+    if (n.attr_string("auto_pad", "NOTSET") != "NOTSET") fail(g_.source, "{}: auto_pad is not supported by quantize", n.label());
+    u.w = to_doubles(w);
+    u.w_shape = w.shape();
+    u.b.assign(static_cast<size_t>(w.dim(0)), 0.0);
+    if (n.inputs.size() > 2 && !n.inputs[2].empty()) u.b = to_doubles(initializer(g_, n, 2, "the bias"));
+  }
+
+  void fold_bn(const Node& bn, Unit& u) {
+    const Tensor& gamma = initializer(g_, bn, 1, "scale");
+    const Tensor& beta = initializer(g_, bn, 2, "B");
+    const Tensor& mean = initializer(g_, bn, 3, "mean");
+    const Tensor& var = initializer(g_, bn, 4, "var");
+    const double eps = bn.attr_float("epsilon", 1e-5f);
+    const int64_t k = u.w_shape[0];
+    if (gamma.numel() != k || beta.numel() != k || mean.numel() != k || var.numel() != k) {
+      fail(g_.source, "{}: {} parameters per tensor, the conv has {} channels", bn.label(), gamma.numel(), k);
+    }
+    const int64_t per = static_cast<int64_t>(u.w.size()) / k;
+    for (int64_t c = 0; c < k; ++c) {
+      const double a = gamma.get(c) / std::sqrt(var.get(c) + eps);
+      for (int64_t i = 0; i < per; ++i) u.w[static_cast<size_t>(c * per + i)] *= a;
+      u.b[static_cast<size_t>(c)] = (u.b[static_cast<size_t>(c)] - mean.get(c)) * a + beta.get(c);
+    }
+  }
+
+  void fold_linear(const Node& n, Unit& u) {
+    const Tensor& w = initializer(g_, n, 1, "the weight");
+    if (w.rank() != 2) fail(g_.source, "{}: the weight must be 2-D, got {}", n.label(), shape_str(w.shape()));
+    bool trans_b = false;
+    if (n.op_type == "Gemm") {
+      if (n.attr_int("transA", 0) != 0 || n.attr_float("alpha", 1.0f) != 1.0f || n.attr_float("beta", 1.0f) != 1.0f) {
+        fail(g_.source, "{}: only Gemm with transA=0, alpha=1, beta=1 can be quantized", n.label());
+      }
+      trans_b = n.attr_int("transB", 0) != 0;
+    }
+    const int64_t out = trans_b ? w.dim(0) : w.dim(1), in = trans_b ? w.dim(1) : w.dim(0);
+    u.w_shape = {out, in};
+    u.w.resize(static_cast<size_t>(out * in));
+    for (int64_t o = 0; o < out; ++o) {
+      for (int64_t i = 0; i < in; ++i) u.w[static_cast<size_t>(o * in + i)] = trans_b ? w.get(o * in + i) : w.get(i * out + o);
+    }
+    u.b.assign(static_cast<size_t>(out), 0.0);
+    if (n.op_type == "Gemm" && n.inputs.size() > 2 && !n.inputs[2].empty()) {
+      const Tensor& c = initializer(g_, n, 2, "C");
+      if (c.numel() != out) fail(g_.source, "{}: C must hold one value per output, got {}", n.label(), shape_str(c.shape()));
+      u.b = to_doubles(c);
+    }
+  }
+
+  // --- precisions ----------------------------------------------------------------------------------
+
+  void assign_precisions(std::vector<Unit>& units) {
+    std::set<std::string> used;
+    auto lookup = [&](const Unit& u, const auto& table) {
+      for (const std::string& key : {u.name, u.node->name}) {
+        if (table.count(key)) {
+          used.insert(key);
+          return true;
+        }
+      }
+      return false;
+    };
+    const Unit* first = nullptr;
+    const Unit* last = nullptr;
+    for (const Unit& u : units) {
+      if (u.kind != Unit::conv && u.kind != Unit::linear) continue;
+      if (!first) first = &u;
+      last = &u;
+    }
+    for (Unit& u : units) {
+      if (u.kind != Unit::conv && u.kind != Unit::linear) continue;
+      u.precision = opt_.precision;
+      if (lookup(u, opt_.exclude)) {
+        u.precision = Precision::f32;
+        u.note = "excluded with --exclude";
+        continue;
+      }
+      bool named = false;
+      for (const std::string& key : {u.name, u.node->name}) {
+        if (auto it = opt_.layer_precision.find(key); it != opt_.layer_precision.end()) {
+          u.precision = it->second;
+          used.insert(key);
+          named = true;
+          u.note = "set with --layer-precision";
+        }
+      }
+      if (!named && opt_.first_last_8bit && (&u == first || &u == last) && u.precision != Precision::int8 &&
+          u.precision != Precision::f32) {
+        u.precision = Precision::int8;
+        u.note = &u == first ? "first layer kept at 8 bits" : "last layer kept at 8 bits";
+      }
+    }
+    for (const auto& [key, p] : opt_.layer_precision) {
+      if (!used.count(key)) fail("--layer-precision", "no conv or linear layer is named '{}'", key);
+    }
+    for (const auto& key : opt_.exclude) {
+      if (!used.count(key)) fail("--exclude", "no conv or linear layer is named '{}'", key);
+    }
+  }
+
+  // Each tensor gets the widest activation width its integer readers need; pools and flattens
+  // pass the need on to their input.
+  void assign_activation_bits(const std::vector<Unit>& units) {
+    for (auto it = units.rbegin(); it != units.rend(); ++it) {
+      const Unit& u = *it;
+      if ((u.kind == Unit::conv || u.kind == Unit::linear) && u.precision != Precision::f32) {
+        need_bits(u.input, activation_bits(u.precision));
+      } else if (u.kind == Unit::max_pool || u.kind == Unit::avg_pool || u.kind == Unit::pass || u.kind == Unit::relu) {
+        if (auto b = bits_.find(u.output); b != bits_.end()) need_bits(u.input, b->second);
+      }
+    }
+  }
+
+  void need_bits(const std::string& t, int bits) { bits_[t] = std::max(bits_[t], bits); }
+
+  // --- the quantized graph -------------------------------------------------------------------------
+
+  LayerFile new_layer(const std::string& name, const std::string& type) {
+    LayerFile f;
+    f.name = name;
+    f.type = type;
+    f.eol = "\n";
+    return f;
+  }
+
+  static void field(LayerFile& f, const std::string& key, const std::string& value) {
+    LayerField x;
+    x.key = key;
+    x.value = value;
+    f.fields.push_back(std::move(x));
+  }
+
+  static void tensor_field(LayerFile& f, const std::string& key, Tensor t) {
+    LayerField x;
+    x.key = key;
+    x.is_tensor = true;
+    x.value = tensor_value(t);
+    x.data_ref = kDataDir + f.name + "." + key;
+    x.tensor = std::move(t);
+    f.fields.push_back(std::move(x));
+  }
+
+  void add_layer(LayerFile f, const std::vector<std::string>& inputs) {
+    field(f, "inputs", name_list(inputs));
+    order_.push_back(f.name);
+    const std::string name = f.name;
+    if (result_.model.layers.count(name)) fail(g_.source, "two layers are named '{}'", name);
+    result_.model.layers[name] = std::move(f);
+  }
+
+  std::string unique_layer(const std::string& base) {
+    std::string name = base;
+    for (int k = 2; result_.model.layers.count(name) || taken_.count(name); ++k) name = fmt::format("{}_{}", base, k);
+    taken_.insert(name);
+    return name;
+  }
+
+  std::string resolve(const std::string& t) const {
+    std::string v = t;
+    for (auto it = alias_.find(v); it != alias_.end(); it = alias_.find(v)) v = it->second;
+    return v;
+  }
+
+  // The calibrated quantization of tensor `t` at `bits`.
+  // After a ReLU (`non_negative`) the value is unsigned whatever the table says.
+  QValue plan_activation(const std::string& t, int bits, bool non_negative = false) {
+    const CalibEntry* e = calib_.find(t);
+    if (!e) fail(g_.source, "the calibration table has no range for tensor '{}'", t);
+    const bool is_signed = e->lo < 0.0 && !non_negative;
+    const double top = non_negative ? std::max(e->hi, 0.0) : std::max(std::abs(e->lo), std::abs(e->hi));
+    const double levels = is_signed ? std::ldexp(1.0, bits - 1) - 1.0 : std::ldexp(1.0, bits) - 1.0;
+    double scale = top / levels;
+    if (!(scale > 0.0) || !std::isfinite(static_cast<float>(scale)) || static_cast<float>(scale) <= 0.0f) {
+      result_.warnings.push_back(fmt::format("tensor '{}' has an empty calibrated range; its scale is set to 1", t));
+      scale = 1.0;
+    }
+    // The scale the model stores is an f32 number: every later computation uses that value.
+    scale = static_cast<float>(scale);
+    return {"", scale, bits, is_signed};
+  }
+
+  int bits_of(const std::string& t) const {
+    const auto it = bits_.find(t);
+    return it == bits_.end() || it->second == 0 ? 8 : it->second;
+  }
+
+  static std::string act_type(const QValue& q) {
+    return fmt::format("{}{}", q.is_signed ? 's' : 'u', q.bits);
+  }
+
+  // The integer form of tensor `t` (quantizing its float form when needed).
+  QValue need_quantized(const std::string& tensor) {
+    const std::string t = resolve(tensor);
+    if (auto it = quant_.find(t); it != quant_.end()) return it->second;
+    const auto f = float_.find(t);
+    if (f == float_.end()) fail(g_.source, "internal: tensor '{}' has no value", t);
+    QValue q = plan_activation(t, bits_of(t));
+    LayerFile l = new_layer(unique_layer(f->second == input_name_ ? "input_quantize" : f->second + "_quantize"), "QuantizeFloat");
+    field(l, "compute_mode", "f32f32" + act_type(q));
+    field(l, "output_bits", std::to_string(q.is_signed ? q.bits - 1 : q.bits));
+    field(l, "scale", num(q.scale));
+    field(l, "onnx_tensor", t);
+    field(l, "output_scale", num(q.scale));
+    q.layer = l.name;
+    add_layer(std::move(l), {f->second});
+    quant_[t] = q;
+    return q;
+  }
+
+  // The f32 form of tensor `t` (dequantizing its integer form when needed).
+  std::string need_float(const std::string& tensor) {
+    const std::string t = resolve(tensor);
+    if (auto it = float_.find(t); it != float_.end()) return it->second;
+    if (auto a = acc_.find(t); a != acc_.end()) {
+      LayerFile l = new_layer(unique_layer(a->second.layer + "_dequantize"), "Dequantize");
+      tensor_field(l, "scale", f32_tensor(a->second.scale, {static_cast<int64_t>(a->second.scale.size())}));
+      const std::string name = l.name;
+      add_layer(std::move(l), {a->second.layer});
+      return float_[t] = name;
+    }
+    const auto q = quant_.find(t);
+    if (q == quant_.end()) fail(g_.source, "internal: tensor '{}' has no value", t);
+    LayerFile l = new_layer(unique_layer(q->second.layer + "_dequantize"), "Dequantize");
+    field(l, "scale", num(q->second.scale));
+    const std::string name = l.name;
+    add_layer(std::move(l), {q->second.layer});
+    return float_[t] = name;
+  }
+
+  // Per-channel symmetric weights: scale[k] = max |w[k]| / levels (or the given scales).
+  Tensor quantize_weights(const Unit& u, int bits, std::vector<double>& scale) {
+    const int64_t k = u.w_shape[0];
+    const int64_t per = static_cast<int64_t>(u.w.size()) / k;
+    const double levels = std::ldexp(1.0, bits - 1) - 1.0;
+    const std::string& wname = u.node->inputs.at(1);
+    const auto given = opt_.weight_scales.find(wname);
+    scale.assign(static_cast<size_t>(k), 1.0);
+    Tensor q(bits == 8 ? DType::s8 : DType::s4, u.w_shape);
+    for (int64_t c = 0; c < k; ++c) {
+      double top = 0.0;
+      for (int64_t i = 0; i < per; ++i) top = std::max(top, std::abs(u.w[static_cast<size_t>(c * per + i)]));
+      double s = top > 0.0 ? top / levels : 1.0;
+      if (given != opt_.weight_scales.end() && given->second.size() == static_cast<size_t>(k)) s = given->second[c];
+      s = static_cast<float>(s);
+      scale[static_cast<size_t>(c)] = s;
+      for (int64_t i = 0; i < per; ++i) {
+        const double v = std::nearbyint(u.w[static_cast<size_t>(c * per + i)] / s);
+        q.set(c * per + i, std::clamp(v, -levels, levels));
+      }
+    }
+    return q;
+  }
+
+  void conv_geometry(const Unit& u, LayerFile& l) const {
+    const Node& n = *u.node;
+    const auto kernel = n.attr_ints("kernel_shape", {u.w_shape[2], u.w_shape[3]});
+    const auto strides = n.attr_ints("strides", {1, 1});
+    const auto pads = n.attr_ints("pads", {0, 0, 0, 0});
+    const auto dil = n.attr_ints("dilations", {1, 1});
+    if (kernel.size() != 2 || strides.size() != 2 || pads.size() != 4 || dil.size() != 2) {
+      fail(g_.source, "{}: only 2-D convolutions can be quantized", n.label());
+    }
+    if (pads[0] != pads[2] || pads[1] != pads[3]) fail(g_.source, "{}: asymmetric padding is not supported by quantize", n.label());
+    const int64_t group = n.attr_int("group", 1);
+    field(l, "in_channels", std::to_string(u.w_shape[1] * group));
+    field(l, "out_channels", std::to_string(u.w_shape[0]));
+    field(l, "kernel_size", tuple(kernel));
+    field(l, "stride", tuple(strides));
+    field(l, "padding", tuple({pads[0], pads[1]}));
+    field(l, "dilation", tuple(dil));
+    field(l, "groups", std::to_string(group));
+  }
+
+  void emit(Unit& u) {
+    switch (u.kind) {
+      case Unit::conv:
+      case Unit::linear:
+        if (u.precision == Precision::f32 || !emit_integer(u)) emit_float(u);
+        return;
+      case Unit::pass:
+        alias_[u.output] = resolve(u.input);
+        return;
+      case Unit::relu: {
+        const std::string in = resolve(u.input);
+        if (auto q = quant_.find(in); q != quant_.end() && !q->second.is_signed) {
+          alias_[u.output] = in;  // ReLU of a non-negative integer value changes nothing
+          return;
+        }
+        LayerFile l = new_layer(u.name, "ReLU");
+        const std::string x = need_float(in);
+        add_layer(std::move(l), {x});
+        float_[u.output] = u.name;
+        return;
+      }
+      case Unit::add: {
+        const std::string a = need_float(u.input), b = need_float(u.input2);
+        add_layer(new_layer(u.name, "Add"), {a, b});
+        float_[u.output] = u.name;
+        return;
+      }
+      case Unit::max_pool:
+      case Unit::avg_pool:
+        emit_pool(u);
+        return;
+    }
+  }
+
+  void emit_pool(const Unit& u) {
+    const Node& n = *u.node;
+    const std::string in = resolve(u.input);
+    const ValueInfo* vi = g_.find_value(in);
+    const bool global = n.op_type == "GlobalAveragePool";
+    int64_t k = 0, s = 1, p = 0;
+    if (global) {
+      if (!vi || !vi->shape || vi->shape->size() != 4 || (*vi->shape)[2] != (*vi->shape)[3] || (*vi->shape)[2] <= 0) {
+        fail(g_.source, "{}: needs a square input of known size", n.label());
+      }
+      k = (*vi->shape)[2];
+    } else {
+      const auto ks = n.attr_ints("kernel_shape"), st = n.attr_ints("strides", {1, 1}), pd = n.attr_ints("pads", {0, 0, 0, 0});
+      const bool square = ks.size() == 2 && ks[0] == ks[1] && st.size() == 2 && st[0] == st[1] && pd.size() == 4 &&
+                          pd[0] == pd[1] && pd[1] == pd[2] && pd[2] == pd[3];
+      if (!square || n.attr_int("ceil_mode", 0) != 0 || n.attr_ints("dilations", {1, 1}) != std::vector<int64_t>{1, 1} ||
+          n.attr_string("auto_pad", "NOTSET") != "NOTSET") {
+        fail(g_.source, "{}: only square pools with equal strides and pads are supported by quantize", n.label());
+      }
+      k = ks[0];
+      s = st[0];
+      p = pd[0];
+      if (u.kind == Unit::avg_pool && p != 0) fail(g_.source, "{}: padded average pools are not supported by quantize", n.label());
+    }
+    LayerFile l = new_layer(u.name, u.kind == Unit::max_pool ? "MaxPool2d" : "AvgPool2d");
+    field(l, "kernel_size", std::to_string(k));
+    field(l, "stride", std::to_string(s));
+    field(l, "padding", std::to_string(p));
+    if (u.kind == Unit::max_pool) field(l, "dilation", "1");
+    field(l, "ceil_mode", "False");
+    // Integer pooling keeps the scale: max pool of any integers, average pool of unsigned ones.
+    auto q = quant_.find(in);
+    const bool integer = q != quant_.end() && (u.kind == Unit::max_pool || !q->second.is_signed);
+    if (integer) {
+      QValue out = q->second;
+      add_layer(std::move(l), {out.layer});
+      out.layer = u.name;
+      quant_[u.output] = out;
+    } else {
+      const std::string x = need_float(in);
+      add_layer(std::move(l), {x});
+      float_[u.output] = u.name;
+    }
+  }
+
+  // Returns false (with u.note set) when the layer cannot be expressed in integers.
+  bool emit_integer(Unit& u) {
+    const int wb = weight_bits(u.precision);
+    const QValue x = need_quantized(u.input);
+    std::vector<double> ws;
+    Tensor wq = quantize_weights(u, wb, ws);
+    const int64_t k = u.w_shape[0];
+    std::vector<double> acc(static_cast<size_t>(k));
+    for (int64_t c = 0; c < k; ++c) acc[static_cast<size_t>(c)] = x.scale * ws[static_cast<size_t>(c)];
+    Tensor bias(DType::s32, {k});
+    for (int64_t c = 0; c < k; ++c) {
+      const double v = std::nearbyint(u.b[static_cast<size_t>(c)] / acc[static_cast<size_t>(c)]);
+      if (std::abs(v) > 2147483647.0) {
+        u.note = "the bias does not fit in 32 bits at this scale";
+        u.precision = Precision::f32;
+        return false;
+      }
+      bias.set(c, v);
+    }
+    // Plan the residual rescale and the output requantization before writing anything.
+    std::optional<Requant> residual_rq, residual_pre;
+    std::string residual_from;
+    std::string residual_mode;
+    bool residual_float = false;
+    if (!u.input2.empty()) {
+      const std::string r = resolve(u.input2);
+      std::vector<double> ratio(static_cast<size_t>(k));
+      if (auto a = acc_.find(r); a != acc_.end()) {
+        if (a->second.scale.size() != static_cast<size_t>(k)) fail(g_.source, "{}: the residual has a different channel count", u.node->label());
+        for (int64_t c = 0; c < k; ++c) ratio[static_cast<size_t>(c)] = a->second.scale[static_cast<size_t>(c)] / acc[static_cast<size_t>(c)];
+        residual_from = a->second.layer;
+        residual_mode = "s32u16s32";
+      } else if (quant_.count(r) || !float_.count(r)) {
+        const QValue rq = need_quantized(r);
+        for (int64_t c = 0; c < k; ++c) ratio[static_cast<size_t>(c)] = rq.scale / acc[static_cast<size_t>(c)];
+        residual_from = rq.layer;
+        residual_mode = act_type(rq) + "u16s32";
+      } else {
+        residual_float = true;  // a float residual goes straight into the accumulator scale
+        residual_from = float_.at(r);
+      }
+      if (!residual_float) {
+        residual_rq = choose_requant(ratio);
+        if (!residual_rq) {
+          // Too large for one 16-bit factor: first multiply exactly by an integer (shift 0),
+          // then requantize the rest.
+          std::vector<double> pre(ratio.size()), rest(ratio.size());
+          for (size_t c = 0; c < ratio.size(); ++c) {
+            pre[c] = std::min(65535.0, std::ceil(ratio[c] / 32768.0));
+            rest[c] = ratio[c] / pre[c];
+          }
+          residual_pre = Requant{};
+          for (double p : pre) residual_pre->factor.push_back(static_cast<uint16_t>(p));
+          residual_rq = choose_requant(rest);
+          if (!residual_rq) {
+            u.note = "the residual's scale is too large for two 16-bit requantization factors";
+            u.precision = Precision::f32;
+            return false;
+          }
+        }
+      }
+    }
+    std::optional<Requant> out_rq;
+    QValue out_q{};
+    const bool graph_output = is_graph_output(u.output);
+    const bool to_scale = u.kind == Unit::linear && graph_output && !u.relu_after;
+    if (!u.residual_only && !to_scale) {
+      out_q = plan_activation(u.output, bits_of(u.output), u.relu_after);
+      std::vector<double> ratio(static_cast<size_t>(k));
+      for (int64_t c = 0; c < k; ++c) ratio[static_cast<size_t>(c)] = acc[static_cast<size_t>(c)] / out_q.scale;
+      out_rq = choose_requant(ratio);
+      if (!out_rq) {
+        u.note = "the output scale is too small for a 16-bit requantization factor";
+        u.precision = Precision::f32;
+        return false;
+      }
+    }
+
+    // The layer itself.
+    const std::string mode = fmt::format("{}s{}s32", act_type(x), wb);
+    LayerFile l = new_layer(u.name, u.kind == Unit::conv ? "Conv2d" : "Linear");
+    field(l, "compute_mode", mode);
+    if (u.kind == Unit::conv) {
+      conv_geometry(u, l);
+    } else {
+      field(l, "in_features", std::to_string(u.w_shape[1]));
+      field(l, "out_features", std::to_string(u.w_shape[0]));
+    }
+    field(l, "precision", precision_name(u.precision));
+    field(l, "input_scale", num(x.scale));
+    tensor_field(l, "bias", bias);
+    tensor_field(l, "weight", wq);
+    tensor_field(l, "weight_scale", f32_tensor(ws, {k}));
+    field(l, "onnx_node", u.node->name);
+    add_layer(std::move(l), {x.layer});
+    std::string value = u.name;
+
+    if (!u.input2.empty()) {
+      std::string residual;
+      if (residual_float) {
+        LayerFile r = new_layer(unique_layer(u.name + "_residual"), "QuantizeFloat");
+        field(r, "compute_mode", "f32f32s32");
+        field(r, "output_bits", "31");
+        tensor_field(r, "scale", f32_tensor(acc, {k}));
+        residual = r.name;
+        add_layer(std::move(r), {residual_from});
+      } else {
+        if (residual_pre) {
+          LayerFile pre = new_layer(unique_layer(u.name + "_residual_scale"), "Quantize");
+          field(pre, "compute_mode", residual_mode);
+          field(pre, "output_bits", "31");
+          requant_fields(pre, *residual_pre);
+          residual_mode = "s32u16s32";
+          const std::string pre_name = pre.name;
+          add_layer(std::move(pre), {residual_from});
+          residual_from = pre_name;
+        }
+        LayerFile r = new_layer(unique_layer(u.name + "_residual"), "Quantize");
+        field(r, "compute_mode", residual_mode);
+        field(r, "output_bits", "31");
+        requant_fields(r, *residual_rq);
+        residual = r.name;
+        add_layer(std::move(r), {residual_from});
+      }
+      LayerFile a = new_layer(unique_layer(u.name + "_add"), "Add");
+      const std::string add_name = a.name;
+      add_layer(std::move(a), {value, residual});
+      value = add_name;
+    }
+    if (u.relu_after) {
+      LayerFile r = new_layer(unique_layer(u.name + "_relu"), "ReLU");
+      const std::string relu_name = r.name;
+      add_layer(std::move(r), {value});
+      value = relu_name;
+    }
+    if (u.residual_only) {
+      acc_[u.output] = {value, acc};
+      return true;
+    }
+    if (to_scale) {
+      LayerFile s = new_layer(unique_layer(u.name + "_scale"), "Scale");
+      field(s, "compute_mode", "s32f32f32");
+      std::vector<double> inv(static_cast<size_t>(k));
+      for (int64_t c = 0; c < k; ++c) inv[static_cast<size_t>(c)] = 1.0 / acc[static_cast<size_t>(c)];
+      tensor_field(s, "out_scale", f32_tensor(inv, {k}));
+      const std::string scale_name = s.name;
+      add_layer(std::move(s), {value});
+      float_[u.output] = scale_name;
+      return true;
+    }
+    LayerFile q = new_layer(unique_layer(u.name + "_quantize"), "Quantize");
+    field(q, "compute_mode", fmt::format("{}u16{}", u.relu_after ? "u31" : "s32", act_type(out_q)));
+    field(q, "output_bits", std::to_string(out_q.is_signed ? out_q.bits - 1 : out_q.bits));
+    requant_fields(q, *out_rq);
+    field(q, "onnx_tensor", u.output);
+    field(q, "output_scale", num(out_q.scale));
+    out_q.layer = q.name;
+    add_layer(std::move(q), {value});
+    quant_[u.output] = out_q;
+    return true;
+  }
+
+  static void requant_fields(LayerFile& l, const Requant& rq) {
+    field(l, "shift_bits", std::to_string(rq.shift));
+    const uint16_t top = rq.factor.empty() ? 0 : *std::max_element(rq.factor.begin(), rq.factor.end());
+    field(l, "max_requant", std::to_string(top));
+    Tensor f(DType::u16, {1, static_cast<int64_t>(rq.factor.size()), 1, 1});
+    for (size_t c = 0; c < rq.factor.size(); ++c) f.data<uint16_t>()[c] = rq.factor[c];
+    tensor_field(l, "requant_factor", f);
+  }
+
+  bool is_graph_output(const std::string& t) const {
+    for (const auto& o : g_.outputs) {
+      if (o.name == t) return true;
+    }
+    return false;
+  }
+
+  void emit_float(const Unit& u) {
+    const std::string x = need_float(u.input);
+    const int64_t k = u.w_shape[0];
+    LayerFile l = new_layer(u.name, u.kind == Unit::conv ? "Conv2d" : "Linear");
+    field(l, "compute_mode", "f32f32f32");
+    if (u.kind == Unit::conv) {
+      conv_geometry(u, l);
+    } else {
+      field(l, "in_features", std::to_string(u.w_shape[1]));
+      field(l, "out_features", std::to_string(u.w_shape[0]));
+    }
+    field(l, "precision", "float");
+    tensor_field(l, "bias", f32_tensor(u.b, {k}));
+    tensor_field(l, "weight", f32_tensor(u.w, u.w_shape));
+    field(l, "onnx_node", u.node->name);
+    add_layer(std::move(l), {x});
+    std::string value = u.name;
+    if (!u.input2.empty()) {
+      const std::string r = need_float(u.input2);
+      LayerFile a = new_layer(unique_layer(u.name + "_add"), "Add");
+      const std::string add_name = a.name;
+      add_layer(std::move(a), {value, r});
+      value = add_name;
+    }
+    if (u.relu_after) {
+      LayerFile r = new_layer(unique_layer(u.name + "_relu"), "ReLU");
+      const std::string relu_name = r.name;
+      add_layer(std::move(r), {value});
+      value = relu_name;
+    }
+    float_[u.output] = value;
+  }
+
+  const Graph& g_;
+  const CalibTable& calib_;
+  const QuantizeOptions& opt_;
+  QuantizeResult result_;
+  std::string input_name_;
+  std::vector<std::string> order_;
+  std::set<std::string> taken_;
+  std::map<std::string, int> bits_;             // ONNX tensor -> activation bits its readers need
+  std::map<std::string, std::string> alias_;    // ONNX tensor -> the tensor it equals
+  std::map<std::string, QValue> quant_;         // ONNX tensor -> integer form
+  std::map<std::string, AccValue> acc_;         // ONNX tensor -> unrescaled accumulators
+  std::map<std::string, std::string> float_;    // ONNX tensor -> layer giving its f32 form
+};
+
+}  // namespace
+
+std::vector<std::pair<std::string, std::string>> quantizable_layers(const Graph& fp32) {
+  const CalibTable none;
+  const QuantizeOptions opt;
+  Quantizer q(fp32, none, opt);
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const Unit& u : q.build_units()) {
+    if (u.kind == Unit::conv || u.kind == Unit::linear) out.emplace_back(u.name, u.node->name);
+  }
+  return out;
+}
+
+QuantizeResult quantize_model(const Graph& fp32, const CalibTable& calib, const QuantizeOptions& options) {
+  return Quantizer(fp32, calib, options).run();
+}
+
+}  // namespace nibble::quant

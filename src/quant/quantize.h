@@ -1,0 +1,75 @@
+// Post-training quantization: an FP32 ONNX graph plus a calibration table becomes a model
+// directory of integer layers (the seed's format, with the GraphQuantized root).
+#pragma once
+
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "nibble/graph.h"
+#include "nibble/model_dir.h"
+#include "quant/calibration.h"
+
+namespace nibble::quant {
+
+// int8: 8-bit weights and activations. int4: 4-bit weights and activations. w4a8: 4-bit
+// weights, 8-bit activations. f32: the layer stays float.
+enum class Precision { int8, int4, w4a8, f32 };
+
+const char* precision_name(Precision p);
+// "int8", "int4", "w4a8" or "float"; throws nibble::Error naming `where` otherwise.
+Precision parse_precision(const std::string& text, const std::string& where);
+int weight_bits(Precision p);      // 8, 4, 4 (0 for f32)
+int activation_bits(Precision p);  // 8, 4, 8 (0 for f32)
+
+struct QuantizeOptions {
+  Precision precision = Precision::int8;
+  // Per layer (by layer name or ONNX node name): overrides `precision`.
+  std::map<std::string, Precision> layer_precision;
+  // Layers (by layer name or ONNX node name) kept in float.
+  std::set<std::string> exclude;
+  // As the seed model does: the first convolution and the last linear layer use 8 bits unless
+  // named in layer_precision.
+  bool first_last_8bit = true;
+  // Per-channel weight scales to use instead of max |w| / levels, by ONNX weight initializer
+  // name (a QDQ model's own scales).
+  std::map<std::string, std::vector<float>> weight_scales;
+};
+
+// What happened to one conv or linear layer.
+struct LayerReport {
+  std::string layer;      // layer file name in the model directory
+  std::string onnx_node;  // the ONNX node it came from
+  std::string op;         // "Conv" or "Gemm"
+  Precision precision;    // what it became
+  std::string note;       // why, when it differs from the requested precision
+};
+
+struct QuantizeResult {
+  ModelDir model;
+  std::vector<LayerReport> layers;
+  std::vector<std::string> warnings;  // e.g. tensors with an empty calibrated range
+};
+
+// The quantizable layers (conv and linear units after BatchNormalization folding) of an FP32
+// graph, in order: {layer name, ONNX node name}. Used to check --layer-precision and --exclude
+// and by the sensitivity sweep.
+std::vector<std::pair<std::string, std::string>> quantizable_layers(const Graph& fp32);
+
+// Quantizes `fp32` with the ranges of `calib`. Throws nibble::Error for graphs it cannot
+// express (an op with no integer or float layer type), for layer names in the options that
+// match no layer, and for calibration entries naming tensors the graph lacks.
+QuantizeResult quantize_model(const Graph& fp32, const CalibTable& calib, const QuantizeOptions& options);
+
+// The requantization of an accumulator in scale `from[c]` to scale `to` (ratio from[c] / to[c]):
+// the largest shift in 0..31 such that every factor round(ratio * 2^shift) fits in u16. Returns
+// nullopt when the largest ratio does not fit even with shift 0.
+struct Requant {
+  int shift = 0;
+  std::vector<uint16_t> factor;
+};
+std::optional<Requant> choose_requant(const std::vector<double>& ratio);
+
+}  // namespace nibble::quant
