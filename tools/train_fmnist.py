@@ -479,6 +479,10 @@ def main(argv=None):
     p.add_argument("--max-test-images", type=int, default=0,
                    help="debug: evaluate on the first N test images only (0 = all 10,000)")
     args = p.parse_args(argv)
+    # the command line as run (main(argv) called from Python: this script's path and argv)
+    command = " ".join(shlex.quote(a) for a in (
+        [sys.executable] + sys.argv if argv is None
+        else [sys.executable, os.path.relpath(os.path.abspath(__file__))] + [str(a) for a in argv]))
 
     ckpt_meta = None
     ckpt_arrays = None
@@ -615,7 +619,7 @@ def main(argv=None):
 
     if ckpt_meta is None:
         ckpt_meta = {
-            "command": " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv),
+            "command": command,
             "torch_version": torch.__version__,
             "device": device,
             "device_name": torch.cuda.get_device_name() if device == "cuda" else None,
@@ -684,7 +688,7 @@ def main(argv=None):
         "pytorch_top1": top1,
         "correct": correct,
         "total": total,
-        "command": " ".join(shlex.quote(a) for a in [sys.executable] + sys.argv),
+        "command": command,
         "torch_version": torch.__version__,
         "onnx_version": __import__("onnx").__version__,
         "onnx_opset": 13,

@@ -8,6 +8,7 @@
 #include "cli/quant_common.h"
 #include "nibble/error.h"
 #include "nibble/model_dir.h"
+#include "quant/qdq_import.h"
 
 namespace nibble::cli {
 
@@ -31,9 +32,22 @@ void quantize(const QuantizeArgs& args) {
   opt.layer_precision = parse_layer_precisions(args.layer_precision);
   opt.exclude = std::set<std::string>(args.exclude.begin(), args.exclude.end());
   opt.first_last_8bit = !args.all_layers;
-  if (args.calib.empty()) fail("--calib", "give the calibration table made by `nibble calibrate`");
-  const quant::CalibTable calib = quant::read_calib(args.calib);
-  quant::QuantizeResult result = quant::quantize_model(fp32, calib, opt);
+  quant::QuantizeResult result;
+  if (quant::is_qdq(fp32)) {
+    // A QDQ model carries its own scales and per-layer widths.
+    if (!args.calib.empty()) fail("--calib", "{} is a QDQ model: it carries its own scales", args.model);
+    if (!args.layer_precision.empty() || !args.exclude.empty()) {
+      fail("--layer-precision", "{} is a QDQ model: its layers' widths come from the model", args.model);
+    }
+    const quant::QdqModel q = quant::import_qdq(fp32);
+    fmt::print("QDQ model: {} quantized activations and {} quantized weights taken as they are\n", q.activations,
+               q.weights);
+    result = quant::quantize_model(q.fp32, q.calib, q.options);
+  } else {
+    if (args.calib.empty()) fail("--calib", "give the calibration table made by `nibble calibrate`");
+    const quant::CalibTable calib = quant::read_calib(args.calib);
+    result = quant::quantize_model(fp32, calib, opt);
+  }
   result.model.path = args.output;
   // Build the graph once before writing, so a model the engine cannot run is never written.
   quantized_graph(result.model);

@@ -13,6 +13,7 @@ void add_bench_command(CLI::App& app);
 void add_calibrate_command(CLI::App& app);
 void add_quantize_command(CLI::App& app);
 void add_compare_command(CLI::App& app);
+void add_export_command(CLI::App& app);
 
 // Adds --mean and --std (dataset normalization shared by every command reading a dataset).
 void add_normalization_flags(CLI::App& cmd, float& mean, float& std);

@@ -1,0 +1,28 @@
+// `nibble export OUT.nbl/ -o q.onnx`: a quantized model directory as an ONNX QDQ model.
+#include <fmt/format.h>
+
+#include "cli/commands.h"
+#include "cli/quant_common.h"
+#include "nibble/model_dir.h"
+#include "nibble/qdq_export.h"
+
+namespace nibble::cli {
+
+void add_export_command(CLI::App& app) {
+  auto* cmd = app.add_subcommand("export", "Write a quantized model directory as an ONNX QDQ model (opset 13)");
+  struct Args {
+    std::string model;
+    std::string output;
+  };
+  auto args = std::make_shared<Args>();
+  cmd->add_option("model", args->model, "Model directory made by `nibble quantize`")->required();
+  cmd->add_option("-o,--output", args->output, "ONNX file to write (must not exist)")->required();
+  cmd->callback([args] {
+    require_new_path(args->output);
+    const ModelDir m = read_model_dir(args->model);
+    export_qdq_onnx(m, args->output);
+    fmt::print("wrote {} (ONNX QDQ, opset 13)\n", args->output);
+  });
+}
+
+}  // namespace nibble::cli
