@@ -1,0 +1,278 @@
+// Post-training quantization: requantization factors, the calibration passes, quantize_model on
+// the committed Fashion-MNIST ResNet, model-directory round trips and the QDQ ONNX round trip.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "nibble/dataset.h"
+#include "nibble/engine.h"
+#include "nibble/model_dir.h"
+#include "nibble/model_loader.h"
+#include "nibble/qdq_export.h"
+#include "quant/observer.h"
+#include "quant/qdq_import.h"
+#include "quant/quantize.h"
+#include "test_util.h"
+
+namespace nibble {
+namespace {
+
+using testing_util::error_of;
+
+const std::string kModel = std::string(NIBBLE_SOURCE_DIR) + "/models/fmnist_resnet.onnx";
+
+// The first `n` Fashion-MNIST images of a split, N x 1 x 28 x 28 in [0, 1].
+Tensor images(int64_t n, const std::string& split) {
+  const Dataset d = load_dataset("fashion-mnist:" + split, "", n);
+  return image_batch_f32(d, 0, d.size());
+}
+
+Tensor slice(const Tensor& t, int64_t lo, int64_t hi) {
+  Shape s = t.shape();
+  s[0] = hi - lo;
+  Tensor out(DType::f32, s);
+  const int64_t per = t.numel() / t.dim(0);
+  std::copy(t.data<float>() + lo * per, t.data<float>() + hi * per, out.data<float>());
+  return out;
+}
+
+quant::CalibTable calibrate(const Graph& g, const Tensor& x, int64_t batch, const quant::CalibSpec& spec, int bits = 8) {
+  quant::RangeObserver obs(g);
+  for (int64_t i = 0; i < x.dim(0); i += batch) obs.observe_ranges(slice(x, i, std::min(x.dim(0), i + batch)));
+  obs.start_histograms();
+  for (int64_t i = 0; i < x.dim(0); i += batch) obs.observe_histograms(slice(x, i, std::min(x.dim(0), i + batch)));
+  return obs.table(spec, bits, {"test"});
+}
+
+Tensor run_graph(const Graph& g, const Tensor& x) { return Engine(g, Backend::cpu).run({x}).at(0); }
+
+Graph quantized(const ModelDir& m) {
+  Graph g = graph_from_model_dir(m);
+  fuse_int_conv_epilogues(g);
+  return g;
+}
+
+double cosine(const Tensor& a, const Tensor& b) {
+  double xy = 0, xx = 0, yy = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    xy += a.get(i) * b.get(i);
+    xx += a.get(i) * a.get(i);
+    yy += b.get(i) * b.get(i);
+  }
+  return xy / std::sqrt(xx * yy);
+}
+
+int argmax_agreement(const Tensor& a, const Tensor& b) {
+  int same = 0;
+  const int64_t k = a.dim(1);
+  for (int64_t r = 0; r < a.dim(0); ++r) {
+    const float* pa = a.data<float>() + r * k;
+    const float* pb = b.data<float>() + r * k;
+    same += (std::max_element(pa, pa + k) - pa) == (std::max_element(pb, pb + k) - pb);
+  }
+  return same;
+}
+
+TEST(Requant, FactorsFitSixteenBitsAndKeepTheRatio) {
+  const std::vector<double> ratio = {0.5, 0.0123, 3.75, 1e-4};
+  const auto rq = quant::choose_requant(ratio);
+  ASSERT_TRUE(rq.has_value());
+  EXPECT_LE(*std::max_element(rq->factor.begin(), rq->factor.end()), 65535);
+  // The largest ratio uses most of the 16 bits: doubling the shift would overflow.
+  EXPECT_GT(ratio[2] * std::ldexp(1.0, rq->shift + 1), 65535.0);
+  for (size_t c = 0; c < ratio.size(); ++c) {
+    EXPECT_NEAR(rq->factor[c] / std::ldexp(1.0, rq->shift), ratio[c], std::ldexp(0.5, -rq->shift) + 1e-12);
+  }
+  EXPECT_FALSE(quant::choose_requant({70000.0}).has_value());
+  EXPECT_EQ(quant::choose_requant({65535.0})->shift, 0);
+}
+
+TEST(Observer, TablesDoNotDependOnBatchSizeOrOrder) {
+  const Graph g = load_model(kModel);
+  const Tensor x = images(24, "train");
+  // The same inputs, reversed.
+  Tensor rev(DType::f32, x.shape());
+  const int64_t per = x.numel() / x.dim(0);
+  for (int64_t i = 0; i < x.dim(0); ++i) {
+    std::copy(x.data<float>() + i * per, x.data<float>() + (i + 1) * per, rev.data<float>() + (x.dim(0) - 1 - i) * per);
+  }
+  for (const char* method : {"max", "percentile:99.9", "entropy", "mse"}) {
+    const auto spec = quant::CalibSpec::parse(method);
+    const auto a = calibrate(g, x, 24, spec), b = calibrate(g, x, 5, spec), c = calibrate(g, rev, 7, spec);
+    ASSERT_EQ(a.entries.size(), b.entries.size());
+    EXPECT_EQ(quant::format_calib(a), quant::format_calib(b)) << method;
+    EXPECT_EQ(quant::format_calib(a), quant::format_calib(c)) << method;
+  }
+}
+
+TEST(Observer, RangesAreNonNegativeAfterRelu) {
+  const Graph g = load_model(kModel);
+  const auto t = calibrate(g, images(8, "train"), 8, quant::CalibSpec::parse("max"));
+  int relus = 0;
+  for (const auto& e : t.entries) {
+    EXPECT_LE(e.lo, e.hi) << e.tensor;
+    if (e.tensor.find("Relu") != std::string::npos) {
+      ++relus;
+      EXPECT_EQ(e.lo, 0.0) << e.tensor;
+      EXPECT_GT(e.hi, 0.0) << e.tensor;
+    }
+  }
+  EXPECT_EQ(relus, 9);
+  EXPECT_EQ(t.find("input")->lo, 0.0);
+}
+
+class Quantize : public testing_util::TempDirTest {
+ protected:
+  static void SetUpTestSuite() {
+    graph_ = new Graph(load_model(kModel));
+    calib_x_ = new Tensor(images(200, "train"));
+    test_x_ = new Tensor(images(64, "test"));
+    table_ = new quant::CalibTable(calibrate(*graph_, *calib_x_, 16, quant::CalibSpec::parse("max")));
+    fp32_ = new Tensor(run_graph(*graph_, *test_x_));
+  }
+  static void TearDownTestSuite() {
+    delete graph_;
+    delete calib_x_;
+    delete test_x_;
+    delete table_;
+    delete fp32_;
+  }
+  static Graph* graph_;
+  static Tensor* calib_x_;
+  static Tensor* test_x_;
+  static quant::CalibTable* table_;
+  static Tensor* fp32_;
+};
+Graph* Quantize::graph_ = nullptr;
+Tensor* Quantize::calib_x_ = nullptr;
+Tensor* Quantize::test_x_ = nullptr;
+quant::CalibTable* Quantize::table_ = nullptr;
+Tensor* Quantize::fp32_ = nullptr;
+
+TEST_F(Quantize, EveryLayerFloatReproducesTheFp32Model) {
+  // With every layer excluded, only BatchNormalization folding and the float layer types remain.
+  quant::QuantizeOptions opt;
+  for (const auto& [layer, node] : quant::quantizable_layers(*graph_)) opt.exclude.insert(layer);
+  const auto r = quant::quantize_model(*graph_, *table_, opt);
+  for (const auto& l : r.layers) EXPECT_EQ(l.precision, quant::Precision::f32) << l.layer;
+  const Tensor y = run_graph(quantized(r.model), *test_x_);
+  ASSERT_EQ(y.shape(), fp32_->shape());
+  for (int64_t i = 0; i < y.numel(); ++i) EXPECT_NEAR(y.get(i), fp32_->get(i), 2e-4 * (1 + std::abs(fp32_->get(i))));
+}
+
+TEST_F(Quantize, Int8FusesEveryConvAndTracksFp32) {
+  const auto r = quant::quantize_model(*graph_, *table_, {});
+  ASSERT_EQ(r.layers.size(), 12u);
+  for (const auto& l : r.layers) EXPECT_EQ(l.precision, quant::Precision::int8) << l.layer;
+  Graph g = graph_from_model_dir(r.model);
+  EXPECT_EQ(fuse_int_conv_epilogues(g), 11);
+  const Tensor y = run_graph(g, *test_x_);
+  EXPECT_GT(cosine(y, *fp32_), 0.999);
+  EXPECT_GE(argmax_agreement(y, *fp32_), 62);
+  // The integer path: 11 fused convs, one integer linear layer, no float conv.
+  int fused = 0, linear = 0;
+  for (const Node& n : g.nodes) {
+    fused += n.op_type == "nibble:IntConvFused";
+    linear += n.op_type == "nibble:IntLinear";
+    EXPECT_NE(n.op_type, "Conv");
+  }
+  EXPECT_EQ(fused, 11);
+  EXPECT_EQ(linear, 1);
+}
+
+TEST_F(Quantize, FourBitWeightsAreSmallerAndFirstLastStayAtEightBits) {
+  quant::QuantizeOptions opt;
+  opt.precision = quant::Precision::int4;
+  const auto r = quant::quantize_model(*graph_, *table_, opt);
+  EXPECT_EQ(r.layers.front().precision, quant::Precision::int8);
+  EXPECT_EQ(r.layers.back().precision, quant::Precision::int8);
+  for (size_t i = 1; i + 1 < r.layers.size(); ++i) EXPECT_EQ(r.layers[i].precision, quant::Precision::int4);
+  const LayerFile& conv = r.model.layer("layers_layers_0_conv1");
+  EXPECT_EQ(conv.get_string("compute_mode"), "u4s4s32");
+  EXPECT_EQ(conv.get_tensor("weight").dtype(), DType::s4);
+  for (int64_t i = 0; i < conv.get_tensor("weight").numel(); ++i) EXPECT_LE(std::abs(conv.get_tensor("weight").get(i)), 7);
+  const Tensor y = run_graph(quantized(r.model), *test_x_);
+  EXPECT_GT(cosine(y, *fp32_), 0.9);
+  // w4a8 keeps 8-bit activations.
+  opt.precision = quant::Precision::w4a8;
+  const auto w = quant::quantize_model(*graph_, *table_, opt);
+  EXPECT_EQ(w.model.layer("layers_layers_0_conv1").get_string("compute_mode"), "u8s4s32");
+}
+
+TEST_F(Quantize, MixedPrecisionRescalesResidualsOfAnyWidth) {
+  // An int8 conv whose residual comes from a 4-bit tensor needs a large rescale factor.
+  quant::QuantizeOptions opt;
+  opt.first_last_8bit = false;
+  opt.layer_precision["layers_layers_3_conv1"] = quant::Precision::int4;
+  const auto r = quant::quantize_model(*graph_, *table_, opt);
+  for (const auto& l : r.layers) EXPECT_NE(l.precision, quant::Precision::f32) << l.layer << ": " << l.note;
+  const Tensor y = run_graph(quantized(r.model), *test_x_);
+  EXPECT_GT(cosine(y, *fp32_), 0.99);
+}
+
+TEST_F(Quantize, ModelDirectoryRoundTripGivesTheSameOutputs) {
+  quant::QuantizeOptions opt;
+  opt.precision = quant::Precision::int4;
+  auto r = quant::quantize_model(*graph_, *table_, opt);
+  const Tensor before = run_graph(quantized(r.model), *test_x_);
+  write_model_dir(r.model, path("q.nbl"));
+  const Tensor after = run_graph(load_model(path("q.nbl")), *test_x_);
+  ASSERT_EQ(before.shape(), after.shape());
+  for (int64_t i = 0; i < before.numel(); ++i) ASSERT_EQ(before.get(i), after.get(i));
+  // The reference and CPU backends agree exactly on the quantized model.
+  const Tensor ref = Engine(load_model(path("q.nbl")), Backend::ref).run({*test_x_}).at(0);
+  for (int64_t i = 0; i < before.numel(); ++i) ASSERT_EQ(before.get(i), ref.get(i));
+}
+
+TEST_F(Quantize, QdqExportAndImportRoundTripExactly) {
+  quant::QuantizeOptions opt;
+  opt.precision = quant::Precision::int4;
+  auto r = quant::quantize_model(*graph_, *table_, opt);
+  r.model.path = path("q.nbl");
+  export_qdq_onnx(r.model, path("q.onnx"));
+  const Graph qdq = load_model(path("q.onnx"));
+  ASSERT_TRUE(quant::is_qdq(qdq));
+  // The QDQ graph, run in float, stays close to the integer model.
+  const Tensor yq = run_graph(qdq, *test_x_);
+  const Tensor yi = run_graph(quantized(r.model), *test_x_);
+  EXPECT_GT(cosine(yq, yi), 0.99);
+  EXPECT_GE(argmax_agreement(yq, yi), 60);
+  // Importing it takes its scales and widths: every tensor of the model comes back equal.
+  const quant::QdqModel imported = quant::import_qdq(qdq);
+  EXPECT_EQ(imported.weights, 12);
+  const auto back = quant::quantize_model(imported.fp32, imported.calib, imported.options);
+  ASSERT_EQ(back.layers.size(), r.layers.size());
+  for (size_t i = 0; i < r.layers.size(); ++i) EXPECT_EQ(back.layers[i].precision, r.layers[i].precision);
+  for (const auto& [name, layer] : r.model.layers) {
+    for (const auto& f : layer.fields) {
+      if (!f.is_tensor) continue;
+      // The pooled layer is renamed in the round trip (the exporter names its values).
+      const std::string other = back.model.has_layer(name) ? name : "";
+      ASSERT_FALSE(other.empty()) << name;
+      const Tensor& t = back.model.layer(other).get_tensor(f.key);
+      ASSERT_EQ(t.shape(), f.tensor.shape()) << name << "." << f.key;
+      for (int64_t i = 0; i < t.numel(); ++i) ASSERT_EQ(t.get(i), f.tensor.get(i)) << name << "." << f.key << "[" << i << "]";
+    }
+  }
+  const Tensor yb = run_graph(quantized(back.model), *test_x_);
+  for (int64_t i = 0; i < yb.numel(); ++i) ASSERT_EQ(yb.get(i), yi.get(i));
+}
+
+TEST_F(Quantize, BadOptionsAndTablesAreClearErrors) {
+  quant::QuantizeOptions opt;
+  opt.layer_precision["no_such_layer"] = quant::Precision::int4;
+  EXPECT_NE(error_of([&] { quant::quantize_model(*graph_, *table_, opt); }).find("no conv or linear layer is named 'no_such_layer'"),
+            std::string::npos);
+  quant::QuantizeOptions ex;
+  ex.exclude.insert("missing");
+  EXPECT_NE(error_of([&] { quant::quantize_model(*graph_, *table_, ex); }).find("--exclude"), std::string::npos);
+  quant::CalibTable extra = *table_;
+  extra.entries.push_back({"not_a_tensor", "max", 0.0, 1.0});
+  EXPECT_NE(error_of([&] { quant::quantize_model(*graph_, extra, {}); }).find("'not_a_tensor'"), std::string::npos);
+  quant::CalibTable missing = *table_;
+  missing.entries.erase(missing.entries.begin() + 3);
+  EXPECT_NE(error_of([&] { quant::quantize_model(*graph_, missing, {}); }).find("has no range for tensor"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace nibble
