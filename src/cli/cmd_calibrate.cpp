@@ -18,6 +18,7 @@ struct CalibrateArgs {
   std::string precision = "int8";
   std::string output;
   DataArgs eval;
+  bool gptq = false;
 };
 
 // The methods `--method compare` tries.
@@ -55,13 +56,15 @@ void calibrate(const CalibrateArgs& args) {
   const Engine ref(fp32, Backend::cpu);
   const int64_t fp32_ok = count_correct(predict(ref, eval, args.eval, "fp32", args.model), eval);
   const double n = static_cast<double>(eval.size());
-  fmt::print("\n{} at {}, top-1 on {} ({} inputs)\n", args.model, args.precision, eval.name, eval.size());
+  fmt::print("\n{} at {}{}, top-1 on {} ({} inputs)\n", args.model, args.precision, args.gptq ? " with GPTQ" : "",
+             eval.name, eval.size());
   fmt::print("{:<20} {:>8} {:>8}\n", "method", "top-1 %", "drop");
   fmt::print("{:<20} {:>8.2f} {:>8}\n", "fp32", 100.0 * fp32_ok / n, "");
   size_t best = 0;
   int64_t best_ok = -1;
   quant::QuantizeOptions opt;
   opt.precision = precision;
+  if (args.gptq) opt.hessians = collect_hessians(fp32, args.data, args.model);
   for (size_t i = 0; i < specs.size(); ++i) {
     const auto result = quant::quantize_model(fp32, tables[i], opt);
     const Engine q(quantized_graph(result.model), Backend::cpu);
@@ -96,6 +99,7 @@ void add_calibrate_command(CLI::App& app) {
                   "Target precision (int8, int4, w4a8): sets the activation bits entropy and mse optimize for")
       ->default_val("int8");
   cmd->add_option("-o,--output", args->output, "Calibration table to write (text, one line per tensor)");
+  cmd->add_flag("--gptq", args->gptq, "compare: round weights with GPTQ (Hessians measured on the calibration data)");
   cmd->add_option("--eval-data", args->eval.data, "compare: labelled inputs for top-1")->default_val("fashion-mnist:test");
   cmd->add_option("--eval-limit", args->eval.limit, "compare: use only the first N evaluation inputs (0: all)")
       ->default_val(0)

@@ -29,6 +29,8 @@ struct CompareArgs {
   std::string precision = "int4";
   std::string base = "int8";
   std::string write_layers;
+  bool gptq = false;
+  DataArgs calib_data;
 };
 
 // An activation of the quantized model and the FP32 tensor it stands for.
@@ -186,6 +188,7 @@ void sweep(const CompareArgs& args, const Graph& fp32, const quant::CalibTable& 
   quant::QuantizeOptions opt;
   opt.precision = base;
   opt.first_last_8bit = false;
+  if (args.gptq) opt.hessians = collect_hessians(fp32, args.calib_data, args.fp32);
   const int64_t base_ok = top1_of(fp32, calib, opt, data, args.data, args.base);
   fmt::print("top-1 on {} ({} inputs): FP32 {:.2f}%, all layers {} {:.2f}%\n", data.name, data.size(), 100.0 * fp32_ok / n,
              args.base, 100.0 * base_ok / n);
@@ -230,7 +233,8 @@ void sweep(const CompareArgs& args, const Graph& fp32, const quant::CalibTable& 
   fmt::print("\nauto-mixed: {} of {} layers at {}, top-1 {:.2f}% (FP32 {:.2f}%, drop {:.2f}, budget {:.2f})\n",
              chosen.size(), scores.size(), args.precision, 100.0 * mixed_ok / n, 100.0 * fp32_ok / n,
              100.0 * (fp32_ok - mixed_ok) / n, args.max_drop);
-  fmt::print("--precision {} --all-layers --layer-precision {}\n", args.base, list.empty() ? "\"\"" : list);
+  fmt::print("--precision {} --all-layers{} --layer-precision {}\n", args.base, args.gptq ? " --gptq" : "",
+             list.empty() ? "\"\"" : list);
   if (!args.write_layers.empty()) {
     write_file_atomic(args.write_layers, list + "\n");
     fmt::print("wrote the layer list to {}\n", args.write_layers);
@@ -269,8 +273,21 @@ void add_compare_command(CLI::App& app) {
   cmd->add_option("--base", args->base, "Precision of the other layers in the sweep")->default_val("int8");
   cmd->add_option("--calib", args->calib,
                   "Calibration table for the sweep (default: the ranges recorded in the model directory)");
+  cmd->add_flag("--gptq", args->gptq, "Sweep: round weights with GPTQ (Hessians measured on --calib-data)");
+  args->calib_data.limit = 256;
+  cmd->add_option("--calib-data", args->calib_data.data, "--gptq: inputs to measure the Hessians on")
+      ->default_val("fashion-mnist:train");
+  cmd->add_option("--calib-samples", args->calib_data.limit, "--gptq: how many of them")->default_val(256);
   cmd->add_option("--write-layers", args->write_layers, "auto-mixed: write the --layer-precision list to this file");
-  cmd->callback([args] { compare(*args); });
+  cmd->callback([args] {
+    CompareArgs a = *args;
+    a.calib_data.data_dir = a.data.data_dir;
+    a.calib_data.mean = a.data.mean;
+    a.calib_data.std = a.data.std;
+    a.calib_data.batch = a.data.batch;
+    a.calib_data.threads = a.data.threads;
+    compare(a);
+  });
 }
 
 }  // namespace nibble::cli

@@ -8,6 +8,7 @@
 #include "cli/quant_common.h"
 #include "nibble/error.h"
 #include "nibble/model_dir.h"
+#include "quant/gptq.h"
 #include "quant/qdq_import.h"
 
 namespace nibble::cli {
@@ -22,6 +23,8 @@ struct QuantizeArgs {
   std::vector<std::string> exclude;
   bool all_layers = false;
   std::string output;
+  bool gptq = false;
+  DataArgs data;
 };
 
 void quantize(const QuantizeArgs& args) {
@@ -46,6 +49,7 @@ void quantize(const QuantizeArgs& args) {
   } else {
     if (args.calib.empty()) fail("--calib", "give the calibration table made by `nibble calibrate`");
     const quant::CalibTable calib = quant::read_calib(args.calib);
+    if (args.gptq) opt.hessians = collect_hessians(fp32, args.data, args.model);
     result = quant::quantize_model(fp32, calib, opt);
   }
   result.model.path = args.output;
@@ -76,6 +80,11 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_flag("--all-layers", args->all_layers,
                 "Quantize the first and last layers to --precision too (by default they stay at 8 bits)");
   cmd->add_option("-o,--output", args->output, "Model directory to write (must not exist)")->required();
+  cmd->add_flag("--gptq", args->gptq,
+                "Round weights with GPTQ's Hessian-guided error compensation, measured on --data (recommended for "
+                "4-bit weights)");
+  args->data.limit = 256;
+  add_data_flags(*cmd, args->data, "fashion-mnist:train", "--samples", "--gptq: inputs to measure the Hessians on");
   cmd->callback([args] { quantize(*args); });
 }
 

@@ -7,6 +7,7 @@
 
 #include "nibble/error.h"
 #include "nibble/model_loader.h"
+#include "quant/gptq.h"
 #include "quant/observer.h"
 
 namespace nibble::cli {
@@ -41,6 +42,15 @@ std::vector<quant::CalibTable> calibrate_tables(const Graph& fp32, const InputDa
     out.push_back(obs.table(s, bits, c));
   }
   return out;
+}
+
+std::map<std::string, std::vector<double>> collect_hessians(const Graph& fp32, const DataArgs& args,
+                                                            const std::string& model) {
+  const InputData data = load_data(args, fp32, model);
+  quant::HessianCollector collector(fp32);
+  for_each_batch("hessians", data.size(), args.batch, args.threads,
+                 [&](int64_t lo, int64_t hi) { collector.observe(data.batch(lo, hi), lo); });
+  return collector.hessians();
 }
 
 Graph quantized_graph(const ModelDir& model) {

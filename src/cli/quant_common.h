@@ -1,6 +1,7 @@
 // Pieces shared by calibrate, quantize and compare.
 #pragma once
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -19,6 +20,10 @@ Graph load_fp32_onnx(const std::string& path);
 std::vector<quant::CalibTable> calibrate_tables(const Graph& fp32, const InputData& data, const DataArgs& args,
                                                 const std::vector<quant::CalibSpec>& specs, int bits,
                                                 const std::vector<std::string>& comments);
+
+// The input Hessian of every conv and linear layer of `fp32` over the inputs of `args` (for GPTQ).
+std::map<std::string, std::vector<double>> collect_hessians(const Graph& fp32, const DataArgs& args,
+                                                            const std::string& model);
 
 // The fused integer graph of an in-memory model directory.
 Graph quantized_graph(const ModelDir& model);

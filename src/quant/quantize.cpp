@@ -10,6 +10,7 @@
 #include <limits>
 
 #include "nibble/error.h"
+#include "quant/gptq.h"
 #include "quant/requant.h"
 
 namespace nibble::quant {
@@ -536,8 +537,17 @@ class Quantizer {
       for (int64_t i = 0; i < per; ++i) top = std::max(top, std::abs(u.w[static_cast<size_t>(c * per + i)]));
       double s = top > 0.0 ? top / levels : 1.0;
       if (given != opt_.weight_scales.end() && given->second.size() == static_cast<size_t>(k)) s = given->second[c];
-      s = static_cast<float>(s);
-      scale[static_cast<size_t>(c)] = s;
+      scale[static_cast<size_t>(c)] = static_cast<float>(s);
+    }
+    const auto h = opt_.hessians.find(u.node->name);
+    if (h != opt_.hessians.end() && h->second.size() == static_cast<size_t>(per * per) &&
+        (u.kind == Unit::linear || u.node->attr_int("group", 1) == 1)) {
+      const std::vector<double> v = gptq_quantize(u.w, k, per, h->second, scale, levels);
+      for (int64_t i = 0; i < k * per; ++i) q.set(i, v[static_cast<size_t>(i)]);
+      return q;
+    }
+    for (int64_t c = 0; c < k; ++c) {
+      const double s = scale[static_cast<size_t>(c)];
       for (int64_t i = 0; i < per; ++i) {
         const double v = std::nearbyint(u.w[static_cast<size_t>(c * per + i)] / s);
         q.set(c * per + i, std::clamp(v, -levels, levels));

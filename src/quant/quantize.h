@@ -36,6 +36,9 @@ struct QuantizeOptions {
   // Per-channel weight scales to use instead of max |w| / levels, by ONNX weight initializer
   // name (a QDQ model's own scales).
   std::map<std::string, std::vector<float>> weight_scales;
+  // Input Hessians by ONNX node name (HessianCollector): weights of these layers are rounded
+  // with GPTQ's error compensation instead of to the nearest integer.
+  std::map<std::string, std::vector<double>> hessians;
 };
 
 // What happened to one conv or linear layer.

@@ -1,0 +1,58 @@
+// Hessian-guided weight rounding (GPTQ): each column's rounding error is compensated on the
+// columns not yet quantized, weighted by the inverse of the layer's input Hessian.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "nibble/engine.h"
+#include "nibble/graph.h"
+#include "nibble/tensor.h"
+
+namespace nibble::quant {
+
+// W (K rows x D columns, row-major) quantized row by row with scale[k], to integers in
+// [-levels, levels]; H (D x D, row-major) is sum(x x^T) over the layer's input columns. Returns
+// the integers (K x D). Columns that never saw a non-zero input (H[i][i] == 0) are zeroed. A
+// damping of 1% of the mean diagonal keeps H invertible.
+std::vector<double> gptq_quantize(std::vector<double> w, int64_t rows, int64_t cols, std::vector<double> hessian,
+                                  const std::vector<double>& scale, double levels);
+
+// Accumulates, for Conv (group 1) and Gemm/MatMul nodes, the Hessian of each node's input:
+// sum over positions of x x^T, x being the node's im2col column (C x R x S for a conv, the
+// flattened row for a linear layer). At most `positions` output positions per input are taken,
+// evenly spaced, to bound the cost. Thread-safe; batch sums are merged in input order, so a
+// given batch size gives the same result whatever order the batches finish in (other batch
+// sizes differ only by floating-point rounding).
+class HessianCollector {
+ public:
+  HessianCollector(const Graph& fp32, int64_t positions = 64);
+
+  // Runs the FP32 graph on a batch and accumulates. `first` is the index of the batch's first
+  // input in the whole data set (results are merged in that order).
+  void observe(const Tensor& input, int64_t first);
+
+  // By ONNX node name: the D x D matrix (row-major) and the number of columns seen.
+  std::map<std::string, std::vector<double>> hessians() const;
+
+ private:
+  struct Layer {
+    std::string node;
+    std::string input;  // ONNX tensor read by the node
+    bool conv;
+    int64_t c = 0, r = 1, s = 1, stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0, dil_h = 1, dil_w = 1;
+    int64_t dim = 0;  // D
+  };
+  std::vector<Layer> layers_;
+  std::unique_ptr<Engine> engine_;
+  std::vector<std::string> outputs_;  // engine output names, in order
+  int64_t positions_;
+  std::mutex mu_;
+  std::map<int64_t, std::vector<std::vector<double>>> partial_;  // first input -> per-layer sums
+};
+
+}  // namespace nibble::quant
