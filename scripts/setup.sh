@@ -9,7 +9,7 @@ packages=(
   libcli11-dev nlohmann-json3-dev libfmt-dev libstb-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libonnx-testdata dataset-fashion-mnist
-  python3 python3-torch python3-torchvision python3-onnx python3-numpy python3-pytest
+  python3 python3-torch python3-torchvision python3-onnx python3-numpy python3-pytest python3-matplotlib
 )
 
 missing=()
