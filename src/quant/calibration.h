@@ -85,6 +85,8 @@ struct CalibSpec {
 //               Bin 0 is taken to hold as many values as bin 1, so that a spike of exact zeros
 //               (which every threshold represents exactly) does not steer the choice; a bin where
 //               Q is zero but P is not gets a tiny probability instead of an infinite divergence.
+//               Histograms of more than 2048 bins are first merged to 2048 (TensorRT's
+//               resolution): finer bins pull the threshold of peaked ReLU outputs far too low.
 //   mse         the bin edge T minimizing the expected squared error, where a bin of n values with
 //               centre c costs n * step^2 / 12 (step = T / levels) when c <= T and n * (c - T)^2
 //               when clipped.
