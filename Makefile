@@ -20,6 +20,10 @@ build: setup
 demo: build
 	$(BUILD_DIR)/nibble inspect $(MODEL) | tail -n 4
 	$(BUILD_DIR)/nibble eval $(MODEL) --data fashion-mnist:test
+	rm -rf $(BUILD_DIR)/demo && mkdir -p $(BUILD_DIR)/demo
+	$(BUILD_DIR)/nibble calibrate $(MODEL) --samples 1000 --method mse --precision int4 -o $(BUILD_DIR)/demo/model.calib
+	$(BUILD_DIR)/nibble quantize $(MODEL) --calib $(BUILD_DIR)/demo/model.calib --precision int4 --gptq -o $(BUILD_DIR)/demo/int4.nbl
+	$(BUILD_DIR)/nibble eval $(BUILD_DIR)/demo/int4.nbl --data fashion-mnist:test
 	@if [ -f $(SEED_MODEL)/model ]; then \
 	  echo "classifying the demo photos with the INT4 ResNet-50 in $(SEED_MODEL)"; \
 	  $(BUILD_DIR)/nibble classify $(SEED_MODEL) data/images/chelsea.png data/images/coffee.png data/images/rocket.jpg; \
