@@ -150,6 +150,16 @@ def main():
     print(f"wrote {args.out} and {args.plot} ({elapsed / 60:.1f} min)")
 
 
+def best_per_precision(rows):
+    """The most accurate row of each precision (all mixed-precision rows count as one)."""
+    best = {}
+    for row in rows:
+        g = "int4 mixed" if row["precision"].startswith("int4 mixed") else row["precision"]
+        if g not in best or row["correct"] > best[g]["correct"]:
+            best[g] = row
+    return best
+
+
 def write_report(args, results, elapsed):
     git = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     cpu = "unknown CPU"
@@ -191,11 +201,7 @@ def write_report(args, results, elapsed):
         n = r["n"]
         fp = 100 * r["fp32_correct"] / n
         L.append(f"| {key} | fp32 | {fp:.2f} | | {r['fp32_bytes']:,} | 1.00 | | |")
-        groups = {}
-        for row in r["rows"]:
-            g = "int4 mixed" if row["precision"].startswith("int4 mixed") else row["precision"]
-            if g not in groups or row["correct"] > groups[g]["correct"]:
-                groups[g] = row
+        groups = best_per_precision(r["rows"])
         for g in ["int8", "w4a8", "int4", "int4 mixed"]:
             row = groups[g]
             acc = 100 * row["correct"] / n
@@ -246,11 +252,7 @@ def plot(args, results):
     for key, r in results.items():
         n = r["n"]
         pts = [("fp32", r["fp32_bytes"], 100 * r["fp32_correct"] / n)]
-        best = {}
-        for row in r["rows"]:
-            g = "int4 mixed" if row["precision"].startswith("int4 mixed") else row["precision"]
-            if g not in best or row["correct"] > best[g]["correct"]:
-                best[g] = row
+        best = best_per_precision(r["rows"])
         for g, row in best.items():
             pts.append((g, row["bytes"], 100 * row["correct"] / n))
         for g, size, acc in pts:

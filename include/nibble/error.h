@@ -3,6 +3,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 #include <fmt/format.h>
 
@@ -23,6 +24,10 @@ class Error : public std::runtime_error {
   std::string where_;
   std::string problem_;
 };
+
+// Text echoed in a message: quoted, cut after 80 characters, control characters escaped, so
+// that every message stays on one line whatever the input holds.
+std::string excerpt(std::string_view s);
 
 template <typename... Args>
 [[noreturn]] void fail(std::string where, fmt::format_string<Args...> f, Args&&... args) {

@@ -31,6 +31,15 @@ void add_data_flags(CLI::App& cmd, DataArgs& args, const std::string& default_da
   add_normalization_flags(cmd, args.mean, args.std);
 }
 
+DataArgs sharing_settings(DataArgs target, const DataArgs& from) {
+  target.data_dir = from.data_dir;
+  target.mean = from.mean;
+  target.std = from.std;
+  target.batch = from.batch;
+  target.threads = from.threads;
+  return target;
+}
+
 Shape input_chw(const Graph& graph, const std::string& model) {
   if (graph.inputs.size() != 1) fail(model, "the model must have one input, it has {}", graph.inputs.size());
   const ValueInfo& in = graph.inputs[0];

@@ -27,6 +27,10 @@ struct DataArgs {
 void add_data_flags(CLI::App& cmd, DataArgs& args, const std::string& default_data, const std::string& limit_flag,
                     const std::string& limit_help);
 
+// `target` with the data directory, normalization, batch and threads of `from` (a second data
+// source of a command shares the first one's settings).
+DataArgs sharing_settings(DataArgs target, const DataArgs& from);
+
 // The model's input shape without the batch dimension.
 Shape input_chw(const Graph& graph, const std::string& model);
 

@@ -106,11 +106,7 @@ void add_calibrate_command(CLI::App& app) {
       ->check(CLI::NonNegativeNumber);
   cmd->callback([args] {
     CalibrateArgs a = *args;
-    a.eval.data_dir = a.data.data_dir;
-    a.eval.mean = a.data.mean;
-    a.eval.std = a.data.std;
-    a.eval.batch = a.data.batch;
-    a.eval.threads = a.data.threads;
+    a.eval = sharing_settings(a.eval, a.data);
     calibrate(a);
   });
 }

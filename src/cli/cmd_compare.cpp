@@ -281,11 +281,7 @@ void add_compare_command(CLI::App& app) {
   cmd->add_option("--write-layers", args->write_layers, "auto-mixed: write the --layer-precision list to this file");
   cmd->callback([args] {
     CompareArgs a = *args;
-    a.calib_data.data_dir = a.data.data_dir;
-    a.calib_data.mean = a.data.mean;
-    a.calib_data.std = a.data.std;
-    a.calib_data.batch = a.data.batch;
-    a.calib_data.threads = a.data.threads;
+    a.calib_data = sharing_settings(a.calib_data, a.data);
     compare(a);
   });
 }

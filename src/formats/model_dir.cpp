@@ -50,31 +50,6 @@ bool is_known_type(std::string_view t) {
   return std::find(kLayerTypes.begin(), kLayerTypes.end(), t) != kLayerTypes.end();
 }
 
-// File text echoed in a message, quoted, shortened and with control characters escaped, so that every
-// message stays on one line whatever the file holds.
-std::string excerpt(std::string_view s) {
-  constexpr size_t kMaxShown = 80;
-  std::string out = "'";
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (i == kMaxShown) {
-      out += "...";
-      break;
-    }
-    const auto u = static_cast<unsigned char>(s[i]);
-    if (u == '\r') {
-      out += "\\r";
-    } else if (u == '\n') {
-      out += "\\n";
-    } else if (u == '\t') {
-      out += "\\t";
-    } else if (u < 0x20 || u == 0x7f) {
-      out += fmt::format("\\x{:02x}", u);
-    } else {
-      out += s[i];
-    }
-  }
-  return out + "'";
-}
 
 std::string at_line(const std::string& file, int line) { return fmt::format("{}:{}", file, line); }
 

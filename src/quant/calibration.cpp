@@ -20,31 +20,6 @@ namespace nibble::quant {
 
 namespace {
 
-// Text echoed in a message, quoted, shortened and with control characters escaped, so that every
-// message stays on one line whatever the input holds.
-std::string quoted(std::string_view s) {
-  constexpr size_t kMaxShown = 80;
-  std::string out = "'";
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (i == kMaxShown) {
-      out += "...";
-      break;
-    }
-    const auto u = static_cast<unsigned char>(s[i]);
-    if (u == '\r') {
-      out += "\\r";
-    } else if (u == '\n') {
-      out += "\\n";
-    } else if (u == '\t') {
-      out += "\\t";
-    } else if (u < 0x20 || u == 0x7f) {
-      out += fmt::format("\\x{:02x}", u);
-    } else {
-      out += s[i];
-    }
-  }
-  return out + "'";
-}
 
 bool is_space(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\v' || c == '\f'; }
 
@@ -283,11 +258,11 @@ CalibSpec CalibSpec::parse(const std::string& s) {
     spec.method = CalibMethod::percentile;
     double p = 0;
     if (!parse_double(std::string_view(s).substr(11), p) || !(p > 0 && p <= 100)) {
-      fail("", "bad calibration method {}: the percentile must be a number in (0, 100]", quoted(s));
+      fail("", "bad calibration method {}: the percentile must be a number in (0, 100]", excerpt(s));
     }
     spec.percentile = p;
   } else {
-    fail("", "unknown calibration method {} (expected max, percentile:P, entropy or mse)", quoted(s));
+    fail("", "unknown calibration method {} (expected max, percentile:P, entropy or mse)", excerpt(s));
   }
   return spec;
 }
@@ -327,7 +302,7 @@ std::string format_table(const CalibTable& t, const std::string& where) {
   for (const std::string& c : t.comments) {
     // Reading splits lines at '\n' and drops a '\r' before it, so neither could come back.
     if (c.find('\n') != std::string::npos || c.ends_with('\r')) {
-      fail(where, "calibration comment {} does not fit on one line", quoted(c));
+      fail(where, "calibration comment {} does not fit on one line", excerpt(c));
     }
     out += c.empty() ? "#\n" : "# " + c + "\n";
   }
@@ -335,23 +310,23 @@ std::string format_table(const CalibTable& t, const std::string& where) {
   for (const CalibEntry& e : t.entries) {
     if (e.tensor.empty()) fail(where, "a calibration entry has an empty tensor name");
     if (std::any_of(e.tensor.begin(), e.tensor.end(), is_space)) {
-      fail(where, "tensor name {} contains whitespace and cannot be written to a calibration table", quoted(e.tensor));
+      fail(where, "tensor name {} contains whitespace and cannot be written to a calibration table", excerpt(e.tensor));
     }
     if (e.tensor[0] == '#') {
-      fail(where, "tensor name {} starts with '#' and cannot be written to a calibration table", quoted(e.tensor));
+      fail(where, "tensor name {} starts with '#' and cannot be written to a calibration table", excerpt(e.tensor));
     }
-    if (!seen.insert(e.tensor).second) fail(where, "duplicate calibration entry for tensor {}", quoted(e.tensor));
+    if (!seen.insert(e.tensor).second) fail(where, "duplicate calibration entry for tensor {}", excerpt(e.tensor));
     CalibSpec spec;
     try {
       spec = CalibSpec::parse(e.method);
     } catch (const Error& err) {
-      fail(where, "tensor {}: {}", quoted(e.tensor), err.problem());
+      fail(where, "tensor {}: {}", excerpt(e.tensor), err.problem());
     }
     for (const double v : {e.lo, e.hi}) {
-      if (!std::isfinite(v)) fail(where, "tensor {}: range [{}, {}] is not finite", quoted(e.tensor), e.lo, e.hi);
-      if (std::fabs(v) >= kF32Overflow) fail(where, "tensor {}: {} is outside the f32 range", quoted(e.tensor), v);
+      if (!std::isfinite(v)) fail(where, "tensor {}: range [{}, {}] is not finite", excerpt(e.tensor), e.lo, e.hi);
+      if (std::fabs(v) >= kF32Overflow) fail(where, "tensor {}: {} is outside the f32 range", excerpt(e.tensor), v);
     }
-    if (e.lo > e.hi) fail(where, "tensor {}: inverted range [{}, {}]", quoted(e.tensor), e.lo, e.hi);
+    if (e.lo > e.hi) fail(where, "tensor {}: inverted range [{}, {}]", excerpt(e.tensor), e.lo, e.hi);
     out += fmt::format("{} {} {:.9g} {:.9g}\n", e.tensor, spec.text(), e.lo, e.hi);
   }
   return out;
@@ -423,21 +398,21 @@ CalibTable parse_calib(const std::string& text, const std::string& path) {
       const char* end = digits.data() + digits.size();
       const auto [p, ec] = std::from_chars(digits.data(), end, v);
       if (p != end || (ec != std::errc() && ec != std::errc::result_out_of_range)) {
-        fail(where, "{} {} of tensor {} is not a number", name, quoted(tok), quoted(e.tensor));
+        fail(where, "{} {} of tensor {} is not a number", name, excerpt(tok), excerpt(e.tensor));
       }
       if (ec == std::errc() && !std::isfinite(v)) {
-        fail(where, "{} of tensor {} is not finite: {}", name, quoted(e.tensor), quoted(tok));
+        fail(where, "{} of tensor {} is not finite: {}", name, excerpt(e.tensor), excerpt(tok));
       }
       if (ec != std::errc() || std::fabs(v) >= kF32Overflow) {
-        fail(where, "{} {} of tensor {} is outside the f32 range", name, quoted(tok), quoted(e.tensor));
+        fail(where, "{} {} of tensor {} is outside the f32 range", name, excerpt(tok), excerpt(e.tensor));
       }
       return static_cast<double>(static_cast<float>(v));
     };
     e.lo = number(fields[2], "lo");
     e.hi = number(fields[3], "hi");
-    if (e.lo > e.hi) fail(where, "inverted range for tensor {}: lo {} > hi {}", quoted(e.tensor), e.lo, e.hi);
+    if (e.lo > e.hi) fail(where, "inverted range for tensor {}: lo {} > hi {}", excerpt(e.tensor), e.lo, e.hi);
     const auto [it, inserted] = first_line.emplace(e.tensor, line_no);
-    if (!inserted) fail(where, "duplicate tensor {} (first given on line {})", quoted(e.tensor), it->second);
+    if (!inserted) fail(where, "duplicate tensor {} (first given on line {})", excerpt(e.tensor), it->second);
     table.entries.push_back(std::move(e));
   }
   return table;

@@ -444,6 +444,24 @@ class Quantizer {
     result_.model.layers[name] = std::move(f);
   }
 
+  // A layer with no fields of its own (Add, ReLU) named after `base`; returns its name.
+  std::string plain_layer(const std::string& base, const char* type, const std::vector<std::string>& inputs) {
+    LayerFile l = new_layer(unique_layer(base), type);
+    const std::string name = l.name;
+    add_layer(std::move(l), inputs);
+    return name;
+  }
+
+  // Conv2d geometry, or Linear sizes.
+  void shape_fields(const Unit& u, LayerFile& l) const {
+    if (u.kind == Unit::conv) {
+      conv_geometry(u, l);
+    } else {
+      field(l, "in_features", std::to_string(u.w_shape[1]));
+      field(l, "out_features", std::to_string(u.w_shape[0]));
+    }
+  }
+
   std::string unique_layer(const std::string& base) {
     std::string name = base;
     for (int k = 2; result_.model.layers.count(name) || taken_.count(name); ++k) name = fmt::format("{}_{}", base, k);
@@ -737,12 +755,7 @@ class Quantizer {
     const std::string mode = fmt::format("{}s{}s32", act_type(x), wb);
     LayerFile l = new_layer(u.name, u.kind == Unit::conv ? "Conv2d" : "Linear");
     field(l, "compute_mode", mode);
-    if (u.kind == Unit::conv) {
-      conv_geometry(u, l);
-    } else {
-      field(l, "in_features", std::to_string(u.w_shape[1]));
-      field(l, "out_features", std::to_string(u.w_shape[0]));
-    }
+    shape_fields(u, l);
     field(l, "precision", precision_name(u.precision));
     field(l, "input_scale", num(x.scale));
     tensor_field(l, "bias", bias);
@@ -779,17 +792,9 @@ class Quantizer {
         residual = r.name;
         add_layer(std::move(r), {residual_from});
       }
-      LayerFile a = new_layer(unique_layer(u.name + "_add"), "Add");
-      const std::string add_name = a.name;
-      add_layer(std::move(a), {value, residual});
-      value = add_name;
+      value = plain_layer(u.name + "_add", "Add", {value, residual});
     }
-    if (u.relu_after) {
-      LayerFile r = new_layer(unique_layer(u.name + "_relu"), "ReLU");
-      const std::string relu_name = r.name;
-      add_layer(std::move(r), {value});
-      value = relu_name;
-    }
+    if (u.relu_after) value = plain_layer(u.name + "_relu", "ReLU", {value});
     if (u.residual_only) {
       acc_[u.output] = {value, acc};
       return true;
@@ -838,31 +843,15 @@ class Quantizer {
     const int64_t k = u.w_shape[0];
     LayerFile l = new_layer(u.name, u.kind == Unit::conv ? "Conv2d" : "Linear");
     field(l, "compute_mode", "f32f32f32");
-    if (u.kind == Unit::conv) {
-      conv_geometry(u, l);
-    } else {
-      field(l, "in_features", std::to_string(u.w_shape[1]));
-      field(l, "out_features", std::to_string(u.w_shape[0]));
-    }
+    shape_fields(u, l);
     field(l, "precision", "float");
     tensor_field(l, "bias", f32_tensor(u.b, {k}));
     tensor_field(l, "weight", f32_tensor(u.w, u.w_shape));
     field(l, "onnx_node", u.node->name);
     add_layer(std::move(l), {x});
     std::string value = u.name;
-    if (!u.input2.empty()) {
-      const std::string r = need_float(u.input2);
-      LayerFile a = new_layer(unique_layer(u.name + "_add"), "Add");
-      const std::string add_name = a.name;
-      add_layer(std::move(a), {value, r});
-      value = add_name;
-    }
-    if (u.relu_after) {
-      LayerFile r = new_layer(unique_layer(u.name + "_relu"), "ReLU");
-      const std::string relu_name = r.name;
-      add_layer(std::move(r), {value});
-      value = relu_name;
-    }
+    if (!u.input2.empty()) value = plain_layer(u.name + "_add", "Add", {value, need_float(u.input2)});
+    if (u.relu_after) value = plain_layer(u.name + "_relu", "ReLU", {value});
     float_[u.output] = value;
   }
 

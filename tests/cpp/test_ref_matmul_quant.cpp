@@ -414,5 +414,27 @@ TEST(RefSoftmax, Errors) {
   EXPECT_NE(kernel_error(softmax, node("Softmax", 13), {&xi}), "");
 }
 
+TEST(RefQuantizeFloat, RoundsHalfToEvenAndClampsToTheSeedRanges) {
+  Node n = node("nibble:QuantizeFloat", 1);
+  n.attrs["bits"] = int64_t{4};
+  n.attrs["signed"] = int64_t{0};
+  const Tensor x = f32({1, 7}, {-3.0, 0.25, 0.75, 1.25, 2.5, 7.4, 100.0});
+  const Tensor s = f32({1}, {0.5});
+  const Tensor y = run(quantize_float, n, {&x, &s});
+  EXPECT_EQ(y.dtype(), DType::u8);
+  // x / 0.5 = -6, 0.5, 1.5, 2.5, 5, 14.8, 200 -> half to even, clamped to [0, 15].
+  EXPECT_EQ(values(y), (std::vector<double>{0, 0, 2, 2, 5, 15, 15}));
+  // Signed 7 bits: [-127, 127] in s8, per-channel scales along axis 1.
+  n.attrs["bits"] = int64_t{7};
+  n.attrs["signed"] = int64_t{1};
+  const Tensor xc = f32({1, 2, 2}, {-1000.0, 1.0, 3.0, -3.0});
+  const Tensor sc = f32({2}, {1.0, 2.0});
+  const Tensor yc = run(quantize_float, n, {&xc, &sc});
+  EXPECT_EQ(yc.dtype(), DType::s8);
+  EXPECT_EQ(values(yc), (std::vector<double>{-127, 1, 2, -2}));
+  const Tensor bad = f32({1}, {0.0});
+  EXPECT_NE(kernel_error(quantize_float, n, {&x, &bad}).find("not a positive finite number"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace nibble::ref
