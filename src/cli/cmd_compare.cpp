@@ -68,8 +68,9 @@ quant::CalibTable calib_from_model(const ModelDir& m) {
     const auto mode = parse_compute_mode(l.get_string("compute_mode"), m.path + "/" + name);
     const double scale = std::stod(l.get_string("output_scale"));
     const int64_t bits = l.get_int("output_bits");
-    const double top = scale * (std::ldexp(1.0, static_cast<int>(bits)) - 1.0);
-    const bool is_signed = mode.back().kind == 's';
+    const bool fp8 = mode.back().kind == 'f';  // e4m3: 448 steps of the scale
+    const double top = scale * (fp8 ? 448.0 : std::ldexp(1.0, static_cast<int>(bits)) - 1.0);
+    const bool is_signed = mode.back().kind == 's';  // FP8 ranges are symmetric; [0, top] keeps the scale
     t.entries.push_back({l.get_string("onnx_tensor"), "max", is_signed ? -top : 0.0, top});
   }
   return t;

@@ -55,13 +55,28 @@ class Builder {
     if (xs[1] != cin) fail(where, "in_channels={} but the layer receives {} channels", cin, xs[1]);
     const auto mode = parse_compute_mode(f.get_string("compute_mode"), where);
     const bool is_float = is_float_mode(mode);
-    if (!is_float && (mode.size() != 3 || mode[2].kind != 's' || mode[2].bits != 32)) {
-      fail(where, "compute_mode {} is neither <act><weight>s32 nor f32f32f32", f.get_string("compute_mode"));
+    const bool is_fp8 = is_fp8_mode(mode);
+    if (!is_float && !is_fp8 && (mode.size() != 3 || mode[2].kind != 's' || mode[2].bits != 32)) {
+      fail(where, "compute_mode {} is none of <act><weight>s32, f8<weight>f32 and f32f32f32", f.get_string("compute_mode"));
     }
     check_weight_type(where, w, mode[1]);
-    check_input_type(where, x, is_float);
-    Node n = node(is_float ? "Conv" : "nibble:IntConv", layer,
+    Node n = node(is_float ? "Conv" : (is_fp8 ? "nibble:Fp8Conv" : "nibble:IntConv"), layer,
                   {x, constant(layer + ".weight", w), constant(layer + ".bias", b)});
+    if (is_fp8) {
+      // FP8 activations: the f32 accumulator scale is input_scale x weight_scale per channel.
+      if (node_dtype(x) != DType::e4m3) fail(where, "the layer computes in FP8 but receives {} values", dtype_name(node_dtype(x)));
+      if (b.dtype() != DType::f32) fail(where, "an FP8 layer needs an f32 bias, got {}", dtype_name(b.dtype()));
+      const Tensor& ws = f.get_tensor("weight_scale");
+      const double sx = std::strtod(f.get_string("input_scale").c_str(), nullptr);
+      if (ws.dtype() != DType::f32 || ws.numel() != cout || !(sx > 0.0)) {
+        fail(where, "an FP8 layer needs input_scale > 0 and {} f32 weight_scale values", cout);
+      }
+      Tensor acc(DType::f32, {cout});
+      for (int64_t k = 0; k < cout; ++k) acc.data<float>()[k] = static_cast<float>(sx * ws.get(k));
+      n.inputs.push_back(constant(layer + ".acc_scale", acc));
+    } else {
+      check_input_type(where, x, is_float);
+    }
     n.attrs["kernel_shape"] = kernel;
     n.attrs["strides"] = stride;
     n.attrs["pads"] = std::vector<int64_t>{pad[0], pad[1], pad[0], pad[1]};
@@ -73,7 +88,7 @@ class Builder {
       ys[2 + d] = (xs[2 + d] + 2 * pad[d] - dilation[d] * (kernel[d] - 1) - 1) / stride[d] + 1;
       if (ys[2 + d] <= 0) fail(where, "the output would be empty for input {}", shape_str(xs));
     }
-    return emit(std::move(n), is_float ? DType::f32 : DType::s32, ys);
+    return emit(std::move(n), is_float || is_fp8 ? DType::f32 : DType::s32, ys);
   }
 
   std::string relu(const std::string& layer, const std::string& x) {
@@ -232,16 +247,17 @@ class Builder {
     const std::string where = file_of(layer);
     if (node_dtype(x) != DType::f32) fail(where, "QuantizeFloat needs f32 input, got {}", dtype_name(node_dtype(x)));
     const auto mode = parse_compute_mode(f.get_string("compute_mode"), where);
-    if (mode.size() != 3 || mode[0].kind != 'f' || mode[2].kind == 'f') {
-      fail(where, "compute_mode {} is not f32f32<out>", f.get_string("compute_mode"));
-    }
+    if (mode.size() != 3 || mode[0].kind != 'f') fail(where, "compute_mode {} is not f32f32<out>", f.get_string("compute_mode"));
     const int64_t bits = f.get_int("output_bits");
     if (bits < 1 || bits > 31) fail(where, "output_bits={} is outside 1..31", bits);
     const bool is_signed = mode[2].kind == 's';
+    const bool fp8 = mode[2].kind == 'f' && mode[2].bits == 8;  // f32f32f8: e4m3 out
+    if (mode[2].kind == 'f' && !fp8) fail(where, "compute_mode {}: a float output must be f8 (e4m3)", f.get_string("compute_mode"));
     Node n = node("nibble:QuantizeFloat", layer, {x, constant(layer + ".scale", scale_tensor(f, "scale", x))});
     n.attrs["bits"] = bits;
     n.attrs["signed"] = int64_t{is_signed};
-    return emit(std::move(n), quant::storage_dtype(static_cast<int>(bits), is_signed), shapes_.at(x));
+    if (fp8) n.attrs["e4m3"] = int64_t{1};
+    return emit(std::move(n), fp8 ? DType::e4m3 : quant::storage_dtype(static_cast<int>(bits), is_signed), shapes_.at(x));
   }
 
   // Dequantize: integer -> f32, x * scale (one scale, or one per channel).
@@ -298,6 +314,11 @@ class Builder {
   }
 
  private:
+  // f8<weight>f32: FP8 (e4m3) activations, integer weights, f32 results.
+  static bool is_fp8_mode(const std::vector<NumberType>& mode) {
+    return mode.size() == 3 && mode[0].kind == 'f' && mode[0].bits == 8 && mode[1].kind == 's' && mode[2].kind == 'f';
+  }
+
   static bool is_float_mode(const std::vector<NumberType>& mode) {
     return mode.size() == 3 && mode[0].kind == 'f' && mode[1].kind == 'f' && mode[2].kind == 'f';
   }

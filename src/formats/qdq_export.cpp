@@ -212,12 +212,13 @@ class Exporter {
     }
     const std::string& type = f.type;
     if (type == "QuantizeFloat" || type == "Quantize") {
+      const auto mode = parse_compute_mode(f.get_string("compute_mode"), where(name));
+      if (mode.back().kind == 'f') fail(where(name), "FP8 (e4m3) activations need ONNX opset 19; QDQ export writes opset 13");
       const int64_t bits = f.get_int("output_bits");
       if (bits == 31 || !f.has("output_scale")) {
         value_[name] = xs[0];  // into an accumulator scale: the float graph needs no step
         return;
       }
-      const auto mode = parse_compute_mode(f.get_string("compute_mode"), where(name));
       qdq(xs[0], name, std::stod(f.get_string("output_scale")), bits, mode.back().kind == 's');
       return;
     }

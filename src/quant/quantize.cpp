@@ -20,16 +20,17 @@ const char* precision_name(Precision p) {
     case Precision::int8: return "int8";
     case Precision::int4: return "int4";
     case Precision::w4a8: return "w4a8";
+    case Precision::w4a8_fp8: return "w4a8-fp8";
     case Precision::f32: return "float";
   }
   return "?";
 }
 
 Precision parse_precision(const std::string& text, const std::string& where) {
-  for (Precision p : {Precision::int8, Precision::int4, Precision::w4a8, Precision::f32}) {
+  for (Precision p : {Precision::int8, Precision::int4, Precision::w4a8, Precision::w4a8_fp8, Precision::f32}) {
     if (text == precision_name(p)) return p;
   }
-  fail(where, "unknown precision '{}' (expected int8, int4, w4a8 or float)", text);
+  fail(where, "unknown precision '{}' (expected int8, int4, w4a8, w4a8-fp8 or float)", text);
 }
 
 int weight_bits(Precision p) { return p == Precision::int8 ? 8 : (p == Precision::f32 ? 0 : 4); }
@@ -598,6 +599,14 @@ class Quantizer {
     switch (u.kind) {
       case Unit::conv:
       case Unit::linear:
+        if (u.precision == Precision::w4a8_fp8) {
+          if (u.kind == Unit::conv && u.node->attr_int("group", 1) == 1) {
+            emit_fp8(u);
+            return;
+          }
+          u.precision = Precision::w4a8;
+          u.note = "FP8 compute covers ungrouped convolutions; integer w4a8 instead";
+        }
         if (u.precision == Precision::f32 || !emit_integer(u)) emit_float(u);
         return;
       case Unit::pass:
@@ -838,6 +847,53 @@ class Quantizer {
     return false;
   }
 
+  // The FP8 (e4m3) form of tensor `t`: its float form divided by amax / 448.
+  std::string need_fp8(const std::string& tensor) {
+    const std::string t = resolve(tensor);
+    if (auto it = fp8_.find(t); it != fp8_.end()) return it->second;
+    const std::string f = need_float(t);
+    const CalibEntry* e = calib_.find(t);
+    if (!e) fail(g_.source, "the calibration table has no range for tensor '{}'", t);
+    double scale = static_cast<float>(std::max(std::abs(e->lo), std::abs(e->hi)) / 448.0);
+    if (!(scale > 0.0)) {
+      result_.warnings.push_back(fmt::format("tensor '{}' has an empty calibrated range; its scale is set to 1", t));
+      scale = 1.0;
+    }
+    LayerFile l = new_layer(unique_layer(f == input_name_ ? "input_fp8" : f + "_fp8"), "QuantizeFloat");
+    field(l, "compute_mode", "f32f32f8");
+    field(l, "output_bits", "8");
+    field(l, "scale", num(scale));
+    field(l, "onnx_tensor", t);
+    field(l, "output_scale", num(scale));
+    const std::string name = l.name;
+    add_layer(std::move(l), {f});
+    fp8_scale_[t] = scale;
+    return fp8_[t] = name;
+  }
+
+  // W4A8 with FP8 compute: e4m3 activations x 4-bit integer weights, f32 results; the residual
+  // add and ReLU in f32.
+  void emit_fp8(Unit& u) {
+    const std::string x = need_fp8(u.input);
+    std::vector<double> ws;
+    Tensor wq = quantize_weights(u, 4, ws);
+    const int64_t k = u.w_shape[0];
+    LayerFile l = new_layer(u.name, "Conv2d");
+    field(l, "compute_mode", "f8s4f32");
+    shape_fields(u, l);
+    field(l, "precision", precision_name(u.precision));
+    field(l, "input_scale", num(fp8_scale_.at(resolve(u.input))));
+    tensor_field(l, "bias", f32_tensor(u.b, {k}));
+    tensor_field(l, "weight", wq);
+    tensor_field(l, "weight_scale", f32_tensor(ws, {k}));
+    field(l, "onnx_node", u.node->name);
+    add_layer(std::move(l), {x});
+    std::string value = u.name;
+    if (!u.input2.empty()) value = plain_layer(u.name + "_add", "Add", {value, need_float(u.input2)});
+    if (u.relu_after) value = plain_layer(u.name + "_relu", "ReLU", {value});
+    float_[u.output] = value;
+  }
+
   void emit_float(const Unit& u) {
     const std::string x = need_float(u.input);
     const int64_t k = u.w_shape[0];
@@ -867,6 +923,8 @@ class Quantizer {
   std::map<std::string, QValue> quant_;         // ONNX tensor -> integer form
   std::map<std::string, AccValue> acc_;         // ONNX tensor -> unrescaled accumulators
   std::map<std::string, std::string> float_;    // ONNX tensor -> layer giving its f32 form
+  std::map<std::string, std::string> fp8_;      // ONNX tensor -> layer giving its e4m3 form
+  std::map<std::string, double> fp8_scale_;     // ONNX tensor -> the scale of that form
 };
 
 }  // namespace

@@ -15,14 +15,15 @@
 namespace nibble::quant {
 
 // int8: 8-bit weights and activations. int4: 4-bit weights and activations. w4a8: 4-bit
-// weights, 8-bit activations. f32: the layer stays float.
-enum class Precision { int8, int4, w4a8, f32 };
+// weights, 8-bit integer activations. w4a8_fp8: 4-bit integer weights, FP8 (e4m3) activations
+// and FP8 x INT4 products (the Dual Precision Quantization scheme). f32: the layer stays float.
+enum class Precision { int8, int4, w4a8, w4a8_fp8, f32 };
 
 const char* precision_name(Precision p);
-// "int8", "int4", "w4a8" or "float"; throws nibble::Error naming `where` otherwise.
+// "int8", "int4", "w4a8", "w4a8-fp8" or "float"; throws nibble::Error naming `where` otherwise.
 Precision parse_precision(const std::string& text, const std::string& where);
-int weight_bits(Precision p);      // 8, 4, 4 (0 for f32)
-int activation_bits(Precision p);  // 8, 4, 8 (0 for f32)
+int weight_bits(Precision p);      // 8, 4, 4, 4 (0 for f32)
+int activation_bits(Precision p);  // 8, 4, 8, 8 (0 for f32)
 
 struct QuantizeOptions {
   Precision precision = Precision::int8;

@@ -277,6 +277,29 @@ TEST_F(Quantize, FourBitWeightsAreSmallerAndFirstLastStayAtEightBits) {
   EXPECT_EQ(w.model.layer("layers_layers_0_conv1").get_string("compute_mode"), "u8s4s32");
 }
 
+TEST_F(Quantize, W4a8Fp8ComputesInE4m3AndTracksFp32) {
+  quant::QuantizeOptions opt;
+  opt.precision = quant::Precision::w4a8_fp8;
+  const auto r = quant::quantize_model(*graph_, *table_, opt);
+  EXPECT_EQ(r.layers.front().precision, quant::Precision::int8);
+  EXPECT_EQ(r.layers[1].precision, quant::Precision::w4a8_fp8);
+  const LayerFile& conv = r.model.layer("layers_layers_0_conv1");
+  EXPECT_EQ(conv.get_string("compute_mode"), "f8s4f32");
+  EXPECT_EQ(conv.get_tensor("weight").dtype(), DType::s4);
+  const Graph g = quantized(r.model);
+  int fp8 = 0;
+  for (const Node& n : g.nodes) fp8 += n.op_type == "nibble:Fp8Conv";
+  EXPECT_EQ(fp8, 10);
+  const Tensor y = run_graph(g, *test_x_);
+  // 4-bit weights rounded to nearest (no GPTQ) lose some accuracy; docs/accuracy.md has the
+  // measured top-1.
+  EXPECT_GT(cosine(y, *fp32_), 0.95);
+  EXPECT_GE(argmax_agreement(y, *fp32_), 54);
+  // The reference and CPU engines agree exactly (the FP8 sum is exact).
+  const Tensor ref = Engine(g, Backend::ref).run({*test_x_}).at(0);
+  for (int64_t i = 0; i < y.numel(); ++i) ASSERT_EQ(y.get(i), ref.get(i));
+}
+
 TEST_F(Quantize, MixedPrecisionRescalesResidualsOfAnyWidth) {
   // An int8 conv whose residual comes from a 4-bit tensor needs a large rescale factor.
   quant::QuantizeOptions opt;

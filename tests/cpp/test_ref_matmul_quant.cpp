@@ -436,5 +436,47 @@ TEST(RefQuantizeFloat, RoundsHalfToEvenAndClampsToTheSeedRanges) {
   EXPECT_NE(kernel_error(quantize_float, n, {&x, &bad}).find("not a positive finite number"), std::string::npos);
 }
 
+TEST(RefFp8Conv, SumsExactlyThenScalesOnceAndQuantizeFloatMakesE4m3) {
+  // x: 1 x 2 x 3 x 3 of e4m3 values, w: 2 x 2 x 2 x 2 of s4, stride 1, pad 0.
+  Tensor x(DType::e4m3, {1, 2, 3, 3});
+  const std::vector<double> xv = {0.5, -1.25, 448, 3.0, 0.001953125, -0.75, 2.5, 1.0, -448,
+                                  0.125, 6.0, -2.0, 0.375, 1.75, -0.5, 4.0, -8.0, 0.25};
+  for (size_t i = 0; i < xv.size(); ++i) x.set(static_cast<int64_t>(i), xv[i]);
+  for (size_t i = 0; i < xv.size(); ++i) ASSERT_EQ(x.get(static_cast<int64_t>(i)), xv[i]) << "not an e4m3 value";
+  const Tensor w = make(DType::s4, {2, 2, 2, 2}, {7, -7, 3, 1, -2, 0, 5, -1, 1, 2, 3, 4, -5, -6, -7, 6});
+  const Tensor b = f32({2}, {0.5, -1.0});
+  const Tensor sc = f32({2}, {0.01, 0.002});
+  Node n = node("nibble:Fp8Conv", 1);
+  n.attrs["kernel_shape"] = std::vector<int64_t>{2, 2};
+  const Tensor y = run(fp8_conv, n, {&x, &w, &b, &sc});
+  ASSERT_EQ(y.shape(), (Shape{1, 2, 2, 2}));
+  for (int64_t m = 0; m < 2; ++m) {
+    for (int64_t oy = 0; oy < 2; ++oy) {
+      for (int64_t ox = 0; ox < 2; ++ox) {
+        double sum = 0;  // exact: every term is a multiple of 2^-9 well inside double's range
+        for (int64_t c = 0; c < 2; ++c) {
+          for (int64_t r = 0; r < 2; ++r) {
+            for (int64_t s = 0; s < 2; ++s) sum += xv[(c * 3 + oy + r) * 3 + ox + s] * w.get(((m * 2 + c) * 2 + r) * 2 + s);
+          }
+        }
+        const float want = static_cast<float>(sum) * sc.data<float>()[m] + b.data<float>()[m];
+        EXPECT_EQ(y.get((m * 2 + oy) * 2 + ox), want) << m << " " << oy << " " << ox;
+      }
+    }
+  }
+  n.attrs["relu"] = int64_t{1};
+  const Tensor yr = run(fp8_conv, n, {&x, &w, &b, &sc});
+  for (int64_t i = 0; i < y.numel(); ++i) EXPECT_EQ(yr.get(i), std::max(0.0, y.get(i)));
+  // f32 -> e4m3: nearest even on the e4m3 grid, saturating at 448.
+  Node q = node("nibble:QuantizeFloat", 1);
+  q.attrs["e4m3"] = int64_t{1};
+  const Tensor xf = f32({5}, {1.0, 1.0625, 1.1875, 1000.0, -0.0009765625});
+  const Tensor s1 = f32({1}, {0.5});
+  const Tensor yq = run(quantize_float, q, {&xf, &s1});
+  EXPECT_EQ(yq.dtype(), DType::e4m3);
+  // 2, 2.125 -> 2 (tie to even), 2.375 -> 2.5, 2000 -> 448, -2^-10 -> -2^-9 (tie to the even subnormal 1 x 2^-9? no: 2^-10 / 2^-9 = 0.5 -> 0)
+  EXPECT_EQ(values(yq), (std::vector<double>{2.0, 2.0, 2.5, 448.0, -0.001953125}));
+}
+
 }  // namespace
 }  // namespace nibble::ref

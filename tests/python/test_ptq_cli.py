@@ -91,6 +91,17 @@ def test_int4_and_w4a8_are_smaller(run_nibble, workdir, calib, int8_model):
     assert sizes["int4"] < 0.6 * int8 and sizes["w4a8"] < 0.6 * int8
 
 
+def test_w4a8_fp8_runs_and_refuses_qdq_export(run_nibble, workdir, calib):
+    out = workdir / "fp8.nbl"
+    proc = run_nibble("quantize", MODEL, "--calib", calib, "--precision", "w4a8-fp8", "-o", out, check=True)
+    assert re.search(r"layers_layers_0_conv1\s+Conv\s+w4a8-fp8", proc.stdout), proc.stdout
+    assert "compute_mode=f8s4f32" in (out / "layers_layers_0_conv1").read_text()
+    n, total = top1(run_nibble("eval", out, "--limit", "200", check=True))
+    assert n / total > 0.85
+    assert_one_line_error(run_nibble("export", out, "-o", workdir / "fp8.onnx"), "opset 19")
+    assert not (workdir / "fp8.onnx").exists()
+
+
 def test_layer_precision_and_exclude(run_nibble, workdir, calib):
     out = workdir / "mixed.nbl"
     proc = run_nibble("quantize", MODEL, "--calib", calib, "--layer-precision", "layers_layers_1_conv1:int4",

@@ -59,6 +59,7 @@ void qlinear_matmul(const Node&, const Inputs&, Outputs&);
 void quantize_linear(const Node&, const Inputs&, Outputs&);
 void dequantize_linear(const Node&, const Inputs&, Outputs&);
 void quantize_float(const Node&, const Inputs&, Outputs&);
+void fp8_conv(const Node&, const Inputs&, Outputs&);
 void flatten(const Node&, const Inputs&, Outputs&);
 void reshape(const Node&, const Inputs&, Outputs&);
 void transpose(const Node&, const Inputs&, Outputs&);

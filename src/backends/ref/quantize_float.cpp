@@ -28,8 +28,11 @@ void quantize_float(const Node& node, const Inputs& in, Outputs& out) {
     outer = x.dim(0);
     inner = x.numel() / (outer * channels);
   }
+  // With e4m3=1 the output is FP8: the quotient rounded to the e4m3 grid (nearest even,
+  // saturating at +-448).
+  const bool fp8 = node.attr_int("e4m3", 0) != 0;
   const quant::IntRange range = quant::output_range(bits, is_signed);
-  Tensor y(quant::storage_dtype(bits, is_signed), x.shape());
+  Tensor y(fp8 ? DType::e4m3 : quant::storage_dtype(bits, is_signed), x.shape());
   const float* px = x.data<float>();
   for (int64_t o = 0; o < outer; ++o) {
     for (int64_t c = 0; c < channels; ++c) {
@@ -37,6 +40,10 @@ void quantize_float(const Node& node, const Inputs& in, Outputs& out) {
       if (!(s > 0.0f) || !std::isfinite(s)) kernel_fail("{}: scale {} is not a positive finite number", node.op_type, s);
       const int64_t base = (o * channels + c) * inner;
       for (int64_t i = base; i < base + inner; ++i) {
+        if (fp8) {
+          y.bytes()[i] = f32_to_e4m3_bits(px[i] / s);
+          continue;
+        }
         const float q = std::nearbyint(px[i] / s);
         double v = std::isnan(q) ? 0.0 : static_cast<double>(q);
         v = v < static_cast<double>(range.lo) ? static_cast<double>(range.lo)

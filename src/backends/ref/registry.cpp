@@ -12,7 +12,7 @@ struct Entry {
   int min_opset;  // oldest operator-set version whose semantics the kernel implements
 };
 
-constexpr std::array<Entry, 36> kKernels = {{
+constexpr std::array<Entry, 37> kKernels = {{
     {"Add", add, 7},
     {"AveragePool", average_pool, 1},
     {"BatchNormalization", batch_normalization, 7},
@@ -40,6 +40,7 @@ constexpr std::array<Entry, 36> kKernels = {{
     {"Softmax", softmax, 1},
     {"Sub", sub, 7},
     {"Transpose", transpose, 1},
+    {"nibble:Fp8Conv", fp8_conv, 1},
     {"nibble:IntAdd", int_add, 1},
     {"nibble:IntAvgPool", int_avg_pool, 1},
     {"nibble:IntConv", int_conv, 1},
