@@ -26,8 +26,8 @@ struct InputData {
 //   DIRECTORY                    image files; one subfolder per class (sorted names give the
 //                                labels) or images directly inside (no labels). Each image is
 //                                resized (bilinear) to H x W, made grey when C = 1.
-// `chw` is the model's input shape without the batch dimension (C x H x W): images and datasets
-// are checked against it. `limit` > 0 keeps the first `limit` inputs. Throws nibble::Error naming
+// `chw` is the model's input shape without the batch dimension (C x H x W): images are resized
+// to it; the caller checks other sources against the model. `limit` > 0 keeps the first `limit` inputs. Throws nibble::Error naming
 // the file or directory on any problem.
 InputData load_input_data(const std::string& spec, const Shape& chw, float mean, float std,
                           const std::string& data_dir = "", int64_t limit = 0);

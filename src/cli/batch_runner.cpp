@@ -52,7 +52,11 @@ Shape input_chw(const Graph& graph, const std::string& model) {
 }
 
 InputData load_data(const DataArgs& args, const Graph& graph, const std::string& model) {
-  return load_input_data(args.data, input_chw(graph, model), args.mean, args.std, args.data_dir, args.limit);
+  const Shape chw = input_chw(graph, model);
+  InputData d = load_input_data(args.data, chw, args.mean, args.std, args.data_dir, args.limit);
+  const Shape got(d.inputs.shape().begin() + 1, d.inputs.shape().end());
+  if (got != chw) fail(model, "the model's input shape is {} but {} gives {}", shape_str(chw), d.name, shape_str(got));
+  return d;
 }
 
 void for_each_batch(const std::string& label, int64_t n, int64_t batch, int threads,

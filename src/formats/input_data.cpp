@@ -97,10 +97,6 @@ InputData from_npy(const std::string& spec, const Shape& chw, float mean, float 
   if (t.dtype() != DType::f32 && t.dtype() != DType::u8) {
     fail(spec, "expected f32 inputs or u8 pixels, got {}", dtype_name(t.dtype()));
   }
-  if (!chw.empty() && Shape(t.shape().begin() + 1, t.shape().end()) != chw) {
-    fail(spec, "holds inputs of {} but the model takes {}", shape_str(Shape(t.shape().begin() + 1, t.shape().end())),
-         shape_str(chw));
-  }
   const int64_t n = limit > 0 ? std::min(limit, t.dim(0)) : t.dim(0);
   if (n == 0) fail(spec, "the array holds no inputs");
   InputData d;
@@ -120,9 +116,6 @@ InputData load_input_data(const std::string& spec, const Shape& chw, float mean,
   if (!(std > 0.0f)) fail("--std", "must be a positive number, got {}", std);
   if (spec == "fashion-mnist" || spec.rfind("fashion-mnist:", 0) == 0) {
     const Dataset ds = load_dataset(spec, data_dir, limit);
-    if (!chw.empty() && chw != Shape{1, ds.images.dim(1), ds.images.dim(2)}) {
-      fail(spec, "gives inputs of [1, {}, {}] but the model takes {}", ds.images.dim(1), ds.images.dim(2), shape_str(chw));
-    }
     InputData d;
     d.name = ds.name;
     d.inputs = image_batch_f32(ds, 0, ds.size(), mean, std);
@@ -132,8 +125,8 @@ InputData load_input_data(const std::string& spec, const Shape& chw, float mean,
   std::error_code ec;
   if (fs::is_directory(spec, ec)) return from_images(spec, chw, mean, std, limit);
   if (spec.size() > 4 && spec.substr(spec.size() - 4) == ".npy") return from_npy(spec, chw, mean, std, limit);
-  if (!fs::exists(spec, ec)) fail(spec, "no such file or directory (--data takes fashion-mnist[:split], an .npy file or a directory of images)");
-  fail(spec, "unknown data source (--data takes fashion-mnist[:split], an .npy file or a directory of images)");
+  fail(spec, "unknown dataset, and no such .npy file or image directory (--data takes fashion-mnist[:test|:train], "
+             "an .npy file or a directory of images)");
 }
 
 }  // namespace nibble
