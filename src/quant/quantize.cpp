@@ -871,8 +871,7 @@ class Quantizer {
     return fp8_[t] = name;
   }
 
-  // W4A8 with FP8 compute: e4m3 activations x 4-bit integer weights, f32 results; the residual
-  // add and ReLU in f32.
+  // W4A8 with FP8 compute: e4m3 activations x 4-bit integer weights, f32 results.
   void emit_fp8(Unit& u) {
     const std::string x = need_fp8(u.input);
     std::vector<double> ws;
@@ -888,6 +887,11 @@ class Quantizer {
     tensor_field(l, "weight_scale", f32_tensor(ws, {k}));
     field(l, "onnx_node", u.node->name);
     add_layer(std::move(l), {x});
+    float_epilogue(u);
+  }
+
+  // After a layer with f32 results: the residual add and the ReLU in f32.
+  void float_epilogue(const Unit& u) {
     std::string value = u.name;
     if (!u.input2.empty()) value = plain_layer(u.name + "_add", "Add", {value, need_float(u.input2)});
     if (u.relu_after) value = plain_layer(u.name + "_relu", "ReLU", {value});
@@ -905,10 +909,7 @@ class Quantizer {
     tensor_field(l, "weight", f32_tensor(u.w, u.w_shape));
     field(l, "onnx_node", u.node->name);
     add_layer(std::move(l), {x});
-    std::string value = u.name;
-    if (!u.input2.empty()) value = plain_layer(u.name + "_add", "Add", {value, need_float(u.input2)});
-    if (u.relu_after) value = plain_layer(u.name + "_relu", "ReLU", {value});
-    float_[u.output] = value;
+    float_epilogue(u);
   }
 
   const Graph& g_;
