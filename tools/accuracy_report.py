@@ -76,7 +76,7 @@ def dir_tensor_bytes(path):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nibble", default=str(REPO / "build" / "nibble"), help="nibble binary (default: build/nibble)")
-    p.add_argument("--models", default="small,resnet18", help="comma-separated: " + ",".join(MODELS))
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated: " + ",".join(MODELS))
     p.add_argument("--calib-samples", type=int, default=1000, help="calibration inputs (default: %(default)s)")
     p.add_argument("--eval-limit", type=int, default=0, help="test images for top-1 (0: all 10,000)")
     p.add_argument("--sweep-limit", type=int, default=1000,
@@ -85,22 +85,31 @@ def main():
     p.add_argument("--workdir", default=str(REPO / "build" / "accuracy"), help="scratch directory (replaced)")
     p.add_argument("--out", default=str(REPO / "docs" / "accuracy.md"))
     p.add_argument("--plot", default=str(REPO / "docs" / "accuracy.png"))
+    p.add_argument("--reuse", action="store_true",
+                   help="keep the work directory and take each model's results from an earlier run's "
+                        "<workdir>/<model>.json where present (an interrupted run goes on where it stopped)")
     args = p.parse_args()
 
     nibble = args.nibble
     if not Path(nibble).exists():
         sys.exit(f"{nibble} not found: run `make build` first")
     work = Path(args.workdir)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    log = open(work / "commands.log", "w")
+    if not args.reuse:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    log = open(work / "commands.log", "a")
     limit = ["--limit", str(args.eval_limit)] if args.eval_limit else []
-    started = time.time()
     results = {}
     for key in args.models.split(","):
         onnx_rel, title = MODELS[key]
         model = REPO / onnx_rel
+        saved = work / f"{key}.json"
+        if args.reuse and saved.exists():
+            results[key] = json.loads(saved.read_text())
+            print(f"== {key}: results of an earlier run in {saved}", flush=True)
+            continue
         print(f"== {key}: {onnx_rel}", flush=True)
+        model_started = time.time()
         fp_ok, n = top1(run([nibble, "eval", model, *limit], log))
         rows = []
         tables = {}
@@ -155,11 +164,14 @@ def main():
                      "rounding": best4["rounding"], "correct": ok, "n": n, "bytes": dir_tensor_bytes(mixed)})
         print(f"   mixed {n_int4}/{n_layers} int4 layers: {100 * ok / n:.2f}%", flush=True)
         results[key] = {"title": title, "onnx": onnx_rel, "fp32_correct": fp_ok, "n": n,
-                        "fp32_bytes": onnx_weight_bytes(model), "rows": rows, "mixed_layers": layer_list}
-    elapsed = time.time() - started
+                        "fp32_bytes": onnx_weight_bytes(model), "rows": rows, "mixed_layers": layer_list,
+                        "seconds": time.time() - model_started}
+        saved.write_text(json.dumps(results[key], indent=1))
+    # Time of every model's measurements, including those taken by an earlier run (--reuse).
+    elapsed = sum(r.get("seconds", 0.0) for r in results.values())
     write_report(args, results, elapsed)
     (work / "results.json").write_text(json.dumps(results, indent=1))
-    print(f"wrote {args.out} and {args.plot} ({elapsed / 60:.1f} min)")
+    print(f"wrote {args.out} and {args.plot} ({elapsed / 60:.1f} min of measurements)")
 
 
 def best_per_precision(rows):
