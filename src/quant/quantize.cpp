@@ -183,6 +183,7 @@ class Quantizer {
           absorbed.insert(bn);
           v = bn->outputs[0];
         }
+        v = absorb_constant_add(v, u, sole, absorbed);
         if (const Node* add = sole(v, "Add")) {
           // The operand computed later absorbs the add; the other one, already computed, is the
           // residual (a shortcut, or a downsampling conv whose accumulators are rescaled).
@@ -202,6 +203,7 @@ class Quantizer {
       } else if (n.op_type == "Gemm" || n.op_type == "MatMul") {
         u.kind = Unit::linear;
         fold_linear(n, u);
+        u.output = absorb_constant_add(u.output, u, sole, absorbed);
         if (const Node* relu = sole(u.output, "Relu")) {
           u.relu_after = true;
           absorbed.insert(relu);
@@ -236,6 +238,27 @@ class Quantizer {
       }
     }
     return units;
+  }
+
+  // An Add of a constant with one value per output channel (a bias exported as its own node, as
+  // MatMul + Add) joins the unit's bias. Returns the value the unit now ends with.
+  template <typename Sole>
+  std::string absorb_constant_add(const std::string& v, Unit& u, Sole& sole, std::set<const Node*>& absorbed) {
+    const Node* add = sole(v, "Add");
+    if (!add) return v;
+    const std::string& other = add->inputs[0] == v ? add->inputs[1] : add->inputs[0];
+    const auto c = g_.initializers.find(other);
+    const int64_t k = u.w_shape[0];
+    if (c == g_.initializers.end() || c->second.numel() != k) return v;
+    // Only shapes that broadcast along the channel axis: [K], [1, K] for linear layers, [K, 1, 1]
+    // or [1, K, 1, 1] for convolutions.
+    const Shape& cs = c->second.shape();
+    const bool per_channel = u.kind == Unit::linear ? (cs == Shape{k} || cs == Shape{1, k})
+                                                    : (cs == Shape{k, 1, 1} || cs == Shape{1, k, 1, 1});
+    if (!per_channel) return v;
+    for (int64_t i = 0; i < k; ++i) u.b[static_cast<size_t>(i)] += c->second.get(i);
+    absorbed.insert(add);
+    return add->outputs[0];
   }
 
   QuantizeResult run() {

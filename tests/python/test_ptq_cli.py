@@ -215,3 +215,40 @@ def test_bad_options(run_nibble, workdir, calib, int8_model):
     assert_one_line_error(run_nibble("calibrate", MODEL, "--method", "median", "-o", workdir / "x.calib"), "median")
     assert_one_line_error(run_nibble("calibrate", int8_model, "-o", workdir / "y.calib"), "model directory")
     assert_one_line_error(run_nibble("eval", int8_model, "--data", workdir / "missing.npy"), "missing.npy")
+
+
+def test_matmul_with_separate_bias_adds(run_nibble, tmp_path):
+    """MatMul + Add(bias) + Relu (how linear layers often export) quantizes and tracks FP32."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(1)
+    w1 = rng.standard_normal((16, 8)).astype(np.float32) * 0.5
+    b1 = rng.standard_normal(8).astype(np.float32)
+    w2 = rng.standard_normal((8, 3)).astype(np.float32) * 0.5
+    b2 = rng.standard_normal((1, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("Flatten", ["x"], ["f"], name="flat"),
+        helper.make_node("MatMul", ["f", "w1"], ["m1"], name="fc1"),
+        helper.make_node("Add", ["m1", "b1"], ["a1"], name="fc1_bias"),
+        helper.make_node("Relu", ["a1"], ["r1"], name="relu"),
+        helper.make_node("MatMul", ["r1", "w2"], ["m2"], name="fc2"),
+        helper.make_node("Add", ["m2", "b2"], ["y"], name="fc2_bias"),
+    ]
+    graph = helper.make_graph(
+        nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 1, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(a, n) for a, n in ((w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2"))])
+    model = tmp_path / "mlp.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), model)
+    x = tmp_path / "x.npy"
+    np.save(x, rng.random((64, 1, 4, 4), dtype=np.float32))
+    calib = tmp_path / "mlp.calib"
+    run_nibble("calibrate", model, "--data", x, "-o", calib, check=True)
+    out = tmp_path / "mlp.nbl"
+    proc = run_nibble("quantize", model, "--calib", calib, "-o", out, check=True)
+    assert re.search(r"^fc1\s+MatMul\s+int8", proc.stdout, re.M) and re.search(r"^fc2\s+MatMul\s+int8", proc.stdout, re.M)
+    run_nibble("run", model, "--input", x, "-o", tmp_path / "yf.npy", check=True)
+    run_nibble("run", out, "--input", x, "-o", tmp_path / "yq.npy", check=True)
+    yf, yq = np.load(tmp_path / "yf.npy"), np.load(tmp_path / "yq.npy")
+    assert yq.shape == yf.shape == (64, 3)
+    assert np.abs(yq - yf).max() < 0.05 * np.abs(yf).max(), np.abs(yq - yf).max()
