@@ -96,7 +96,7 @@ void add_calibrate_command(CLI::App& app) {
                   "print top-1; -o then gets the best)")
       ->default_val("max");
   cmd->add_option("--precision", args->precision,
-                  "Target precision (int8, int4, w4a8): sets the activation bits entropy and mse optimize for")
+                  "Target precision (int8, int4, w4a8, w4a8-fp8): sets the activation bits entropy and mse optimize for")
       ->default_val("int8");
   cmd->add_option("-o,--output", args->output, "Calibration table to write (text, one line per tensor)");
   cmd->add_flag("--gptq", args->gptq, "compare: round weights with GPTQ (Hessians measured on the calibration data)");

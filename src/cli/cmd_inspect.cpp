@@ -30,7 +30,7 @@ int64_t node_macs(const Graph& g, const Node& n) {
   const int64_t out_numel = shape_numel(*out);
   auto in_shape = [&](size_t i) { return i < n.inputs.size() ? shape_of(g, n.inputs[i]) : std::nullopt; };
   if (n.op_type == "Conv" || n.op_type == "ConvInteger" || n.op_type == "QLinearConv" ||
-      n.op_type == "nibble:IntConv" || n.op_type == "nibble:IntConvFused") {
+      n.op_type == "nibble:IntConv" || n.op_type == "nibble:IntConvFused" || n.op_type == "nibble:Fp8Conv") {
     const auto w = in_shape(n.op_type == "QLinearConv" ? 3 : 1);
     if (!w || w->size() < 2) return 0;
     return out_numel * shape_numel(Shape(w->begin() + 1, w->end()));

@@ -71,10 +71,11 @@ void add_quantize_command(CLI::App& app) {
   auto args = std::make_shared<QuantizeArgs>();
   cmd->add_option("model", args->model, "FP32 ONNX model")->required();
   cmd->add_option("--calib", args->calib, "Calibration table from `nibble calibrate`");
-  cmd->add_option("--precision", args->precision, "int8, int4 or w4a8 (4-bit weights, 8-bit activations)")
+  cmd->add_option("--precision", args->precision, "int8, int4 (4-bit weights and activations), w4a8 (4-bit weights, 8-bit activations) or w4a8-fp8 "
+                  "(4-bit weights, FP8 e4m3 activations)")
       ->default_val("int8");
   cmd->add_option("--layer-precision", args->layer_precision,
-                  "NAME:PRECISION,... per layer (layer or ONNX node name; precision int8, int4, w4a8 or float)")
+                  "NAME:PRECISION,... per layer (layer or ONNX node name; precision int8, int4, w4a8, w4a8-fp8 or float)")
       ->delimiter(',');
   cmd->add_option("--exclude", args->exclude, "NAME,... layers to keep in float")->delimiter(',');
   cmd->add_flag("--all-layers", args->all_layers,
