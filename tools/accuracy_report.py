@@ -106,6 +106,7 @@ def main():
         saved = work / f"{key}.json"
         if args.reuse and saved.exists():
             results[key] = json.loads(saved.read_text())
+            results[key]["reused"] = True
             print(f"== {key}: results of an earlier run in {saved}", flush=True)
             continue
         print(f"== {key}: {onnx_rel}", flush=True)
@@ -203,6 +204,10 @@ def write_report(args, results, elapsed):
     L.append(f"- Command: `{cmd.strip()}`")
     L.append(f"- Date: {datetime.date.today().isoformat()}, commit {git.stdout.strip() or 'unknown'}, "
              f"{platform.machine()} ({cpu}, {os.cpu_count()} cores), {elapsed / 60:.1f} min")
+    reused = [k for k, r in results.items() if r.get("reused")]
+    if reused:
+        L.append(f"- {', '.join(reused)}: measured by an earlier run of this script (same commands) and read back "
+                 f"from its saved results (`--reuse`); the time above includes that run's measurements.")
     L.append(f"- Data: Fashion-MNIST; calibration on the first {args.calib_samples} training images "
              f"(GPTQ Hessians on the first {min(args.calib_samples, 256)}); top-1 on "
              f"{'all 10,000' if not args.eval_limit else f'the first {args.eval_limit}'} test images.")
