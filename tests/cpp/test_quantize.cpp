@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
+#include <stdexcept>
 #include <random>
 
 #include "nibble/dataset.h"
@@ -357,6 +359,37 @@ TEST_F(Quantize, QdqExportAndImportRoundTripExactly) {
   }
   const Tensor yb = run_graph(quantized(back.model), *test_x_);
   for (int64_t i = 0; i < yb.numel(); ++i) ASSERT_EQ(yb.get(i), yi.get(i));
+}
+
+TEST_F(Quantize, BrokenGraphQuantizedModelsAreClearErrors) {
+  const auto r = quant::quantize_model(*graph_, *table_, {});
+  auto field_of = [](ModelDir& m, const std::string& layer, const std::string& key) -> std::string& {
+    for (auto& f : m.layers.at(layer).fields) {
+      if (f.key == key) return f.value;
+    }
+    throw std::runtime_error("no field " + key);
+  };
+  auto error_for = [&](const std::function<void(ModelDir&)>& change) {
+    ModelDir m = r.model;
+    m.path = "q.nbl";
+    change(m);
+    return error_of([&] { graph_from_model_dir(m); });
+  };
+  EXPECT_NE(error_for([&](ModelDir& m) { field_of(m, "model", "layers") += ",ghost"; }).find("'ghost', which has no layer file"),
+            std::string::npos);
+  EXPECT_NE(error_for([&](ModelDir& m) { field_of(m, "layers_layers_0_conv1", "inputs") = "fc"; })
+                .find("input 'fc' is neither the model input nor an earlier layer"),
+            std::string::npos);
+  EXPECT_NE(error_for([&](ModelDir& m) { field_of(m, "layers_layers_0_conv2_add", "inputs") = "layers_layers_0_conv2"; })
+                .find("a Add layer takes 2 input(s)"),
+            std::string::npos);
+  EXPECT_NE(error_for([&](ModelDir& m) { field_of(m, "model", "layers") += ",fc"; }).find("'fc' twice"), std::string::npos);
+  EXPECT_NE(error_for([&](ModelDir& m) { field_of(m, "input_quantize", "scale") = "-1"; }).find("not a positive finite scale"),
+            std::string::npos);
+  // An integer conv fed float values.
+  EXPECT_NE(error_for([&](ModelDir& m) { field_of(m, "stem_stem_0", "inputs") = "input"; }).find("receives f32 values"),
+            std::string::npos);
+  EXPECT_NE(error_for([&](ModelDir& m) { field_of(m, "model", "outputs") = "nope"; }).find("output 'nope'"), std::string::npos);
 }
 
 TEST_F(Quantize, BadOptionsAndTablesAreClearErrors) {
