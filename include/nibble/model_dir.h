@@ -63,6 +63,9 @@ struct NumberType {
 };
 std::vector<NumberType> parse_compute_mode(const std::string& mode, const std::string& where);
 
+// A list of layer names as GraphQuantized models store it: "a,b,c" -> {a, b, c} ("" -> {""}).
+std::vector<std::string> split_name_list(const std::string& value);
+
 // Reads every layer file of the directory and the tensors they reference. Tensor paths are
 // "<dir name>/npdata/<file>", relative to the directory's parent; the directory's own name
 // may differ from the recorded one (a renamed copy still loads). Errors name the file (and

@@ -47,12 +47,7 @@ std::vector<Probe> probes_of(const ModelDir& m) {
   const LayerFile& root = m.layer("model");
   if (root.type != "GraphQuantized") fail(m.path, "compare needs a model made by `nibble quantize` (GraphQuantized)");
   // In layer order, so the table reads from the input to the output.
-  std::string order = root.get_string("layers");
-  size_t i = 0;
-  while (i <= order.size()) {
-    const size_t j = std::min(order.find(',', i), order.size());
-    const std::string name = order.substr(i, j - i);
-    i = j + 1;
+  for (const std::string& name : split_name_list(root.get_string("layers"))) {
     const LayerFile& l = m.layer(name);
     if (!l.has("onnx_tensor") || !l.has("output_scale")) continue;
     out.push_back({name, l.get_string("onnx_tensor"), std::stod(l.get_string("output_scale"))});

@@ -390,6 +390,17 @@ const Tensor& LayerFile::get_tensor(const std::string& key) const {
   return f.tensor;
 }
 
+std::vector<std::string> split_name_list(const std::string& value) {
+  std::vector<std::string> out;
+  size_t i = 0;
+  while (i <= value.size()) {
+    const size_t j = std::min(value.find(',', i), value.size());
+    out.push_back(value.substr(i, j - i));
+    i = j + 1;
+  }
+  return out;
+}
+
 const LayerFile& ModelDir::layer(const std::string& name) const {
   const auto it = layers.find(name);
   if (it == layers.end()) fail(path, "the model has no layer '{}'", name);

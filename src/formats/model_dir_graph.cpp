@@ -441,13 +441,9 @@ class Builder {
 // A list of names, "a,b,c" -> {a, b, c}.
 std::vector<std::string> names_field(const LayerFile& f, const std::string& key, const std::string& where) {
   const std::string& v = f.get_string(key);
-  std::vector<std::string> out;
-  size_t i = 0;
-  while (i <= v.size()) {
-    const size_t j = std::min(v.find(',', i), v.size());
-    if (j == i) fail(where, "'{}' holds an empty name: '{}'", key, v);
-    out.push_back(v.substr(i, j - i));
-    i = j + 1;
+  std::vector<std::string> out = split_name_list(v);
+  for (const auto& name : out) {
+    if (name.empty()) fail(where, "'{}' holds an empty name: '{}'", key, v);
   }
   return out;
 }

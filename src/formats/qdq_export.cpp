@@ -21,17 +21,6 @@ struct QInfo {
   int64_t hi;
 };
 
-std::vector<std::string> split_names(const std::string& v) {
-  std::vector<std::string> out;
-  size_t i = 0;
-  while (i <= v.size()) {
-    const size_t j = std::min(v.find(',', i), v.size());
-    out.push_back(v.substr(i, j - i));
-    i = j + 1;
-  }
-  return out;
-}
-
 class Exporter {
  public:
   explicit Exporter(const ModelDir& m) : m_(m) {}
@@ -57,9 +46,9 @@ class Exporter {
     tt->mutable_shape()->add_dim()->set_dim_param("N");
     for (int64_t d : root.get_tuple("input_shape")) tt->mutable_shape()->add_dim()->set_dim_value(d);
     value_[input] = input;
-    for (const std::string& name : split_names(root.get_string("layers"))) layer(name);
-    const auto outs = split_names(root.get_string("outputs"));
-    const auto names = split_names(root.get_string("output_names"));
+    for (const std::string& name : split_name_list(root.get_string("layers"))) layer(name);
+    const auto outs = split_name_list(root.get_string("outputs"));
+    const auto names = split_name_list(root.get_string("output_names"));
     if (outs.size() != names.size()) fail(m_.path + "/model", "outputs and output_names differ in length");
     for (size_t i = 0; i < outs.size(); ++i) {
       node("Identity", {value_.at(outs[i])}, names[i]);
@@ -196,14 +185,14 @@ class Exporter {
   }
 
   int input_rank(const LayerFile& f) const {
-    const std::string first = split_names(f.get_string("inputs")).at(0);
+    const std::string first = split_name_list(f.get_string("inputs")).at(0);
     const auto it = rank_.find(first);
     return it == rank_.end() ? 4 : it->second;
   }
 
   void layer_body(const std::string& name) {
     const LayerFile& f = m_.layer(name);
-    const auto inputs = split_names(f.get_string("inputs"));
+    const auto inputs = split_name_list(f.get_string("inputs"));
     std::vector<std::string> xs;
     for (const auto& i : inputs) {
       const auto it = value_.find(i);
