@@ -15,8 +15,8 @@ namespace nibble::cli {
 // Loads an FP32 ONNX model; a model directory is refused with a clear message.
 Graph load_fp32_onnx(const std::string& path);
 
-// Calibrates `fp32` on `data` (two passes) and returns the observer's table for `spec`.
-// Several specs share one pass: tables() gives one table per spec.
+// Calibrates `fp32` on `data` and returns one table per spec, in order. All specs share the
+// range pass and (unless every spec is max) the histogram pass.
 std::vector<quant::CalibTable> calibrate_tables(const Graph& fp32, const InputData& data, const DataArgs& args,
                                                 const std::vector<quant::CalibSpec>& specs, int bits,
                                                 const std::vector<std::string>& comments);
