@@ -1,0 +1,61 @@
+// Pieces every CUDA kernel of the backend shares: error checks and the seed's integer arithmetic.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "backends/cuda/plan.h"
+
+namespace nibble::cuda {
+
+// Throws nibble::Error with the call, file and line when a CUDA call fails.
+[[noreturn]] void throw_cuda_error(cudaError_t err, const char* call, const char* file, int line);
+
+#define NIBBLE_CUDA_CHECK(call)                                                              \
+  do {                                                                                       \
+    const cudaError_t nibble_cuda_err_ = (call);                                             \
+    if (nibble_cuda_err_ != cudaSuccess) {                                                   \
+      ::nibble::cuda::throw_cuda_error(nibble_cuda_err_, #call, __FILE__, __LINE__);         \
+    }                                                                                        \
+  } while (0)
+
+// After a kernel launch: reports launch errors (bad configuration, too much shared memory).
+#define NIBBLE_CUDA_LAUNCHED() NIBBLE_CUDA_CHECK(cudaGetLastError())
+
+// quant::requantize on the device: sign(x) * ((|x| * factor + 2^(shift-1)) >> shift), or
+// x * factor for shift 0, in 64 bits, clamped to [lo, hi].
+__device__ __forceinline__ int64_t requantize_dev(int64_t x, uint32_t factor, int shift, int64_t lo, int64_t hi) {
+  int64_t q;
+  if (shift == 0) {
+    q = x * static_cast<int64_t>(factor);
+  } else {
+    const int64_t a = x < 0 ? -x : x;
+    const int64_t mag = (a * static_cast<int64_t>(factor) + (int64_t{1} << (shift - 1))) >> shift;
+    q = x < 0 ? -mag : mag;
+  }
+  return q < lo ? lo : (q > hi ? hi : q);
+}
+
+// Element `c` (a channel) of an NHWC row stored as `s`: 8-bit bytes, 4-bit pairs (channel 2j in
+// the low nibble of byte j, 2j + 1 in the high one) or s32 words.
+__device__ __forceinline__ int32_t load_element(const void* row, int64_t c, Storage s) {
+  switch (s) {
+    case Storage::u8:
+      return static_cast<const uint8_t*>(row)[c];
+    case Storage::s8:
+      return static_cast<const int8_t*>(row)[c];
+    case Storage::u4:
+      return (static_cast<const uint8_t*>(row)[c >> 1] >> ((c & 1) * 4)) & 0xF;
+    case Storage::s4: {
+      const int v = (static_cast<const uint8_t*>(row)[c >> 1] >> ((c & 1) * 4)) & 0xF;
+      return v >= 8 ? v - 16 : v;
+    }
+    case Storage::s32:
+      return static_cast<const int32_t*>(row)[c];
+    default:
+      return 0;
+  }
+}
+
+}  // namespace nibble::cuda

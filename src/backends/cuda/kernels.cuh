@@ -1,0 +1,65 @@
+// Host launchers of the CUDA backend's kernels, one .cu file per op.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "backends/cuda/plan.h"
+
+namespace nibble::cuda {
+
+// One fused convolution: y = requant(relu(conv(x, w) + bias + residual)), NHWC.
+struct ConvArgs {
+  const uint8_t* x = nullptr;
+  Storage x_storage = Storage::u8;
+  int64_t x_row = 0;
+  int h = 0, w = 0;
+  int oh = 0, ow = 0;
+  int64_t pixels = 0;  // batch x oh x ow
+  int kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1;
+  const int8_t* weights = nullptr;  // m_pad x k_pad
+  int64_t k_bytes = 0, k_pad = 0;
+  int m = 0;
+  ConvLoad load = ConvLoad::vec;
+  const int32_t* bias = nullptr;
+  bool relu = false;
+  const uint16_t* factor = nullptr;  // nullptr: s32 output
+  int shift = 0;
+  int64_t lo = 0, hi = 0;
+  uint8_t* y = nullptr;
+  Storage y_storage = Storage::u8;
+  int64_t y_row = 0;
+  const uint8_t* res = nullptr;  // nullptr: no residual
+  Storage res_storage = Storage::s32;
+  int64_t res_row = 0;
+  const uint16_t* res_factor = nullptr;  // nullptr: added as stored (s32)
+  int res_shift = 0;
+  int64_t res_lo = 0, res_hi = 0;
+};
+
+// Launches the implicit-GEMM tensor-core kernel that fits the problem; returns its name.
+const char* launch_conv(const ConvArgs& a, cudaStream_t stream);
+
+// NCHW host dtype (u8, s8 or f32 quantized by `scale`) to NHWC `storage` rows (u8 or s8).
+void launch_input(const void* src, DType src_dtype, int64_t batch, int64_t c, int64_t h, int64_t w,
+                  const float* scale, int64_t scale_count, int64_t lo, int64_t hi, uint8_t* dst, Storage storage,
+                  int64_t row, cudaStream_t stream);
+
+// Max pool over NHWC rows of u8, s8, u4 or s4 (padding never wins).
+void launch_max_pool(const uint8_t* x, uint8_t* y, Storage storage, int64_t row, int64_t batch, int h, int w, int oh,
+                     int ow, const PoolStep& p, cudaStream_t stream);
+
+// The seed's rounded average pool over NHWC u8 rows.
+void launch_avg_pool(const uint8_t* x, uint8_t* y, int64_t row, int64_t channels, int64_t batch, int h, int w,
+                     int oh, int ow, const PoolStep& p, cudaStream_t stream);
+
+// A standalone nibble:Requantize, element by element (any storage in, u8/s8/s32 out).
+void launch_requantize(const uint8_t* x, Storage xs, int64_t x_row, uint8_t* y, Storage ys, int64_t y_row,
+                       int64_t channels, int64_t pixels, const uint16_t* factor, int shift, int64_t lo, int64_t hi,
+                       cudaStream_t stream);
+
+// y[n][k] = float(x[n][k]) / scale[k].
+void launch_scale(const int32_t* x, float* y, const float* scale, int64_t batch, int64_t k, cudaStream_t stream);
+
+}  // namespace nibble::cuda

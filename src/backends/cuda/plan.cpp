@@ -1,0 +1,683 @@
+// Planning for the CUDA backend: graph analysis, storage choices, weight layouts, the arena.
+#include "backends/cuda/plan.h"
+
+#include <algorithm>
+#include <map>
+#include <memory>
+#include <set>
+
+#include "nibble/error.h"
+#include "quant/requant.h"
+
+namespace nibble::cuda {
+
+const char* storage_name(Storage s) {
+  switch (s) {
+    case Storage::u8: return "u8";
+    case Storage::s8: return "s8";
+    case Storage::u4: return "u4";
+    case Storage::s4: return "s4";
+    case Storage::s32: return "s32";
+    case Storage::f32: return "f32";
+  }
+  return "?";
+}
+
+int64_t row_bytes(Storage s, int64_t channels) {
+  int64_t bytes = 0;
+  switch (s) {
+    case Storage::u8:
+    case Storage::s8: bytes = channels; break;
+    case Storage::u4:
+    case Storage::s4: bytes = (channels + 1) / 2; break;
+    case Storage::s32:
+    case Storage::f32: bytes = channels * 4; break;
+  }
+  return (bytes + 3) / 4 * 4;
+}
+
+namespace {
+
+int64_t round_up(int64_t x, int64_t to) { return (x + to - 1) / to * to; }
+
+// The storage of a `bits`-bit integer activation kept in bytes.
+Storage byte_storage(int bits, bool is_signed) {
+  switch (quant::storage_dtype(bits, is_signed)) {
+    case DType::u8: return Storage::u8;
+    case DType::s8: return Storage::s8;
+    default: return Storage::s32;
+  }
+}
+
+// The reader of a value, for the storage decision.
+struct Use {
+  int step;
+  enum Kind { conv_x, conv_res, pool_x, other } kind;
+};
+
+class Planner {
+ public:
+  Planner(const Graph& graph, StorageMode mode) : g_(graph) {
+    plan_.source = graph.source;
+    plan_.mode = mode;
+  }
+
+  Plan run() {
+    if (g_.inputs.size() != 1) fail("the CUDA backend runs models of one input, this one has {}", g_.inputs.size());
+    add_input();
+    for (const Node& n : g_.nodes) add_node(n);
+    for (const ValueInfo& o : g_.outputs) {
+      const int v = lookup(o.name, "graph output");
+      plan_.outputs.push_back(v);
+      plan_.output_names.push_back(o.name);
+      plan_.output_flat.push_back(flat_aliases_.count(o.name) != 0);
+    }
+    choose_storage();
+    finish_steps();
+    plan_arena();
+    return std::move(plan_);
+  }
+
+ private:
+  template <typename... Args>
+  [[noreturn]] void fail(fmt::format_string<Args...> f, Args&&... args) {
+    nibble::fail(g_.source, "CUDA backend: {}", fmt::format(f, std::forward<Args>(args)...));
+  }
+
+  const Tensor& init(const Node& n, size_t i, const char* what) {
+    if (i >= n.inputs.size() || n.inputs[i].empty()) fail("{} has no {}", n.label(), what);
+    auto it = g_.initializers.find(n.inputs[i]);
+    if (it == g_.initializers.end()) fail("{}: {} '{}' must be a constant", n.label(), what, n.inputs[i]);
+    return it->second;
+  }
+  const Tensor* opt_init(const Node& n, size_t i, const char* what) {
+    if (i >= n.inputs.size() || n.inputs[i].empty()) return nullptr;
+    return &init(n, i, what);
+  }
+
+  int lookup(const std::string& name, const std::string& who) {
+    if (requant_.count(name)) materialize(name);
+    auto it = names_.find(name);
+    if (it == names_.end()) fail("{} reads '{}', which no step of the plan produces", who, name);
+    return it->second;
+  }
+
+  int new_value(const std::string& name, DType dtype, int bits, int64_t c, int64_t h, int64_t w, bool spatial) {
+    Value v;
+    v.name = name;
+    v.dtype = dtype;
+    v.bits = bits;
+    v.c = c;
+    v.h = h;
+    v.w = w;
+    v.spatial = spatial;
+    plan_.values.push_back(v);
+    const int id = static_cast<int>(plan_.values.size()) - 1;
+    names_[name] = id;
+    uses_.emplace_back();
+    return id;
+  }
+
+  void use(int v, Use::Kind kind) { uses_[static_cast<size_t>(v)].push_back({static_cast<int>(plan_.steps.size()), kind}); }
+
+  void add_input() {
+    const ValueInfo& in = g_.inputs[0];
+    if (!in.dtype || !in.shape || in.shape->size() != 4) fail("input '{}' must be N x C x H x W", in.name);
+    const Shape& s = *in.shape;
+    for (size_t d = 1; d < 4; ++d) {
+      if (s[d] <= 0) fail("input '{}' needs fixed C, H and W, got {}", in.name, shape_str(s));
+    }
+    plan_.input_name = in.name;
+    plan_.input_dtype = *in.dtype;
+    plan_.input_c = s[1];
+    plan_.input_h = s[2];
+    plan_.input_w = s[3];
+    // A QuantizeFloat reading the input is folded into the input step.
+    const Node* q = nullptr;
+    for (const Node& n : g_.nodes) {
+      for (const std::string& i : n.inputs) {
+        if (i == in.name && n.op_type == "nibble:QuantizeFloat" && !q) q = &n;
+      }
+    }
+    Step st;
+    st.kind = StepKind::input;
+    st.name = "input";
+    st.op = "input";
+    st.input.host_dtype = *in.dtype;
+    if (*in.dtype == DType::f32) {
+      if (!q) fail("input '{}' is f32: the CUDA backend runs integer models (a nibble:QuantizeFloat must read it)", in.name);
+      if (q->attr_int("e4m3", 0)) fail("{}: FP8 inputs are not supported by the CUDA backend", q->label());
+      const Tensor& scale = init(*q, 1, "scale");
+      if (scale.numel() != 1 && scale.numel() != s[1]) fail("{}: {} scales for {} channels", q->label(), scale.numel(), s[1]);
+      for (int64_t i = 0; i < scale.numel(); ++i) st.input.scale.push_back(static_cast<float>(scale.get(i)));
+      const int bits = static_cast<int>(q->attr_int("bits", 8));
+      const bool sgn = q->attr_int("signed", 0) != 0;
+      if (bits < 1 || bits > 8 || (sgn && bits > 7)) fail("{}: {}-bit inputs are not supported", q->label(), bits);
+      const auto r = quant::output_range(bits, sgn);
+      st.input.quantize = true;
+      st.input.lo = r.lo;
+      st.input.hi = r.hi;
+      folded_quantize_ = q;
+      st.y = new_value(q->outputs.at(0), quant::storage_dtype(bits, sgn), bits, s[1], s[2], s[3], true);
+      plan_.values.back().storage = byte_storage(bits, sgn);
+      names_[in.name] = st.y;  // nothing else may read the raw floats; checked in add_node
+    } else if (*in.dtype == DType::u8 || *in.dtype == DType::s8) {
+      st.y = new_value(in.name, *in.dtype, 8, s[1], s[2], s[3], true);
+      plan_.values.back().storage = *in.dtype == DType::u8 ? Storage::u8 : Storage::s8;
+    } else {
+      fail("input '{}' is {}: the CUDA backend takes u8, s8 or f32 (through nibble:QuantizeFloat)", in.name,
+           dtype_name(*in.dtype));
+    }
+    plan_.input_value = st.y;
+    plan_.steps.push_back(std::move(st));
+  }
+
+  void add_node(const Node& n) {
+    if (&n == folded_quantize_) return;
+    for (const std::string& i : n.inputs) {
+      if (folded_quantize_ && i == g_.inputs[0].name) fail("{} reads the f32 input directly", n.label());
+    }
+    if (n.op_type == "nibble:IntConvFused" || n.op_type == "nibble:IntConv") return add_conv(n);
+    if (n.op_type == "nibble:IntLinear") return add_linear(n);
+    if (n.op_type == "nibble:Requantize") return add_requantize(n);
+    if (n.op_type == "MaxPool") return add_pool(n, StepKind::max_pool);
+    if (n.op_type == "nibble:IntAvgPool") return add_pool(n, StepKind::avg_pool);
+    if (n.op_type == "Flatten") return add_flatten(n);
+    if (n.op_type == "nibble:Scale") return add_scale(n);
+    fail("op {} ({}) is not supported", n.op_type, n.label());
+  }
+
+  // The residual source of a conv: an s32 value, or a folded Requantize of a narrow one.
+  struct Residual {
+    int value = -1;
+    const Node* requant = nullptr;
+  };
+
+  void add_conv(const Node& n) {
+    const int x = lookup(n.inputs.at(0), n.label());
+    const Tensor& w = init(n, 1, "weight");
+    const Tensor& bias = init(n, 2, "bias");
+    if (n.attr_int("group", 1) != 1) fail("{}: grouped convolutions are not supported", n.label());
+    if (n.has_attr("auto_pad") && n.attr_string("auto_pad", "NOTSET") != "NOTSET") {
+      fail("{}: auto_pad is not supported", n.label());
+    }
+    if (w.rank() != 4) fail("{}: weight must be M x C x KH x KW, got {}", n.label(), shape_str(w.shape()));
+    const auto strides = n.attr_ints("strides", {1, 1});
+    const auto dil = n.attr_ints("dilations", {1, 1});
+    const auto pads = n.attr_ints("pads", {0, 0, 0, 0});
+    if (strides.size() != 2 || dil.size() != 2 || pads.size() != 4) fail("{}: needs 2-D strides, dilations and pads", n.label());
+    Step st;
+    st.kind = StepKind::conv;
+    st.name = n.name;
+    st.op = n.op_type;
+    ConvStep& c = st.conv;
+    c.kh = static_cast<int>(w.dim(2));
+    c.kw = static_cast<int>(w.dim(3));
+    c.sh = static_cast<int>(strides[0]);
+    c.sw = static_cast<int>(strides[1]);
+    c.dh = static_cast<int>(dil[0]);
+    c.dw = static_cast<int>(dil[1]);
+    c.ph = static_cast<int>(pads[0]);
+    c.pw = static_cast<int>(pads[1]);
+    const Value& xv = plan_.values[static_cast<size_t>(x)];
+    if (!xv.spatial || w.dim(1) != xv.c) {
+      fail("{}: weight {} does not match input '{}' of {} channels", n.label(), shape_str(w.shape()), xv.name, xv.c);
+    }
+    const int64_t oh = (xv.h + pads[0] + pads[2] - dil[0] * (c.kh - 1) - 1) / strides[0] + 1;
+    const int64_t ow = (xv.w + pads[1] + pads[3] - dil[1] * (c.kw - 1) - 1) / strides[1] + 1;
+    if (oh <= 0 || ow <= 0) fail("{}: the output would be empty", n.label());
+    c.relu = n.attr_int("relu", 0) != 0;
+    Residual res;
+    if (n.op_type == "nibble:IntConvFused" && n.inputs.size() > 3 && !n.inputs[3].empty()) {
+      auto it = requant_.find(n.inputs[3]);
+      if (it != requant_.end()) {
+        res.requant = it->second;
+        res.value = lookup(res.requant->inputs.at(0), n.label());
+      } else {
+        res.value = lookup(n.inputs[3], n.label());
+        if (plan_.values[static_cast<size_t>(res.value)].dtype != DType::s32) {
+          fail("{}: residual '{}' must be s32", n.label(), n.inputs[3]);
+        }
+      }
+    }
+    const Tensor* factor = n.op_type == "nibble:IntConvFused" ? opt_init(n, 4, "requant_factor") : nullptr;
+    int bits = 32;
+    bool sgn = true;
+    DType out_dtype = DType::s32;
+    if (factor) {
+      c.shift = static_cast<int>(n.attr_int("shift", -1));
+      bits = static_cast<int>(n.attr_int("bits", -1));
+      sgn = n.attr_int("signed", 0) != 0;
+      if (c.shift < 0 || c.shift > 31 || bits < 1 || bits > 31) fail("{}: bad shift or bits", n.label());
+      const auto r = quant::output_range(bits, sgn);
+      c.lo = r.lo;
+      c.hi = r.hi;
+      out_dtype = quant::storage_dtype(bits, sgn);
+    }
+    set_conv_constants(n, st, w, bias, factor, res);
+    st.x = x;
+    use(x, Use::conv_x);
+    if (res.value >= 0) {
+      c.res = res.value;
+      use(res.value, res.requant ? Use::conv_res : Use::other);
+    }
+    st.y = new_value(n.outputs.at(0), out_dtype, bits, c.m, oh, ow, true);
+    plan_.values.back().storage = factor ? byte_storage(bits, sgn) : Storage::s32;
+    st.macs_per_image = oh * ow * c.m * xv.c * c.kh * c.kw;
+    plan_.steps.push_back(std::move(st));
+  }
+
+  void set_conv_constants(const Node& n, Step& st, const Tensor& w, const Tensor& bias, const Tensor* factor,
+                          const Residual& res) {
+    ConvStep& c = st.conv;
+    c.m = w.dim(0);
+    c.m_pad = round_up(c.m, kMapAlign);
+    if (w.dtype() != DType::s8 && w.dtype() != DType::s4) fail("{}: weights must be s8 or s4", n.label());
+    if (bias.numel() != c.m) fail("{}: {} bias values for {} maps", n.label(), bias.numel(), c.m);
+    c.bias.assign(static_cast<size_t>(c.m_pad), 0);
+    for (int64_t i = 0; i < c.m; ++i) c.bias[static_cast<size_t>(i)] = static_cast<int32_t>(bias.get(i));
+    if (factor) {
+      if (factor->dtype() != DType::u16 || factor->numel() != c.m) fail("{}: requant_factor must be {} u16 values", n.label(), c.m);
+      c.factor.assign(static_cast<size_t>(c.m_pad), 0);
+      for (int64_t i = 0; i < c.m; ++i) c.factor[static_cast<size_t>(i)] = static_cast<uint16_t>(factor->get(i));
+    }
+    if (res.requant) {
+      const Node& r = *res.requant;
+      const Tensor& rf = init(r, 1, "requant_factor");
+      if (rf.dtype() != DType::u16 || rf.numel() != c.m) fail("{}: requant_factor must be {} u16 values", r.label(), c.m);
+      c.res_requant = true;
+      c.res_factor.assign(static_cast<size_t>(c.m_pad), 0);
+      for (int64_t i = 0; i < c.m; ++i) c.res_factor[static_cast<size_t>(i)] = static_cast<uint16_t>(rf.get(i));
+      c.res_shift = static_cast<int>(r.attr_int("shift", -1));
+      const int rb = static_cast<int>(r.attr_int("bits", -1));
+      if (c.res_shift < 0 || c.res_shift > 31 || rb < 1 || rb > 31) fail("{}: bad shift or bits", r.label());
+      const auto range = quant::output_range(rb, r.attr_int("signed", 0) != 0);
+      c.res_lo = range.lo;
+      c.res_hi = range.hi;
+    }
+    weight_tensors_.push_back(&w);
+  }
+
+  // nibble:IntLinear over N x K (or a flattened N x C x H x W): a convolution whose kernel
+  // covers the whole input plane.
+  void add_linear(const Node& n) {
+    auto fl = flattened_.find(n.inputs.at(0));
+    const int x = fl != flattened_.end() ? fl->second : lookup(n.inputs.at(0), n.label());
+    const Tensor& w = init(n, 1, "weight");
+    const Tensor& bias = init(n, 2, "bias");
+    const Value xv = plan_.values[static_cast<size_t>(x)];
+    if (w.rank() != 2 || w.dim(1) != xv.c * xv.h * xv.w) {
+      fail("{}: weight {} does not match input '{}' of {} features", n.label(), shape_str(w.shape()), xv.name,
+           xv.c * xv.h * xv.w);
+    }
+    if (xv.storage == Storage::s32) fail("{}: input must be 8-bit", n.label());
+    Tensor w4 = w.reshaped({w.dim(0), xv.c, xv.h, xv.w});
+    owned_weights_.push_back(std::make_unique<Tensor>(std::move(w4)));
+    Step st;
+    st.kind = StepKind::conv;
+    st.name = n.name;
+    st.op = n.op_type;
+    st.conv.kh = static_cast<int>(xv.h);
+    st.conv.kw = static_cast<int>(xv.w);
+    set_conv_constants(n, st, *owned_weights_.back(), bias, nullptr, Residual{});
+    st.x = x;
+    use(x, Use::conv_x);
+    st.y = new_value(n.outputs.at(0), DType::s32, 32, st.conv.m, 1, 1, false);
+    plan_.values.back().storage = Storage::s32;
+    st.macs_per_image = st.conv.m * w.dim(1);
+    plan_.steps.push_back(std::move(st));
+  }
+
+  void add_requantize(const Node& n) {
+    // Deferred: a conv that adds it as its residual folds it into its epilogue; any other
+    // reader makes it a step of its own (materialize).
+    lookup(n.inputs.at(0), n.label());
+    requant_[n.outputs.at(0)] = &n;
+  }
+
+  void materialize(const std::string& name) {
+    const Node& n = *requant_.at(name);
+    requant_.erase(name);
+    const int x = lookup(n.inputs.at(0), n.label());
+    const Value xv = plan_.values[static_cast<size_t>(x)];
+    const Tensor& f = init(n, 1, "requant_factor");
+    if (f.dtype() != DType::u16 || f.numel() != xv.c) fail("{}: requant_factor must be {} u16 values", n.label(), xv.c);
+    Step st;
+    st.kind = StepKind::requantize;
+    st.name = n.name;
+    st.op = n.op_type;
+    ConvStep& c = st.conv;
+    c.m = xv.c;
+    c.m_pad = round_up(xv.c, kMapAlign);
+    c.factor.assign(static_cast<size_t>(c.m_pad), 0);
+    for (int64_t i = 0; i < xv.c; ++i) c.factor[static_cast<size_t>(i)] = static_cast<uint16_t>(f.get(i));
+    c.shift = static_cast<int>(n.attr_int("shift", -1));
+    const int bits = static_cast<int>(n.attr_int("bits", -1));
+    const bool sgn = n.attr_int("signed", 0) != 0;
+    if (c.shift < 0 || c.shift > 31 || bits < 1 || bits > 31) fail("{}: bad shift or bits", n.label());
+    const auto r = quant::output_range(bits, sgn);
+    c.lo = r.lo;
+    c.hi = r.hi;
+    st.x = x;
+    use(x, Use::conv_res);  // read element by element: any storage
+    st.y = new_value(name, quant::storage_dtype(bits, sgn), bits, xv.c, xv.h, xv.w, xv.spatial);
+    plan_.values.back().storage = byte_storage(bits, sgn);
+    plan_.steps.push_back(std::move(st));
+  }
+
+  void add_pool(const Node& n, StepKind kind) {
+    const int x = lookup(n.inputs.at(0), n.label());
+    const Value xv = plan_.values[static_cast<size_t>(x)];
+    if (!xv.spatial || (xv.storage != Storage::u8 && xv.storage != Storage::s8)) {
+      fail("{}: input must be an 8-bit (or narrower) N x C x H x W tensor", n.label());
+    }
+    if (kind == StepKind::avg_pool && xv.storage != Storage::u8) fail("{}: input must be unsigned", n.label());
+    const auto k = n.attr_ints("kernel_shape");
+    const auto s = n.attr_ints("strides", {1, 1});
+    const auto p = n.attr_ints("pads", {0, 0, 0, 0});
+    if (k.size() != 2 || s.size() != 2 || p.size() != 4) fail("{}: needs a 2-D kernel, strides and pads", n.label());
+    if (n.attr_int("ceil_mode", 0) || n.attr_ints("dilations", {1, 1}) != std::vector<int64_t>{1, 1}) {
+      fail("{}: ceil_mode and dilations are not supported", n.label());
+    }
+    if (n.outputs.size() > 1 && !n.outputs[1].empty()) fail("{}: MaxPool indices are not supported", n.label());
+    Step st;
+    st.kind = kind;
+    st.name = n.name;
+    st.op = n.op_type;
+    st.pool = {static_cast<int>(k[0]), static_cast<int>(k[1]), static_cast<int>(s[0]),
+               static_cast<int>(s[1]), static_cast<int>(p[0]), static_cast<int>(p[1])};
+    const int64_t oh = (xv.h + p[0] + p[2] - k[0]) / s[0] + 1, ow = (xv.w + p[1] + p[3] - k[1]) / s[1] + 1;
+    if (oh <= 0 || ow <= 0) fail("{}: the output would be empty", n.label());
+    st.x = x;
+    use(x, kind == StepKind::max_pool ? Use::pool_x : Use::other);
+    st.y = new_value(n.outputs.at(0), xv.dtype, xv.bits, xv.c, oh, ow, true);
+    plan_.values.back().storage = xv.storage;
+    plan_.steps.push_back(std::move(st));
+  }
+
+  void add_flatten(const Node& n) {
+    const int x = lookup(n.inputs.at(0), n.label());
+    if (n.attr_int("axis", 1) != 1) fail("{}: only axis=1 is supported", n.label());
+    const Value& xv = plan_.values[static_cast<size_t>(x)];
+    if (xv.h == 1 && xv.w == 1) {
+      names_[n.outputs.at(0)] = x;  // the same bytes: N x C x 1 x 1 and N x C are one layout in NHWC
+      flat_aliases_.insert(n.outputs.at(0));
+    } else {
+      flattened_[n.outputs.at(0)] = x;  // only an IntLinear may read it (a plane-sized kernel)
+    }
+  }
+
+  void add_scale(const Node& n) {
+    const int x = lookup(n.inputs.at(0), n.label());
+    const Tensor& s = init(n, 1, "out_scale");
+    const Value xv = plan_.values[static_cast<size_t>(x)];
+    if (xv.storage != Storage::s32 || xv.h * xv.w != 1 || s.numel() != xv.c) {
+      fail("{}: expects s32 N x K logits and K scales", n.label());
+    }
+    Step st;
+    st.kind = StepKind::scale;
+    st.name = n.name;
+    st.op = n.op_type;
+    for (int64_t i = 0; i < s.numel(); ++i) st.scale.push_back(static_cast<float>(s.get(i)));
+    st.x = x;
+    use(x, Use::other);
+    st.y = new_value(n.outputs.at(0), DType::f32, 32, xv.c, 1, 1, false);
+    plan_.values.back().storage = Storage::f32;
+    plan_.steps.push_back(std::move(st));
+  }
+
+  // Packs 4-bit activations where every reader takes them: convs with s4 weights whose input
+  // channels fill whole K tiles, max pools (whose output then packs too) and residual reads.
+  void choose_storage() {
+    const size_t nv = plan_.values.size();
+    std::vector<char> packed(nv, 0);
+    if (plan_.mode == StorageMode::native) {
+      for (size_t v = 0; v < nv; ++v) {
+        const Value& val = plan_.values[v];
+        // Only the convolution and max pool kernels write 4-bit storage.
+        const int def = producer(static_cast<int>(v));
+        const bool writer = def >= 0 && (plan_.steps[static_cast<size_t>(def)].kind == StepKind::conv ||
+                                         plan_.steps[static_cast<size_t>(def)].kind == StepKind::max_pool);
+        packed[v] = writer && val.bits <= 4 && (val.storage == Storage::u8 || val.storage == Storage::s8);
+      }
+      for (const ValueInfo& o : g_.outputs) packed[static_cast<size_t>(names_.at(o.name))] = 0;
+      for (bool changed = true; changed;) {
+        changed = false;
+        for (size_t v = 0; v < nv; ++v) {
+          if (!packed[v]) continue;
+          bool ok = true;
+          for (const Use& u : uses_[v]) {
+            const Step& st = plan_.steps[static_cast<size_t>(u.step)];
+            if (u.kind == Use::conv_x) {
+              ok = ok && weight_tensors_[conv_index(u.step)]->dtype() == DType::s4 && plan_.values[v].c % kTileChannels == 0;
+            } else if (u.kind == Use::pool_x) {
+              ok = ok && packed[static_cast<size_t>(st.y)];
+            } else if (u.kind != Use::conv_res) {
+              ok = false;
+            }
+          }
+          // A max pool's output packs only with its input.
+          const int def = producer(static_cast<int>(v));
+          if (def >= 0 && plan_.steps[static_cast<size_t>(def)].kind == StepKind::max_pool) {
+            ok = ok && packed[static_cast<size_t>(plan_.steps[static_cast<size_t>(def)].x)];
+          }
+          if (!ok) {
+            packed[v] = 0;
+            changed = true;
+          }
+        }
+      }
+    }
+    for (size_t v = 0; v < nv; ++v) {
+      Value& val = plan_.values[v];
+      if (packed[v]) val.storage = val.storage == Storage::s8 ? Storage::s4 : Storage::u4;
+      val.row = row_bytes(val.storage, val.c);
+    }
+  }
+
+  int producer(int v) const {
+    for (size_t s = 0; s < plan_.steps.size(); ++s) {
+      if (plan_.steps[s].y == v) return static_cast<int>(s);
+    }
+    return -1;
+  }
+
+  size_t conv_index(int step) const {
+    size_t i = 0;
+    for (int s = 0; s < step; ++s) i += plan_.steps[static_cast<size_t>(s)].kind == StepKind::conv;
+    return i;
+  }
+
+  // Weights in the kernel's layout, K-tile choices and the traffic of each step.
+  void finish_steps() {
+    for (const auto& [name, v] : flattened_) {
+      for (const Node& n : g_.nodes) {
+        for (const std::string& i : n.inputs) {
+          if (i == name && n.op_type != "nibble:IntLinear") fail("{} reads the flattened plane '{}'", n.label(), name);
+        }
+      }
+      for (const ValueInfo& o : g_.outputs) {
+        if (o.name == name) fail("output '{}' is a flattened plane", name);
+      }
+    }
+    size_t ci = 0;
+    for (Step& st : plan_.steps) {
+      const Value& x = st.x >= 0 ? plan_.values[static_cast<size_t>(st.x)] : plan_.values[static_cast<size_t>(st.y)];
+      const Value& y = plan_.values[static_cast<size_t>(st.y)];
+      if (st.kind == StepKind::conv) {
+        ConvStep& c = st.conv;
+        const Tensor& w = *weight_tensors_[ci++];
+        const int64_t tile = is_packed(x.storage) ? kTileChannels / 2 : kTileChannels;
+        if (x.row % tile == 0) {
+          c.load = ConvLoad::vec;
+        } else if (x.row == 4 && c.kw <= kTapRow) {
+          c.load = ConvLoad::taps;
+        } else {
+          c.load = ConvLoad::gather;
+        }
+        // Bytes of one kernel row (kh): kTapRow taps of one word in `taps` mode.
+        const int64_t kh_bytes = c.load == ConvLoad::taps ? kTapRow * 4 : c.kw * x.row;
+        const int64_t tap_bytes = c.load == ConvLoad::taps ? 4 : x.row;
+        c.k_bytes = c.kh * kh_bytes;
+        c.k_pad = round_up(c.k_bytes, tile);
+        c.weights.assign(static_cast<size_t>(c.m_pad * c.k_pad), 0);
+        const int64_t cin = w.dim(1);
+        for (int64_t m = 0; m < c.m; ++m) {
+          for (int64_t ch = 0; ch < cin; ++ch) {
+            for (int64_t a = 0; a < c.kh; ++a) {
+              for (int64_t b = 0; b < c.kw; ++b) {
+                const int v = static_cast<int>(w.get(((m * cin + ch) * c.kh + a) * c.kw + b));
+                const int64_t tap = a * kh_bytes + b * tap_bytes;
+                int8_t* dst = c.weights.data() + m * c.k_pad + tap;
+                if (is_packed(x.storage)) {
+                  uint8_t& byte = reinterpret_cast<uint8_t&>(dst[ch / 2]);
+                  byte = static_cast<uint8_t>(byte | ((v & 0xF) << ((ch & 1) * 4)));
+                } else {
+                  dst[ch] = static_cast<int8_t>(v);
+                }
+              }
+            }
+          }
+        }
+        plan_.weight_bytes += c.m * c.kh * c.kw * x.row;
+        st.bytes_per_image = x.image_bytes() + y.image_bytes();
+        if (c.res >= 0) st.bytes_per_image += plan_.values[static_cast<size_t>(c.res)].image_bytes();
+      } else if (st.kind == StepKind::input) {
+        st.bytes_per_image = x.c * x.h * x.w * static_cast<int64_t>(dtype_storage_bytes(st.input.host_dtype, 1)) + y.image_bytes();
+      } else {
+        st.bytes_per_image = x.image_bytes() + y.image_bytes();
+      }
+      plan_.macs_per_image += st.macs_per_image;
+    }
+  }
+
+  // Liveness-based placement: values whose lifetimes overlap never share bytes.
+  void plan_arena() {
+    for (size_t s = 0; s < plan_.steps.size(); ++s) {
+      const Step& st = plan_.steps[s];
+      auto touch = [&](int v) {
+        if (v < 0) return;
+        Value& val = plan_.values[static_cast<size_t>(v)];
+        if (val.def < 0) val.def = static_cast<int>(s);
+        val.last = static_cast<int>(s);
+      };
+      touch(st.y);
+      touch(st.x);
+      if (st.kind == StepKind::conv) touch(st.conv.res);
+    }
+    for (int o : plan_.outputs) plan_.values[static_cast<size_t>(o)].last = static_cast<int>(plan_.steps.size());
+    std::vector<size_t> order;
+    for (size_t v = 0; v < plan_.values.size(); ++v) {
+      if (plan_.values[v].def >= 0) order.push_back(v);
+    }
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+      return plan_.values[a].image_bytes() > plan_.values[b].image_bytes();
+    });
+    std::vector<size_t> placed;
+    for (size_t v : order) {
+      Value& val = plan_.values[v];
+      const int64_t size = round_up(val.image_bytes(), kArenaAlign);
+      std::vector<std::pair<int64_t, int64_t>> busy;
+      for (size_t p : placed) {
+        const Value& o = plan_.values[p];
+        if (o.def <= val.last && val.def <= o.last) busy.emplace_back(o.arena_offset, o.arena_offset + round_up(o.image_bytes(), kArenaAlign));
+      }
+      std::sort(busy.begin(), busy.end());
+      int64_t offset = 0;
+      for (const auto& [lo, hi] : busy) {
+        if (offset + size <= lo) break;
+        offset = std::max(offset, hi);
+      }
+      val.arena_offset = offset;
+      plan_.arena_bytes_per_image = std::max(plan_.arena_bytes_per_image, offset + size);
+      placed.push_back(v);
+    }
+  }
+
+  const Graph& g_;
+  Plan plan_;
+  std::map<std::string, int> names_;
+  std::vector<std::vector<Use>> uses_;
+  std::map<std::string, const Node*> requant_;
+  std::map<std::string, int> flattened_;
+  std::set<std::string> flat_aliases_;
+  std::vector<const Tensor*> weight_tensors_;  // per conv step
+  std::vector<std::unique_ptr<Tensor>> owned_weights_;
+  const Node* folded_quantize_ = nullptr;
+};
+
+}  // namespace
+
+Plan make_plan(const Graph& graph, StorageMode mode) { return Planner(graph, mode).run(); }
+
+std::vector<uint8_t> to_device_layout(const Tensor& t, Storage storage) {
+  const int64_t n = t.dim(0), c = t.dim(1);
+  const int64_t plane = t.rank() == 4 ? t.dim(2) * t.dim(3) : 1;
+  const int64_t row = row_bytes(storage, c);
+  std::vector<uint8_t> out(static_cast<size_t>(n * plane * row), 0);
+  for (int64_t b = 0; b < n; ++b) {
+    for (int64_t ch = 0; ch < c; ++ch) {
+      for (int64_t p = 0; p < plane; ++p) {
+        const int64_t v = static_cast<int64_t>(t.get((b * c + ch) * plane + p));
+        uint8_t* dst = out.data() + (b * plane + p) * row;
+        switch (storage) {
+          case Storage::u8:
+          case Storage::s8: dst[ch] = static_cast<uint8_t>(v); break;
+          case Storage::u4:
+          case Storage::s4: dst[ch / 2] = static_cast<uint8_t>(dst[ch / 2] | ((v & 0xF) << ((ch & 1) * 4))); break;
+          case Storage::s32: {
+            const int32_t w = static_cast<int32_t>(v);
+            std::copy_n(reinterpret_cast<const uint8_t*>(&w), 4, dst + 4 * ch);
+            break;
+          }
+          case Storage::f32: {
+            const float f = static_cast<float>(t.get((b * c + ch) * plane + p));
+            std::copy_n(reinterpret_cast<const uint8_t*>(&f), 4, dst + 4 * ch);
+            break;
+          }
+        }
+      }
+    }
+  }
+  return out;
+}
+
+Tensor from_device_layout(const uint8_t* data, int64_t batch, const Value& v, bool flat) {
+  Shape shape = v.spatial && !flat ? Shape{batch, v.c, v.h, v.w} : Shape{batch, v.c};
+  Tensor t(v.dtype, shape);
+  const int64_t plane = v.h * v.w;
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t p = 0; p < plane; ++p) {
+      const uint8_t* src = data + (b * plane + p) * v.row;
+      for (int64_t ch = 0; ch < v.c; ++ch) {
+        double x = 0;
+        switch (v.storage) {
+          case Storage::u8: x = src[ch]; break;
+          case Storage::s8: x = static_cast<int8_t>(src[ch]); break;
+          case Storage::u4: x = (src[ch / 2] >> ((ch & 1) * 4)) & 0xF; break;
+          case Storage::s4: {
+            const int q = (src[ch / 2] >> ((ch & 1) * 4)) & 0xF;
+            x = q >= 8 ? q - 16 : q;
+            break;
+          }
+          case Storage::s32: {
+            int32_t w;
+            std::copy_n(src + 4 * ch, 4, reinterpret_cast<uint8_t*>(&w));
+            x = w;
+            break;
+          }
+          case Storage::f32: {
+            float f;
+            std::copy_n(src + 4 * ch, 4, reinterpret_cast<uint8_t*>(&f));
+            x = f;
+            break;
+          }
+        }
+        t.set((b * v.c + ch) * plane + p, x);
+      }
+    }
+  }
+  return t;
+}
+
+}  // namespace nibble::cuda

@@ -1,0 +1,133 @@
+// The CUDA backend's execution plan: what every activation looks like on the device, which
+// kernel runs each step, the weights in the kernels' layout and the activation arena. Plain C++
+// (no CUDA types), so the planning is built and tested on machines without a GPU.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "nibble/dtype.h"
+#include "nibble/graph.h"
+
+namespace nibble::cuda {
+
+// How an activation is stored on the device. Every activation is NHWC with its channels padded
+// to whole 32-bit words: u8/s8 one byte per value, u4/s4 two values per byte (channel 2j in the
+// low nibble of byte j, 2j + 1 in the high one), s32/f32 one word per value.
+enum class Storage : uint8_t { u8, s8, u4, s4, s32, f32 };
+
+const char* storage_name(Storage s);
+inline bool is_packed(Storage s) { return s == Storage::u4 || s == Storage::s4; }
+inline bool is_signed_storage(Storage s) { return s == Storage::s8 || s == Storage::s4 || s == Storage::s32 || s == Storage::f32; }
+// Bytes of one NHWC pixel row of `channels` values, padded to whole 32-bit words.
+int64_t row_bytes(Storage s, int64_t channels);
+
+// `native` keeps 4-bit activations and weights in 4 bits (two per byte) wherever every reader of
+// the tensor can take them; `int8` stores every integer tensor in bytes: the same values, so the
+// same outputs, at twice the traffic (the INT8 baseline of a 4-bit model).
+enum class StorageMode { native, int8 };
+
+// The channels of one K tile of the convolution kernel: 64 channels, 64 bytes at 8 bits or 32
+// bytes at 4 bits. Weights are padded to whole tiles and output channels to whole 128-map blocks.
+constexpr int64_t kTileChannels = 64;
+constexpr int64_t kMapAlign = 128;
+constexpr int64_t kArenaAlign = 256;
+
+struct Value {
+  std::string name;
+  DType dtype = DType::u8;  // the graph's dtype (what the host sees)
+  Storage storage = Storage::u8;
+  int bits = 8;             // value bits (4 for the seed's u4 activations)
+  int64_t c = 0, h = 1, w = 1;
+  bool spatial = true;      // N x C x H x W in the graph (else N x C)
+  int64_t row = 0;          // bytes per pixel
+  int64_t arena_offset = 0; // bytes per image: the value of image batch lives at offset x batch
+  int def = -1, last = -1;  // first writer and last reader, as step indices
+  int64_t image_bytes() const { return h * w * row; }
+};
+
+// requantize: a nibble:Requantize no conv could fold (its factor, shift and range in `conv`).
+enum class StepKind { input, conv, max_pool, avg_pool, scale, requantize };
+
+// How the convolution kernel gathers its activation tiles:
+//   vec: the input row is a whole number of K tiles, so a tile lies inside one tap (16-byte copies);
+//   taps: an input of one word per pixel (up to 4 channels at 8 bits, the stem): K runs over kernel
+//     rows of kTapRow taps, each 4 bytes (taps past kw have zero weights);
+//   gather: anything else, 4 bytes at a time with the tap found per copy.
+enum class ConvLoad : uint8_t { vec, taps, gather };
+constexpr int kTapRow = 8;
+
+struct ConvStep {
+  int kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1;
+  int64_t m = 0;               // output channels
+  int64_t k_bytes = 0;         // kh x kw x input row bytes
+  int64_t k_pad = 0;           // k_bytes rounded up to a whole K tile
+  int64_t m_pad = 0;
+  ConvLoad load = ConvLoad::vec;
+  std::vector<int8_t> weights; // m_pad x k_pad; tap-major (kh, kw), then the input's row layout
+  std::vector<int32_t> bias;   // m_pad
+  bool relu = false;
+  std::vector<uint16_t> factor;  // m_pad, empty for an s32 output
+  int shift = 0;
+  int64_t lo = 0, hi = 0;
+  int res = -1;                 // residual value, -1 for none
+  bool res_requant = false;     // the residual passes through a folded nibble:Requantize
+  std::vector<uint16_t> res_factor;  // m_pad
+  int res_shift = 0;
+  int64_t res_lo = 0, res_hi = 0;
+};
+
+struct PoolStep {
+  int kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0;
+};
+
+struct InputStep {
+  DType host_dtype = DType::s8;  // what the caller passes (NCHW)
+  bool quantize = false;         // nibble:QuantizeFloat folded in: f32 -> integer
+  std::vector<float> scale;      // 1 or C values
+  int64_t lo = 0, hi = 0;
+};
+
+struct Step {
+  StepKind kind = StepKind::input;
+  std::string name;  // the graph node (or "input")
+  std::string op;
+  int x = -1, y = -1;
+  ConvStep conv;
+  PoolStep pool;
+  InputStep input;
+  std::vector<float> scale;  // StepKind::scale: out = x / scale[k]
+  int64_t macs_per_image = 0;
+  int64_t bytes_per_image = 0;  // the fewest bytes the step must move: inputs read once, output written once
+};
+
+struct Plan {
+  std::string source;
+  StorageMode mode = StorageMode::native;
+  std::vector<Value> values;
+  std::vector<Step> steps;
+  int input_value = -1;
+  std::string input_name;
+  DType input_dtype = DType::s8;
+  int64_t input_c = 0, input_h = 0, input_w = 0;
+  std::vector<int> outputs;          // values, in the graph's output order
+  std::vector<std::string> output_names;
+  std::vector<bool> output_flat;     // a Flatten of an N x C x 1 x 1 value: returned as N x C
+  int64_t arena_bytes_per_image = 0;
+  int64_t weight_bytes = 0;
+  int64_t macs_per_image = 0;
+};
+
+// Plans `graph` (a fused integer graph: nibble:IntConvFused, nibble:Requantize feeding residuals,
+// MaxPool, nibble:IntAvgPool, Flatten, nibble:IntLinear, nibble:Scale, an input nibble:QuantizeFloat).
+// Throws nibble::Error naming the model and node for anything the CUDA backend cannot run.
+Plan make_plan(const Graph& graph, StorageMode mode);
+
+// Host-side layout conversions (the device kernels follow the same layouts):
+// `t` (N x C [x H x W] of integer dtype) to NHWC rows of `storage`.
+std::vector<uint8_t> to_device_layout(const Tensor& t, Storage storage);
+// NHWC rows back to the value's graph dtype and NCHW shape (N x C when `flat` or not spatial).
+Tensor from_device_layout(const uint8_t* data, int64_t batch, const Value& v, bool flat = false);
+
+}  // namespace nibble::cuda
