@@ -22,7 +22,7 @@ import sys
 import time
 
 
-def torch_rows(batches, modes, iters, deadline):
+def torch_rows(batches, modes, iters, deadline, compile_batches):
     import torch
     import torchvision
 
@@ -33,6 +33,10 @@ def torch_rows(batches, modes, iters, deadline):
     for mode in modes:
         for b in batches:
             row = {"framework": "pytorch", "precision": "fp16", "mode": mode, "batch": b}
+            if mode == "compile" and b not in compile_batches:
+                row["skipped"] = "not requested (--compile-batches)"
+                rows.append(row)
+                continue
             if time.time() > deadline:
                 row["skipped"] = "time limit of the run reached"
                 rows.append(row)
@@ -86,24 +90,29 @@ def torch_rows(batches, modes, iters, deadline):
 
 
 def nibble_rows(nibble, model, batches, duration):
+    """Two runs per storage: one context (the GPU time of one batch alone, as PyTorch is timed)
+    and the Offline scenario's default two contexts (throughput with copies overlapped)."""
     rows = []
     for storage in ("int8", "native"):
-        out = f"/tmp/nibble_{storage}.json"
-        cmd = [nibble, "bench", model, "--device", "cuda", "--batch", ",".join(map(str, batches)),
-               "--duration", str(duration), "--json", out]
-        if storage == "int8":
-            cmd.append("--int8-storage")
-        print("+", " ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True)
-        with open(out) as f:
-            res = json.load(f)
-        for r in res["results"]:
+        res = {}
+        for contexts in (1, 2):
+            out = f"/tmp/nibble_{storage}_{contexts}.json"
+            cmd = [nibble, "bench", model, "--device", "cuda", "--batch", ",".join(map(str, batches)),
+                   "--duration", str(duration), "--contexts", str(contexts), "--json", out]
+            if storage == "int8":
+                cmd.append("--int8-storage")
+            print("+", " ".join(cmd), flush=True)
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            with open(out) as f:
+                res[contexts] = json.load(f)
+        offline = {r["batch"]: r for r in res[2]["results"]}
+        for r in res[1]["results"]:
             row = {"framework": "nibble", "precision": "int8" if storage == "int8" else "int4",
                    "mode": "cuda_graph", "batch": r["batch"],
                    "median_ms": r["gpu_compute_ms"]["median"],
                    "images_per_second": r["gpu_images_per_second"],
-                   "offline_images_per_second": r["images_per_second"],
-                   "device_name": res["device_name"]}
+                   "offline_images_per_second": offline[r["batch"]]["images_per_second"],
+                   "device_name": res[1]["device_name"]}
             print(json.dumps(row), flush=True)
             rows.append(row)
     return rows
@@ -164,8 +173,11 @@ def main():
     ap.add_argument("--batches", default="1,64,256,1024")
     ap.add_argument("--modes", default="eager,cuda_graph,compile", help="PyTorch modes to run")
     ap.add_argument("--iters", type=int, default=30, help="timed PyTorch forwards per row")
+    ap.add_argument("--compile-batches", default="256",
+                    help="batches to run torch.compile max-autotune at (it tunes for minutes per batch size)")
     ap.add_argument("--duration", type=float, default=2.0, help="seconds per nibble batch size")
-    ap.add_argument("--time-limit", type=float, default=480, help="PyTorch rows not started by then are skipped")
+    ap.add_argument("--time-limit", type=float, default=480,
+                    help="seconds from the start after which PyTorch rows not yet started are skipped")
     ap.add_argument("--out", required=True, help="JSON results")
     ap.add_argument("--markdown", help="also write the tables here")
     args = ap.parse_args()
@@ -173,7 +185,8 @@ def main():
     start = time.time()
     rows = nibble_rows(args.nibble, args.model, batches, args.duration)
     device = rows[0]["device_name"] if rows else "?"
-    rows += torch_rows(batches, args.modes.split(","), args.iters, start + args.time_limit)
+    compile_batches = {int(b) for b in args.compile_batches.split(",") if b}
+    rows += torch_rows(batches, args.modes.split(","), args.iters, start + args.time_limit, compile_batches)
     command = "python3 tools/gpu_peer_bench.py " + " ".join(sys.argv[1:])
     res = {"device": device, "date": datetime.date.today().isoformat(), "command": command, "rows": rows}
     tmp = args.out + ".tmp"

@@ -16,6 +16,7 @@
 #include "quant/calibration.h"
 #include "quant/observer.h"
 #include "quant/quantize.h"
+#include "quant/requant.h"
 #include "test_util.h"
 
 namespace nibble {
@@ -315,6 +316,41 @@ TEST(CudaEngine, BadInputsAreOneLineErrors) {
   EXPECT_NE(error_of([&] { gpu.run({wrong}); }).find("must be u8"), std::string::npos);
   Tensor shape(DType::u8, {1, net.input.dim(1) + 1, net.input.dim(2), net.input.dim(3)});
   EXPECT_NE(error_of([&] { gpu.run({shape}); }).find("must have shape"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace nibble
+
+namespace nibble {
+namespace {
+
+// The kernel clamps |acc| to `sat` before a 32-bit requantization: every |acc| >= sat must give the
+// same saturated value, sat - 1 must not saturate where a smaller input exists, and the product must fit.
+TEST(CudaPlan, SaturationThresholdsAreExact) {
+  std::mt19937 rng(11);
+  for (int trial = 0; trial < 200; ++trial) {
+    const int shift = static_cast<int>(rng() % 20), bits = 1 + static_cast<int>(rng() % 8);
+    const bool sgn = rng() % 2;
+    const auto r = quant::output_range(bits, sgn);
+    std::vector<uint16_t> f(4);
+    for (auto& v : f) v = static_cast<uint16_t>(rng() % 65536);
+    const auto sat = cuda::saturation_thresholds(f, shift, r.lo, r.hi);
+    if (sat.empty()) continue;
+    for (size_t c = 0; c < f.size(); ++c) {
+      const uint64_t round = shift ? uint64_t{1} << (shift - 1) : 0;
+      ASSERT_LT(uint64_t{sat[c]} * f[c] + round, uint64_t{1} << 32);
+      for (int64_t x : {int64_t{sat[c]}, int64_t{sat[c]} + 1, int64_t{2147483647}}) {
+        if (f[c] == 0) break;
+        EXPECT_EQ(quant::requantize(x, f[c], shift, r), quant::requantize(sat[c], f[c], shift, r));
+        EXPECT_EQ(quant::requantize(-x, f[c], shift, r), quant::requantize(-int64_t{sat[c]}, f[c], shift, r));
+        EXPECT_EQ(quant::requantize(sat[c], f[c], shift, r), r.hi);
+      }
+      if (sat[c] > 0 && f[c] != 0) {
+        const int64_t below = quant::requantize(int64_t{sat[c]} - 1, f[c], shift, {-(int64_t{1} << 40), int64_t{1} << 40});
+        EXPECT_LE(below, std::max(r.hi, -r.lo));
+      }
+    }
+  }
 }
 
 }  // namespace

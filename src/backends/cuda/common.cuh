@@ -37,6 +37,45 @@ __device__ __forceinline__ int64_t requantize_dev(int64_t x, uint32_t factor, in
   return q < lo ? lo : (q > hi ? hi : q);
 }
 
+// The same for an s32 input and a range inside s32 (outputs of at most 31 bits), with the
+// product formed by one 32 x 32 -> 64-bit multiply and the clamp applied to the magnitude.
+__device__ __forceinline__ int32_t requantize32(int32_t x, uint32_t factor, int shift, int32_t lo, int32_t hi) {
+  const bool neg = x < 0;
+  const uint32_t a = neg ? 0u - static_cast<uint32_t>(x) : static_cast<uint32_t>(x);
+  uint64_t mag = static_cast<uint64_t>(a) * factor;
+  if (shift > 0) mag = (mag + (uint64_t{1} << (shift - 1))) >> shift;
+  // Negative inputs can only reach lo (<= 0), others only hi (>= 0).
+  const uint32_t lim = neg ? 0u - static_cast<uint32_t>(lo) : static_cast<uint32_t>(hi);
+  const uint32_t m = mag > lim ? lim : static_cast<uint32_t>(mag);
+  return neg ? static_cast<int32_t>(0u - m) : static_cast<int32_t>(m);
+}
+
+// requantize32 for |x| <= 255 (a narrow residual) and factor < 2^16: the product fits 32 bits.
+__device__ __forceinline__ int32_t requantize_narrow(int32_t x, uint32_t factor, int shift, int32_t lo, int32_t hi) {
+  const bool neg = x < 0;
+  const uint32_t a = static_cast<uint32_t>(neg ? -x : x);
+  uint32_t mag = a * factor;
+  if (shift > 0) mag = (mag + (1u << (shift - 1))) >> shift;
+  const uint32_t lim = neg ? 0u - static_cast<uint32_t>(lo) : static_cast<uint32_t>(hi);
+  const uint32_t m = mag > lim ? lim : mag;
+  return neg ? static_cast<int32_t>(0u - m) : static_cast<int32_t>(m);
+}
+
+// requantize32 with 32-bit arithmetic only: `sat` is the smallest |x| whose result saturates on
+// either side (ConvStep::sat), so |x| is first clamped to it; the host only passes thresholds
+// with sat x factor + 2^(shift-1) < 2^32, which keeps the product exact.
+__device__ __forceinline__ int32_t requantize_saturating(int32_t x, uint32_t factor, uint32_t sat, int shift, int32_t lo,
+                                                         int32_t hi) {
+  const bool neg = x < 0;
+  uint32_t a = neg ? 0u - static_cast<uint32_t>(x) : static_cast<uint32_t>(x);
+  a = a < sat ? a : sat;
+  uint32_t mag = a * factor;
+  if (shift > 0) mag = (mag + (1u << (shift - 1))) >> shift;
+  const uint32_t lim = neg ? 0u - static_cast<uint32_t>(lo) : static_cast<uint32_t>(hi);
+  const uint32_t m = mag > lim ? lim : mag;
+  return neg ? static_cast<int32_t>(0u - m) : static_cast<int32_t>(m);
+}
+
 // Element `c` (a channel) of an NHWC row stored as `s`: 8-bit bytes, 4-bit pairs (channel 2j in
 // the low nibble of byte j, 2j + 1 in the high one) or s32 words.
 __device__ __forceinline__ int32_t load_element(const void* row, int64_t c, Storage s) {

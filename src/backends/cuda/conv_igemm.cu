@@ -104,39 +104,6 @@ struct Tile {
   static_assert(BM * kAPerRow % kThreads == 0 && BN * kBPerRow % kThreads == 0, "copies must divide evenly");
 };
 
-// Eight consecutive elements (channels c0 .. c0 + 7, c0 a multiple of 8) of an NHWC row, widened.
-__device__ __forceinline__ void load8(const uint8_t* row, int c0, Storage s, int32_t (&v)[8]) {
-  switch (s) {
-    case Storage::u4:
-    case Storage::s4: {
-      const uint32_t w = *reinterpret_cast<const uint32_t*>(row + c0 / 2);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const int q = (w >> (4 * j)) & 0xF;
-        v[j] = s == Storage::s4 && q >= 8 ? q - 16 : q;
-      }
-      break;
-    }
-    case Storage::u8:
-    case Storage::s8: {
-      const uint32_t w0 = *reinterpret_cast<const uint32_t*>(row + c0);
-      const uint32_t w1 = *reinterpret_cast<const uint32_t*>(row + c0 + 4);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        const uint32_t b = ((j < 4 ? w0 : w1) >> (8 * (j & 3))) & 0xFF;
-        v[j] = s == Storage::s8 ? static_cast<int32_t>(static_cast<int8_t>(b)) : static_cast<int32_t>(b);
-      }
-      break;
-    }
-    default: {
-      const int32_t* p = reinterpret_cast<const int32_t*>(row) + c0;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) v[j] = p[j];
-      break;
-    }
-  }
-}
-
 // Stores eight consecutive elements as `s` (values already in range).
 __device__ __forceinline__ void store8(uint8_t* row, int c0, Storage s, const int32_t (&v)[8]) {
   switch (s) {
@@ -393,40 +360,120 @@ __global__ void __launch_bounds__(Tile<BM, BN, kA, kLoad>::kThreads)
   }
   __syncthreads();
 
-  // Epilogue, 8 maps of one pixel per step: bias, residual, ReLU, requantization, store.
+  // Epilogue, 8 maps of one pixel per unit: bias, residual, ReLU, requantization, store. The
+  // threads of a block cover whole rows, so a thread keeps one group of 8 maps for all its units:
+  // its bias and factors are read once, and all its residual words are requested before any is used.
   constexpr int kGroups = BN / 8;
-  for (int u = tid; u < BM * kGroups; u += T::kThreads) {
-    const int row = u / kGroups, c8 = (u % kGroups) * 8;
+  constexpr int kUnits = BM * kGroups / T::kThreads;
+  static_assert(T::kThreads % kGroups == 0, "a thread keeps one map group");
+  const int c8 = (tid % kGroups) * 8;
+  const int c0 = n0 + c8;
+  if (c0 >= a.m) return;
+  const bool full = c0 + 8 <= a.m;
+  // Bias and factors are padded to whole map blocks: 8 entries from c0 are always readable.
+  int32_t bias[8];
+  uint32_t fac[8], rfac[8];
+  {
+    const int4 b0 = *reinterpret_cast<const int4*>(a.bias + c0), b1 = *reinterpret_cast<const int4*>(a.bias + c0 + 4);
+    bias[0] = b0.x; bias[1] = b0.y; bias[2] = b0.z; bias[3] = b0.w;
+    bias[4] = b1.x; bias[5] = b1.y; bias[6] = b1.z; bias[7] = b1.w;
+    const uint4 f = a.factor ? *reinterpret_cast<const uint4*>(a.factor + c0) : make_uint4(0, 0, 0, 0);
+    const uint4 rf = a.res_factor ? *reinterpret_cast<const uint4*>(a.res_factor + c0) : make_uint4(0, 0, 0, 0);
+    const uint32_t fw[4] = {f.x, f.y, f.z, f.w}, rw[4] = {rf.x, rf.y, rf.z, rf.w};
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      fac[j] = (fw[j / 2] >> (16 * (j & 1))) & 0xFFFF;
+      rfac[j] = (rw[j / 2] >> (16 * (j & 1))) & 0xFFFF;
+    }
+  }
+  uint32_t sat[8];
+  if (a.sat) {
+    const uint4 t0 = *reinterpret_cast<const uint4*>(a.sat + c0), t1 = *reinterpret_cast<const uint4*>(a.sat + c0 + 4);
+    sat[0] = t0.x; sat[1] = t0.y; sat[2] = t0.z; sat[3] = t0.w;
+    sat[4] = t1.x; sat[5] = t1.y; sat[6] = t1.z; sat[7] = t1.w;
+  }
+  const int32_t lo = static_cast<int32_t>(a.lo), hi = static_cast<int32_t>(a.hi);
+  const int32_t rlo = static_cast<int32_t>(a.res_lo), rhi = static_cast<int32_t>(a.res_hi);
+  // Narrow residuals (4 or 8 bits) come as raw words, fetched for every unit up front.
+  const bool narrow_res = a.res && full && a.res_storage != Storage::s32;
+  uint32_t rw[kUnits][2];
+#pragma unroll
+  for (int i = 0; i < kUnits; ++i) {
+    const int row = tid / kGroups + i * (T::kThreads / kGroups);
     const int64_t p = m0 + row;
-    const int c0 = n0 + c8;
-    if (p >= a.pixels || c0 >= a.m) continue;
+    rw[i][0] = rw[i][1] = 0;
+    if (narrow_res && p < a.pixels) {
+      const uint8_t* rrow = a.res + p * a.res_row;
+      if (a.res_storage == Storage::u4 || a.res_storage == Storage::s4) {
+        rw[i][0] = __ldg(reinterpret_cast<const uint32_t*>(rrow + c0 / 2));
+      } else {
+        rw[i][0] = __ldg(reinterpret_cast<const uint32_t*>(rrow + c0));
+        rw[i][1] = __ldg(reinterpret_cast<const uint32_t*>(rrow + c0 + 4));
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kUnits; ++i) {
+    const int row = tid / kGroups + i * (T::kThreads / kGroups);
+    const int64_t p = m0 + row;
+    if (p >= a.pixels) continue;
     int32_t v[8];
     const int4 lo4 = *reinterpret_cast<const int4*>(ctile + row * T::kCRow + c8);
     const int4 hi4 = *reinterpret_cast<const int4*>(ctile + row * T::kCRow + c8 + 4);
     v[0] = lo4.x; v[1] = lo4.y; v[2] = lo4.z; v[3] = lo4.w;
     v[4] = hi4.x; v[5] = hi4.y; v[6] = hi4.z; v[7] = hi4.w;
-    const bool full = c0 + 8 <= a.m;
-    int32_t r[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    if (a.res) {
-      const uint8_t* rrow = a.res + p * a.res_row;
-      if (full) {
-        load8(rrow, c0, a.res_storage, r);
-      } else {
-        for (int j = 0; j < 8 && c0 + j < a.m; ++j) r[j] = load_element(rrow, c0 + j, a.res_storage);
-      }
-    }
+    // Each stage loops over the 8 maps with its condition tested once (uniform across the block).
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const int c = c0 + j;  // bias and factors are padded to whole map blocks: reading past m is safe
-      int32_t x = wrap_add(v[j], a.bias[c]);
-      if (a.res) {
-        int32_t rv = r[j];
-        if (a.res_factor) rv = static_cast<int32_t>(requantize_dev(rv, a.res_factor[c], a.res_shift, a.res_lo, a.res_hi));
-        x = wrap_add(x, rv);
+    for (int j = 0; j < 8; ++j) v[j] = wrap_add(v[j], bias[j]);
+    if (a.res) {
+      int32_t r[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      if (narrow_res) {
+        switch (a.res_storage) {
+          case Storage::u4:
+#pragma unroll
+            for (int j = 0; j < 8; ++j) r[j] = (rw[i][0] >> (4 * j)) & 0xF;
+            break;
+          case Storage::s4:
+#pragma unroll
+            for (int j = 0; j < 8; ++j) r[j] = static_cast<int32_t>(rw[i][0] << (28 - 4 * j)) >> 28;
+            break;
+          case Storage::u8:
+#pragma unroll
+            for (int j = 0; j < 8; ++j) r[j] = (rw[i][j / 4] >> (8 * (j & 3))) & 0xFF;
+            break;
+          default:
+#pragma unroll
+            for (int j = 0; j < 8; ++j) r[j] = static_cast<int32_t>(rw[i][j / 4] << (24 - 8 * (j & 3))) >> 24;
+            break;
+        }
+        // |narrow residual| <= 255 and factor < 2^16: the product fits 32 bits.
+        if (a.res_factor) {
+#pragma unroll
+          for (int j = 0; j < 8; ++j) r[j] = requantize_narrow(r[j], rfac[j], a.res_shift, rlo, rhi);
+        }
+      } else {
+        const uint8_t* rrow = a.res + p * a.res_row;
+        for (int j = 0; j < 8 && c0 + j < a.m; ++j) r[j] = load_element(rrow, c0 + j, a.res_storage);
+        if (a.res_factor) {
+#pragma unroll
+          for (int j = 0; j < 8; ++j) r[j] = requantize32(r[j], rfac[j], a.res_shift, rlo, rhi);
+        }
       }
-      if (a.relu && x < 0) x = 0;
-      if (a.factor) x = static_cast<int32_t>(requantize_dev(x, a.factor[c], a.shift, a.lo, a.hi));
-      v[j] = x;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[j] = wrap_add(v[j], r[j]);
+    }
+    if (a.relu) {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[j] = v[j] > 0 ? v[j] : 0;
+    }
+    if (a.factor) {
+      if (a.sat) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[j] = requantize_saturating(v[j], fac[j], sat[j], a.shift, lo, hi);
+      } else {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[j] = requantize32(v[j], fac[j], a.shift, lo, hi);
+      }
     }
     uint8_t* yrow = a.y + p * a.y_row;
     if (full) {

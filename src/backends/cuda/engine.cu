@@ -29,6 +29,7 @@ struct DevConv {
   const int32_t* bias = nullptr;
   const uint16_t* factor = nullptr;
   const uint16_t* res_factor = nullptr;
+  const uint32_t* sat = nullptr;
 };
 
 struct Context {
@@ -113,7 +114,7 @@ struct CudaEngine::Impl {
       if (bytes) std::memcpy(host.data() + off, data, bytes);
       return off;
     };
-    struct Offsets { size_t w = 0, b = 0, f = SIZE_MAX, rf = SIZE_MAX, fl = SIZE_MAX; };
+    struct Offsets { size_t w = 0, b = 0, f = SIZE_MAX, rf = SIZE_MAX, fl = SIZE_MAX, sat = SIZE_MAX; };
     std::vector<Offsets> offs(plan.steps.size());
     for (size_t s = 0; s < plan.steps.size(); ++s) {
       const Step& st = plan.steps[s];
@@ -124,6 +125,7 @@ struct CudaEngine::Impl {
         o.b = put(c.bias.data(), c.bias.size() * 4);
         if (!c.factor.empty()) o.f = put(c.factor.data(), c.factor.size() * 2);
         if (!c.res_factor.empty()) o.rf = put(c.res_factor.data(), c.res_factor.size() * 2);
+        if (!c.sat.empty()) o.sat = put(c.sat.data(), c.sat.size() * 4);
       } else if (st.kind == StepKind::requantize) {
         o.f = put(st.conv.factor.data(), st.conv.factor.size() * 2);
       } else if (st.kind == StepKind::input && st.input.quantize) {
@@ -142,6 +144,7 @@ struct CudaEngine::Impl {
       if (plan.steps[s].kind == StepKind::conv) {
         convs[s].weights = reinterpret_cast<const int8_t*>(constants + o.w);
         convs[s].bias = reinterpret_cast<const int32_t*>(constants + o.b);
+        if (o.sat != SIZE_MAX) convs[s].sat = reinterpret_cast<const uint32_t*>(constants + o.sat);
         if (o.rf != SIZE_MAX) convs[s].res_factor = reinterpret_cast<const uint16_t*>(constants + o.rf);
       }
       if (o.fl != SIZE_MAX) step_floats[s] = reinterpret_cast<float*>(constants + o.fl);
@@ -199,6 +202,7 @@ struct CudaEngine::Impl {
         a.bias = convs[s].bias;
         a.relu = k.relu;
         a.factor = convs[s].factor;
+        a.sat = convs[s].sat;
         a.shift = k.shift;
         a.lo = k.lo;
         a.hi = k.hi;

@@ -25,6 +25,7 @@ struct ConvArgs {
   const int32_t* bias = nullptr;
   bool relu = false;
   const uint16_t* factor = nullptr;  // nullptr: s32 output
+  const uint32_t* sat = nullptr;     // per map saturation thresholds (ConvStep::sat), or nullptr
   int shift = 0;
   int64_t lo = 0, hi = 0;
   uint8_t* y = nullptr;

@@ -69,6 +69,10 @@ struct ConvStep {
   std::vector<int32_t> bias;   // m_pad
   bool relu = false;
   std::vector<uint16_t> factor;  // m_pad, empty for an s32 output
+  // Per map: the smallest |acc| whose requantized value saturates on either side of the output
+  // range. Filled only when sat x factor + 2^(shift-1) < 2^32 for every map, so that the kernel's
+  // 32-bit requantization (clamp |acc| to sat first) is exact; empty otherwise.
+  std::vector<uint32_t> sat;
   int shift = 0;
   int64_t lo = 0, hi = 0;
   int res = -1;                 // residual value, -1 for none
@@ -123,6 +127,10 @@ struct Plan {
 // MaxPool, nibble:IntAvgPool, Flatten, nibble:IntLinear, nibble:Scale, an input nibble:QuantizeFloat).
 // Throws nibble::Error naming the model and node for anything the CUDA backend cannot run.
 Plan make_plan(const Graph& graph, StorageMode mode);
+
+// The `sat` thresholds of requantizing with `factor` and `shift` into [lo, hi] (ConvStep::sat);
+// empty when some map's product would not fit 32 bits.
+std::vector<uint32_t> saturation_thresholds(const std::vector<uint16_t>& factor, int shift, int64_t lo, int64_t hi);
 
 // Host-side layout conversions (the device kernels follow the same layouts):
 // `t` (N x C [x H x W] of integer dtype) to NHWC rows of `storage`.
