@@ -12,9 +12,9 @@ __global__ void avg_pool_kernel(const uint8_t* x, uint8_t* y, int64_t row, int64
   if (i >= outputs) return;
   const int64_t pixel = i / channels;
   const int64_t c = i - pixel * channels;
-  const int64_t n = pixel / (int64_t{oh} * ow);
-  const int rem = static_cast<int>(pixel - n * oh * ow);
-  const int oy = rem / ow, ox = rem - oy * ow;
+  const PixelPos pos = pixel_pos(pixel, oh, ow);
+  const int64_t n = pos.n;
+  const int oy = pos.y, ox = pos.x;
   int64_t sum = 0;
   for (int a = 0; a < p.kh; ++a) {
     for (int b = 0; b < p.kw; ++b) sum += x[((n * h + oy * p.sh + a) * w + ox * p.sw + b) * row + c];

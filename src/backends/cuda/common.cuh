@@ -76,6 +76,17 @@ __device__ __forceinline__ int32_t requantize_saturating(int32_t x, uint32_t fac
   return neg ? static_cast<int32_t>(0u - m) : static_cast<int32_t>(m);
 }
 
+// Output pixel `pixel` (n x oh x ow + y x ow + x) as its image and coordinates.
+struct PixelPos {
+  int64_t n;
+  int y, x;
+};
+__device__ __forceinline__ PixelPos pixel_pos(int64_t pixel, int oh, int ow) {
+  const int64_t n = pixel / (int64_t{oh} * ow);
+  const int rem = static_cast<int>(pixel - n * oh * ow);
+  return {n, rem / ow, rem % ow};
+}
+
 // Element `c` (a channel) of an NHWC row stored as `s`: 8-bit bytes, 4-bit pairs (channel 2j in
 // the low nibble of byte j, 2j + 1 in the high one) or s32 words.
 __device__ __forceinline__ int32_t load_element(const void* row, int64_t c, Storage s) {

@@ -36,9 +36,9 @@ __global__ void max_pool_kernel(const uint32_t* x, uint32_t* y, int64_t words, i
   if (i >= words) return;
   const int64_t pixel = i / wpp;
   const int64_t wd = i - pixel * wpp;
-  const int64_t n = pixel / (int64_t{oh} * ow);
-  const int rem = static_cast<int>(pixel - n * oh * ow);
-  const int oy = rem / ow, ox = rem - oy * ow;
+  const PixelPos pos = pixel_pos(pixel, oh, ow);
+  const int64_t n = pos.n;
+  const int oy = pos.y, ox = pos.x;
   uint32_t m = word_min<kS>();
   for (int a = 0; a < p.kh; ++a) {
     const int iy = oy * p.sh - p.ph + a;
