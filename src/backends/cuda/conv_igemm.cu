@@ -91,6 +91,9 @@ struct Tile {
   static constexpr int kBK = kPacked ? 32 : 64;  // bytes of one K tile
   static constexpr int kRow = kBK + 16;          // shared-memory row, padded against bank conflicts
   static constexpr int kStageBytes = (BM + BN) * kRow;
+  // Register caps: 128 per thread (512 threads per SM, two 128 x 128 blocks) for the main
+  // kernels; about 170 for the stem's taps mode (its small tiles, three blocks per SM).
+  static constexpr int kMinBlocks = kLoad == ConvLoad::taps ? (kThreads <= 128 ? 384 / kThreads : 1) : 512 / kThreads;
   static constexpr int kCRow = BN + 8;  // s32 accumulator row in the epilogue (conflict-free stores)
   static constexpr int kSmem = kStages * kStageBytes > BM * kCRow * 4 ? kStages * kStageBytes : BM * kCRow * 4;
   static constexpr bool kVec = kLoad == ConvLoad::vec;
@@ -153,7 +156,7 @@ __device__ __forceinline__ void store1(uint8_t* row, int c, Storage s, int32_t v
 }
 
 template <int BM, int BN, Storage kA, ConvLoad kLoad>
-__global__ void __launch_bounds__(Tile<BM, BN, kA, kLoad>::kThreads)
+__global__ void __launch_bounds__(Tile<BM, BN, kA, kLoad>::kThreads, Tile<BM, BN, kA, kLoad>::kMinBlocks)
     conv_igemm_kernel(const ConvArgs a) {
   using T = Tile<BM, BN, kA, kLoad>;
   extern __shared__ __align__(128) uint8_t smem[];
@@ -394,6 +397,8 @@ __global__ void __launch_bounds__(Tile<BM, BN, kA, kLoad>::kThreads)
   }
   const int32_t lo = static_cast<int32_t>(a.lo), hi = static_cast<int32_t>(a.hi);
   const int32_t rlo = static_cast<int32_t>(a.res_lo), rhi = static_cast<int32_t>(a.res_hi);
+  const uint32_t round = a.shift > 0 ? 1u << (a.shift - 1) : 0u;
+  const uint32_t res_round = a.res_shift > 0 ? 1u << (a.res_shift - 1) : 0u;
   // Narrow residuals (4 or 8 bits) come as raw words, fetched for every unit up front.
   const bool narrow_res = a.res && full && a.res_storage != Storage::s32;
   uint32_t rw[kUnits][2];
@@ -448,8 +453,17 @@ __global__ void __launch_bounds__(Tile<BM, BN, kA, kLoad>::kThreads)
         }
         // |narrow residual| <= 255 and factor < 2^16: the product fits 32 bits.
         if (a.res_factor) {
+          if (a.res_storage == Storage::u4 || a.res_storage == Storage::u8) {
+            // Unsigned and below 2^8: (r x factor + round) >> shift fits 32 bits and is >= 0.
 #pragma unroll
-          for (int j = 0; j < 8; ++j) r[j] = requantize_narrow(r[j], rfac[j], a.res_shift, rlo, rhi);
+            for (int j = 0; j < 8; ++j) {
+              r[j] = static_cast<int32_t>(min((static_cast<uint32_t>(r[j]) * rfac[j] + res_round) >> a.res_shift,
+                                              static_cast<uint32_t>(rhi)));
+            }
+          } else {
+#pragma unroll
+            for (int j = 0; j < 8; ++j) r[j] = requantize_narrow(r[j], rfac[j], a.res_shift, rlo, rhi);
+          }
         }
       } else {
         const uint8_t* rrow = a.res + p * a.res_row;
@@ -467,7 +481,14 @@ __global__ void __launch_bounds__(Tile<BM, BN, kA, kLoad>::kThreads)
       for (int j = 0; j < 8; ++j) v[j] = v[j] > 0 ? v[j] : 0;
     }
     if (a.factor) {
-      if (a.sat) {
+      if (a.sat && a.relu) {
+        // After ReLU nothing is negative: clamp, one multiply-add, shift, clamp.
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          const uint32_t x = min(static_cast<uint32_t>(v[j]), sat[j]);
+          v[j] = static_cast<int32_t>(min((x * fac[j] + round) >> a.shift, static_cast<uint32_t>(hi)));
+        }
+      } else if (a.sat) {
 #pragma unroll
         for (int j = 0; j < 8; ++j) v[j] = requantize_saturating(v[j], fac[j], sat[j], a.shift, lo, hi);
       } else {

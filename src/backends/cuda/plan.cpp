@@ -219,7 +219,7 @@ class Planner {
     c.dw = static_cast<int>(dil[1]);
     c.ph = static_cast<int>(pads[0]);
     c.pw = static_cast<int>(pads[1]);
-    const Value& xv = plan_.values[static_cast<size_t>(x)];
+    const Value xv = plan_.values[static_cast<size_t>(x)];  // a copy: new_value() may reallocate
     if (!xv.spatial || w.dim(1) != xv.c) {
       fail("{}: weight {} does not match input '{}' of {} channels", n.label(), shape_str(w.shape()), xv.name, xv.c);
     }
@@ -399,7 +399,7 @@ class Planner {
   void add_flatten(const Node& n) {
     const int x = lookup(n.inputs.at(0), n.label());
     if (n.attr_int("axis", 1) != 1) fail("{}: only axis=1 is supported", n.label());
-    const Value& xv = plan_.values[static_cast<size_t>(x)];
+    const Value xv = plan_.values[static_cast<size_t>(x)];  // a copy: new_value() may reallocate
     if (xv.h == 1 && xv.w == 1) {
       names_[n.outputs.at(0)] = x;  // the same bytes: N x C x 1 x 1 and N x C are one layout in NHWC
       flat_aliases_.insert(n.outputs.at(0));
