@@ -531,8 +531,7 @@ class Planner {
                 const int64_t tap = a * kh_bytes + b * tap_bytes;
                 int8_t* dst = c.weights.data() + m * c.k_pad + tap;
                 if (is_packed(x.storage)) {
-                  uint8_t& byte = reinterpret_cast<uint8_t&>(dst[ch / 2]);
-                  byte = static_cast<uint8_t>(byte | ((v & 0xF) << ((ch & 1) * 4)));
+                  pack_4bit(reinterpret_cast<uint8_t*>(dst), ch, v);
                 } else {
                   dst[ch] = static_cast<int8_t>(v);
                 }
@@ -639,7 +638,7 @@ std::vector<uint8_t> to_device_layout(const Tensor& t, Storage storage) {
           case Storage::u8:
           case Storage::s8: dst[ch] = static_cast<uint8_t>(v); break;
           case Storage::u4:
-          case Storage::s4: dst[ch / 2] = static_cast<uint8_t>(dst[ch / 2] | ((v & 0xF) << ((ch & 1) * 4))); break;
+          case Storage::s4: pack_4bit(dst, ch, static_cast<int>(v)); break;
           case Storage::s32: {
             const int32_t w = static_cast<int32_t>(v);
             std::copy_n(reinterpret_cast<const uint8_t*>(&w), 4, dst + 4 * ch);
@@ -669,12 +668,8 @@ Tensor from_device_layout(const uint8_t* data, int64_t batch, const Value& v, bo
         switch (v.storage) {
           case Storage::u8: x = src[ch]; break;
           case Storage::s8: x = static_cast<int8_t>(src[ch]); break;
-          case Storage::u4: x = (src[ch / 2] >> ((ch & 1) * 4)) & 0xF; break;
-          case Storage::s4: {
-            const int q = (src[ch / 2] >> ((ch & 1) * 4)) & 0xF;
-            x = q >= 8 ? q - 16 : q;
-            break;
-          }
+          case Storage::u4: x = unpack_u4(src, ch); break;
+          case Storage::s4: x = unpack_s4(src, ch); break;
           case Storage::s32: {
             int32_t w;
             std::copy_n(src + 4 * ch, 4, reinterpret_cast<uint8_t*>(&w));
