@@ -54,7 +54,7 @@ the export command needs none of those options.
 
 On CUDA, --amp trains (and evaluates during training) under bf16 autocast with
 the model and inputs in channels_last memory format.  It is off by default;
-the export and the final evaluation are always float32 on the CPU.
+the export and the final evaluation are always float32 (on the CPU unless --eval-device cuda).
 
 Export keeps BatchNormalization nodes (opset 13, inference form) unless
 --fold-bn is given.
@@ -355,6 +355,7 @@ def count_macs(model, input_shape=(1, 1, 28, 28)):
 # --------------------------------------------------------------------------
 
 @torch.no_grad()
+@torch.no_grad()
 def predict(model, x, device, batch_size=1000, input_size=NATIVE_SIZE, amp=False):
     """Argmax predictions; x is N x 1 x 28 x 28, resized on `device` to input_size."""
     model.eval()
@@ -393,6 +394,9 @@ def export_onnx(model, path, fold_bn, input_size=NATIVE_SIZE):
             input_names=["input"],
             output_names=["logits"],
             dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+            # torch >= 2.5 defaults to its dynamo exporter; this one is the TorchScript exporter
+            # of torch 1.13, which gives the same graph on both.
+            **({"dynamo": False} if "dynamo" in torch.onnx.export.__code__.co_varnames else {}),
         )
 
     import onnx
@@ -467,6 +471,8 @@ def main(argv=None):
     p.add_argument("--from-checkpoint", metavar="PATH.npz", default=None,
                    help="skip training: load weights saved by --save-checkpoint (its arch/width/blocks/"
                         "input size and training metadata are used), then export and evaluate")
+    p.add_argument("--eval-device", choices=["cpu", "cuda"], default="cpu",
+                   help="device of the final float32 evaluation of the exported module (default: %(default)s)")
     p.add_argument("--no-export", action="store_true",
                    help="train (and --save-checkpoint) only; skip the ONNX export and the JSON summary")
     p.add_argument("--max-train-batches", type=int, default=0,
@@ -654,7 +660,13 @@ def main(argv=None):
           f"op types: {', '.join(op_types)}; BatchNormalization nodes: {n_bn}", flush=True)
 
     # ---- final evaluation of the exported (eval-mode, float32) module ----
-    pred = predict(model, x_test, "cpu", input_size=input_size)
+    if args.eval_device == "cuda":
+        # float32 convolutions (no TF32) for a float32 reference
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        model.to("cuda")
+    pred = predict(model, x_test, args.eval_device, input_size=input_size)
+    model.to("cpu")
     correct = int((pred == y_test).sum().item())
     total = int(y_test.shape[0])
     top1 = correct / total

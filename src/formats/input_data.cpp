@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
+#include <vector>
 
 #include "nibble/dataset.h"
 #include "nibble/error.h"
@@ -58,6 +59,39 @@ void image_to_chw(const fs::path& path, const Shape& chw, float mean, float std,
       } else {
         for (int c = 0; c < 3; ++c) out[(c * h + y) * w + x] = (px[c] / 255.0f - mean) / std;
       }
+    }
+  }
+}
+
+// Bilinear resize of one h x w plane to oh x ow with half-pixel centres (PyTorch's
+// F.interpolate(mode="bilinear", align_corners=False), no antialiasing), computed in double and
+// rounded to f32 once: nibble_qat feeds its models the same values.
+void resize_plane_f32(const float* src, int64_t h, int64_t w, int64_t oh, int64_t ow, float* dst) {
+  struct Tap {
+    int64_t i0, i1;
+    double l0, l1;
+  };
+  auto taps = [](int64_t in, int64_t out) {
+    std::vector<Tap> t(static_cast<size_t>(out));
+    const double scale = static_cast<double>(in) / static_cast<double>(out);
+    for (int64_t o = 0; o < out; ++o) {
+      double s = (static_cast<double>(o) + 0.5) * scale - 0.5;
+      if (s < 0) s = 0;
+      const int64_t i0 = static_cast<int64_t>(s);
+      const int64_t i1 = i0 + (i0 < in - 1 ? 1 : 0);
+      const double l1 = s - static_cast<double>(i0);
+      t[static_cast<size_t>(o)] = {i0, i1, 1.0 - l1, l1};
+    }
+    return t;
+  };
+  const std::vector<Tap> ty = taps(h, oh), tx = taps(w, ow);
+  for (int64_t y = 0; y < oh; ++y) {
+    const Tap& a = ty[static_cast<size_t>(y)];
+    for (int64_t x = 0; x < ow; ++x) {
+      const Tap& b = tx[static_cast<size_t>(x)];
+      const double top = b.l0 * src[a.i0 * w + b.i0] + b.l1 * src[a.i0 * w + b.i1];
+      const double bottom = b.l0 * src[a.i1 * w + b.i0] + b.l1 * src[a.i1 * w + b.i1];
+      dst[y * ow + x] = static_cast<float>(a.l0 * top + a.l1 * bottom);
     }
   }
 }
@@ -119,6 +153,16 @@ InputData load_input_data(const std::string& spec, const Shape& chw, float mean,
     InputData d;
     d.name = ds.name;
     d.inputs = image_batch_f32(ds, 0, ds.size(), mean, std);
+    // A one-channel model of another size (say 224 x 224) gets the images bilinearly resized.
+    const int64_t h = d.inputs.dim(2), w = d.inputs.dim(3);
+    if (chw.size() == 3 && chw[0] == 1 && chw[1] > 0 && chw[2] > 0 && (chw[1] != h || chw[2] != w)) {
+      Tensor resized(DType::f32, {ds.size(), 1, chw[1], chw[2]});
+      for (int64_t i = 0; i < ds.size(); ++i) {
+        resize_plane_f32(d.inputs.data<float>() + i * h * w, h, w, chw[1], chw[2],
+                         resized.data<float>() + i * chw[1] * chw[2]);
+      }
+      d.inputs = std::move(resized);
+    }
     for (int64_t i = 0; i < ds.size(); ++i) d.labels.push_back(ds.labels.data<uint8_t>()[i]);
     return d;
   }

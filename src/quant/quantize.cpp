@@ -714,6 +714,29 @@ class Quantizer {
     const int64_t k = u.w_shape[0];
     std::vector<double> acc(static_cast<size_t>(k));
     for (int64_t c = 0; c < k; ++c) acc[static_cast<size_t>(c)] = x.scale * ws[static_cast<size_t>(c)];
+    // A channel whose weights are so small that its bias, or the residual it adds, cannot be
+    // expressed in its accumulator scale (|bias| / scale or residual scale / scale of 2^31 or
+    // more) is a dead channel: its weights become 0 with scale 1. Only such channels change.
+    std::optional<double> residual_scale;  // a per-tensor residual scale (not per channel)
+    std::vector<double> residual_acc;      // or the per-channel accumulator scales of a residual conv
+    if (!u.input2.empty()) {
+      const std::string r = resolve(u.input2);
+      if (auto a = acc_.find(r); a != acc_.end()) {
+        residual_acc = a->second.scale;
+      } else if (quant_.count(r) || !float_.count(r)) {
+        residual_scale = need_quantized(r).scale;
+      }
+    }
+    const int64_t per = wq.numel() / k;
+    for (int64_t c = 0; c < k; ++c) {
+      const size_t i = static_cast<size_t>(c);
+      const double rs = residual_scale ? *residual_scale : (i < residual_acc.size() ? residual_acc[i] : 0.0);
+      if (std::abs(u.b[i] / acc[i]) > 2147483647.0 || rs / acc[i] >= 2147483648.0) {
+        ws[i] = 1.0;
+        acc[i] = x.scale;
+        for (int64_t j = 0; j < per; ++j) wq.set(c * per + j, 0.0);
+      }
+    }
     Tensor bias(DType::s32, {k});
     for (int64_t c = 0; c < k; ++c) {
       const double v = std::nearbyint(u.b[static_cast<size_t>(c)] / acc[static_cast<size_t>(c)]);

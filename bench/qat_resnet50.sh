@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# ResNet-50 v1.5 (224 x 224 input, torchvision widths) on Fashion-MNIST, INT4, in one scripted run
+# on a GPU: train FP32, calibrate (percentile:99.999), quantize without training (PTQ), fine-tune
+# with nibble_qat (QAT), quantize, and evaluate both integer models with the CUDA engine; then
+# compare the engine with the PyTorch fake-quantized model. Every stage writes into WORK and is
+# skipped when its output is there, so a second invocation continues an interrupted run
+# (fine-tuning resumes from its checkpoint).
+#
+#   bench/qat_resnet50.sh WORK [DATA_DIR] [NIBBLE]
+# Environment: EPOCHS_FP32 (4), EPOCHS_QAT (2), CALIB_SAMPLES (500), AGREE_LIMIT (2000), QAT_FLAGS
+# (more nibble_qat finetune options, e.g. --learn-ranges).
+set -euo pipefail
+work=${1:?usage: bench/qat_resnet50.sh WORK [DATA_DIR] [NIBBLE]}
+data_dir=${2:-/usr/share/datasets/fashion-mnist}
+nibble=${3:-build/nibble}
+root=$(cd "$(dirname "$0")/.." && pwd)
+export PYTHONPATH="$root/python${PYTHONPATH:+:$PYTHONPATH}"
+py=${PYTHON:-python3}
+mkdir -p "$work"
+log="$work/run.log"
+stage() { echo "== $(date -u +%FT%TZ) $*" | tee -a "$log"; }
+
+if [ ! -f "$work/fp32.onnx" ]; then
+  stage "train FP32"
+  "$py" "$root/tools/train_fmnist.py" --arch resnet50 --input-size 224 --amp --device cuda --eval-device cuda \
+    --epochs "${EPOCHS_FP32:-4}" --batch-size 128 --lr 0.1 --seed 0 --threads 8 --data-dir "$data_dir" \
+    -o "$work/fp32.onnx" 2>&1 | grep -v "^ *$" | tail -n 12 | tee -a "$log"
+fi
+if [ ! -f "$work/fp32.calib" ]; then
+  stage "calibrate"
+  "$nibble" calibrate "$work/fp32.onnx" --data fashion-mnist:train --data-dir "$data_dir" \
+    --samples "${CALIB_SAMPLES:-500}" --method percentile:99.999 -o "$work/fp32.calib" 2>&1 | tail -n 1 | tee -a "$log"
+fi
+if [ ! -d "$work/ptq_int4.nbl" ]; then
+  stage "quantize (PTQ)"
+  "$nibble" quantize "$work/fp32.onnx" --calib "$work/fp32.calib" --precision int4 -o "$work/ptq_int4.nbl" \
+    2>&1 | tail -n 1 | tee -a "$log"
+fi
+if [ ! -f "$work/ptq_int4.eval" ]; then
+  stage "evaluate PTQ INT4 (CUDA engine)"
+  "$nibble" eval "$work/ptq_int4.nbl" --device cuda --batch 250 --data fashion-mnist:test --data-dir "$data_dir" \
+    > "$work/ptq_int4.eval.tmp" 2>/dev/null && mv "$work/ptq_int4.eval.tmp" "$work/ptq_int4.eval"
+  tee -a "$log" < "$work/ptq_int4.eval"
+fi
+if [ ! -f "$work/qat_int4/done" ]; then
+  stage "fine-tune INT4 (nibble_qat)"
+  resume=()
+  [ -f "$work/qat_int4/checkpoint.pt" ] && resume=(--resume)
+  "$py" -m nibble_qat finetune "$work/fp32.onnx" --calib "$work/fp32.calib" --precision int4 \
+    --epochs "${EPOCHS_QAT:-2}" --batch-size 64 --device cuda --threads 8 --data-dir "$data_dir" \
+    -o "$work/qat_int4" ${QAT_FLAGS:-} "${resume[@]}" 2> "$work/qat_int4.progress" | tee -a "$log"
+  touch "$work/qat_int4/done"
+fi
+if [ ! -d "$work/qat_int4.nbl" ]; then
+  stage "quantize (QAT)"
+  "$nibble" quantize "$work/qat_int4/model.onnx" --calib "$work/qat_int4/model.calib" --precision int4 \
+    -o "$work/qat_int4.nbl" 2>&1 | tail -n 1 | tee -a "$log"
+fi
+if [ ! -f "$work/qat_int4.eval" ]; then
+  stage "evaluate QAT INT4 (CUDA engine)"
+  "$nibble" eval "$work/qat_int4.nbl" --device cuda --batch 250 --data fashion-mnist:test --data-dir "$data_dir" \
+    > "$work/qat_int4.eval.tmp" 2>/dev/null && mv "$work/qat_int4.eval.tmp" "$work/qat_int4.eval"
+  tee -a "$log" < "$work/qat_int4.eval"
+fi
+if [ ! -f "$work/agreement.json" ]; then
+  stage "engine against PyTorch fake quantization"
+  "$py" "$root/tools/qat_agreement.py" "$work/qat_int4/model.onnx" "$work/qat_int4/model.calib" \
+    "$work/qat_int4.nbl" --precision int4 --device cuda --engine-device cuda --limit "${AGREE_LIMIT:-2000}" \
+    --logits 100 --data-dir "$data_dir" --nibble "$nibble" --json "$work/agreement.json" | tee -a "$log"
+fi
+stage "done"

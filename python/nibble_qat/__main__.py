@@ -1,0 +1,126 @@
+"""python3 -m nibble_qat finetune MODEL.onnx --calib X.calib --precision int4 -o OUT/"""
+
+import argparse
+import os
+import sys
+
+from . import calib as calib_io
+from . import data as data_io
+from . import graph, onnx_io, train
+
+EPILOG = """\
+The output directory gets model.onnx (the fine-tuned FP32 model: same graph, trained weights,
+BatchNormalization scale and bias) and model.calib (the calibration table with the trained
+ranges), which go straight into nibble:
+
+  nibble quantize OUT/model.onnx --calib OUT/model.calib --precision P -o OUT/model.nbl
+
+Use the same --precision (and --all-layers / --layer-precision) there, and no --gptq: the
+fake-quantized model rounds weights to the nearest level, as plain `nibble quantize` does.
+A checkpoint (checkpoint.pt) is written after every epoch; --resume continues from it.
+"""
+
+
+def _layer_precision(text):
+    out = {}
+    for item in filter(None, (text or "").split(",")):
+        name, sep, p = item.rpartition(":")
+        if not sep or not name:
+            raise argparse.ArgumentTypeError(f"'{item}' is not NAME:PRECISION")
+        out[name] = p
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python3 -m nibble_qat",
+                                 description="Quantization-aware fine-tuning for nibble's integer models.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    f = sub.add_parser("finetune", help="fine-tune an FP32 ONNX model with fake quantization (STE)",
+                       description="Fine-tunes an FP32 ONNX model with the engine's own quantization "
+                                   "(straight-through estimator), starting from the ranges of a nibble "
+                                   "calibration table.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    f.add_argument("model", help="FP32 ONNX model (the one the table was calibrated on)")
+    f.add_argument("--calib", required=True,
+                   help="calibration table from `nibble calibrate` (the seed's recipe: --method percentile:99.999)")
+    f.add_argument("--precision", default="int4", choices=graph.PRECISIONS, help="integer precision (default int4)")
+    f.add_argument("--all-layers", action="store_true",
+                   help="quantize the first and last layers at --precision too (default: 8 bits, as nibble quantize)")
+    f.add_argument("--layer-precision", type=_layer_precision, default={},
+                   help="NAME:PRECISION,... per layer, as nibble quantize takes it")
+    f.add_argument("--learn-ranges", action="store_true",
+                   help="learn each activation's clipping threshold (LSQ) instead of keeping the calibrated one")
+    f.add_argument("--range-lr", type=float, default=None, help="learning rate of the thresholds (default: --lr)")
+    f.add_argument("--epochs", type=int, default=15, help="training epochs (default 15)")
+    f.add_argument("--batch-size", type=int, default=128, help="images per step (default 128)")
+    f.add_argument("--lr", type=float, default=0.005, help="peak learning rate, cosine decay (default 0.005)")
+    f.add_argument("--weight-decay", type=float, default=5e-4, help="on weights only (default 5e-4)")
+    f.add_argument("--data", default="fashion-mnist", help="training data: fashion-mnist (the only one so far)")
+    f.add_argument("--data-dir", default=data_io.DEFAULT_DIR, help="directory of Fashion-MNIST's IDX files")
+    f.add_argument("--limit-train", type=int, default=0, help="use only the first N training images")
+    f.add_argument("--limit-test", type=int, default=0, help="evaluate on the first N test images only")
+    f.add_argument("--max-steps", type=int, default=0, help="stop after N steps in all (0: run every epoch)")
+    f.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    f.add_argument("--threads", type=int, default=0, help="CPU threads for PyTorch (0: its default)")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    f.add_argument("-o", "--output", required=True, help="output directory")
+    args = ap.parse_args(argv)
+
+    try:
+        return _finetune(args)
+    except (onnx_io.OnnxError, calib_io.CalibError, data_io.DataError, graph.UnsupportedModel, FileExistsError,
+            ValueError, RuntimeError, OSError) as e:
+        print(f"nibble_qat: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nibble_qat: interrupted; the last finished epoch is in the checkpoint (--resume continues)",
+              file=sys.stderr)
+        return 130
+
+
+def _finetune(args):
+    import torch
+
+    if args.data not in ("fashion-mnist", "fashion-mnist:train"):
+        raise ValueError(f"--data {args.data}: fine-tuning reads fashion-mnist (train split; test split for accuracy)")
+    for name in ("epochs", "batch_size", "limit_train", "limit_test", "max_steps", "threads"):
+        v = getattr(args, name)
+        if v < 0 or (name in ("epochs", "batch_size") and v == 0):
+            raise ValueError(f"--{name.replace('_', '-')} must be {'positive' if name in ('epochs', 'batch_size') else 'non-negative'}, got {v}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    model_file = onnx_io.load(args.model)
+    table = calib_io.read(args.calib)
+    qat = graph.QatModel(model_file, table, args.precision, first_last_8bit=not args.all_layers,
+                         layer_precision=args.layer_precision, learn_ranges=args.learn_ranges)
+    layers = qat.quantized_layers()
+    counts = {}
+    for _, _, p in layers:
+        counts[p] = counts.get(p, 0) + 1
+    print(f"model: {args.model} ({len(layers)} conv/linear layers: "
+          f"{', '.join(f'{n} {p}' for p, n in sorted(counts.items()))}); table: {args.calib}")
+    print(f"training: {args.epochs} epochs, batch {args.batch_size}, lr {args.lr} (cosine), device {args.device}, "
+          f"ranges {'learned (LSQ)' if args.learn_ranges else 'fixed at the calibrated values'}")
+    settings = {"model": os.path.abspath(args.model), "calib": os.path.abspath(args.calib),
+                "precision": args.precision, "all_layers": args.all_layers, "layer_precision": args.layer_precision,
+                "learn_ranges": args.learn_ranges, "range_lr": args.range_lr, "epochs": args.epochs,
+                "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
+                "limit_train": args.limit_train, "max_steps": args.max_steps, "seed": args.seed}
+    train.finetune(qat, args.output, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                   weight_decay=args.weight_decay, range_lr=args.range_lr, data_dir=args.data_dir,
+                   device=args.device, seed=args.seed, limit_train=args.limit_train, limit_test=args.limit_test,
+                   max_steps=args.max_steps, resume=args.resume, settings=settings)
+    flags = "" if not args.all_layers else " --all-layers"
+    if args.layer_precision:
+        flags += " --layer-precision " + ",".join(f"{k}:{v}" for k, v in args.layer_precision.items())
+    out = args.output.rstrip("/")
+    print(f"wrote {out}/{train.MODEL} and {out}/{train.TABLE}; next:\n"
+          f"  nibble quantize {out}/{train.MODEL} --calib {out}/{train.TABLE} --precision {args.precision}{flags} "
+          f"-o {out}/model.nbl")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Fine-tuning loop: STE training of a QatModel on Fashion-MNIST, resumable, with the trained
+FP32 ONNX model and calibration table written after every epoch."""
+
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import calib as calib_io
+from . import data as data_io
+
+CHECKPOINT = "checkpoint.pt"
+MODEL = "model.onnx"
+TABLE = "model.calib"
+LOG = "finetune.json"
+
+
+class Progress:
+    """A one-line progress bar on stderr (redrawn on a terminal, a few lines otherwise)."""
+
+    def __init__(self, label, total):
+        self.label, self.total, self.done = label, max(total, 1), 0
+        self.start = time.time()
+        self.tty = sys.stderr.isatty()
+        self.next_mark = 0.25
+
+    def update(self, n, extra=""):
+        self.done += n
+        frac = self.done / self.total
+        rate = self.done / max(time.time() - self.start, 1e-9)
+        if self.tty:
+            bar = "=" * int(frac * 30)
+            sys.stderr.write(f"\r{self.label} [{bar:<30}] {self.done}/{self.total} {rate:.1f}/s {extra}   ")
+            sys.stderr.flush()
+        elif frac >= self.next_mark or self.done == self.total:
+            sys.stderr.write(f"{self.label} {self.done}/{self.total} ({100 * frac:.0f}%) {rate:.1f}/s {extra}\n")
+            self.next_mark = math.floor(frac * 4 + 1) / 4
+
+    def close(self):
+        if self.tty:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _atomic_save(obj, path):
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_bytes(data, path):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def evaluate(model, images, labels, device, batch=500, exact=False, progress=None):
+    """Top-1 (correct count) and the logits of `model` on u8 images."""
+    was = model.exact
+    model.exact = exact
+    correct, outs = 0, []
+    try:
+        with torch.no_grad():
+            for i in range(0, len(images), batch):
+                x = data_io.to_input(images[i:i + batch], model.input_shape[-1], device)
+                y = model(x).float()
+                outs.append(y.cpu())
+                correct += int((y.argmax(1).cpu() == torch.from_numpy(labels[i:i + batch])).sum())
+                if progress:
+                    progress.update(len(x))
+    finally:
+        model.exact = was
+    return correct, torch.cat(outs) if outs else torch.zeros(0)
+
+
+def write_outputs(model, out_dir, note):
+    """The trained FP32 ONNX model and the calibration table with the learned ranges."""
+    data = model.onnx.save(None, model.onnx_initializers())
+    _atomic_bytes(data, os.path.join(out_dir, MODEL))
+    table = calib_io.with_ranges(model.calib, model.learned_ranges(), note)
+    calib_io.write(table, os.path.join(out_dir, TABLE))
+
+
+def finetune(model, out_dir, epochs=15, batch_size=128, lr=0.005, weight_decay=5e-4, range_lr=None,
+             data_dir=data_io.DEFAULT_DIR, device="cpu", seed=0, limit_train=0, limit_test=0, max_steps=0,
+             resume=False, log=print, settings=None):
+    """Fine-tunes `model` (a QatModel) and writes OUT/{model.onnx, model.calib, checkpoint.pt,
+    finetune.json}. Returns the history (one dict per epoch)."""
+    os.makedirs(out_dir, exist_ok=True)
+    ckpt_path = os.path.join(out_dir, CHECKPOINT)
+    if os.path.exists(ckpt_path) and not resume:
+        raise FileExistsError(f"{out_dir}: holds a checkpoint of an earlier run; pass --resume to continue it, or "
+                              f"choose another output directory")
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda: PyTorch sees no CUDA device")
+        # TF32 keeps integer products exact (|q| <= 2047) and sums exact below 2^24.
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+    model.to(dev)
+    train_x, train_y = data_io.load_split(data_dir, "train")
+    test_x, test_y = data_io.load_split(data_dir, "test")
+    if limit_train:
+        train_x, train_y = train_x[:limit_train], train_y[:limit_train]
+    if limit_test:
+        test_x, test_y = test_x[:limit_test], test_y[:limit_test]
+    size = model.input_shape[-1]
+    if model.input_shape[0] != 1:
+        raise ValueError(f"Fashion-MNIST gives 1-channel images, the model takes {model.input_shape[0]} channels")
+
+    ranges = [p for p in model.thresholds.values() if p.requires_grad]
+    weights = [p for n, p in model.named_parameters() if not n.startswith("thresholds.") and p.dim() > 1]
+    others = [p for n, p in model.named_parameters() if not n.startswith("thresholds.") and p.dim() <= 1]
+    groups = [{"params": weights, "weight_decay": weight_decay}, {"params": others, "weight_decay": 0.0}]
+    if ranges:
+        groups.append({"params": ranges, "weight_decay": 0.0, "lr": range_lr if range_lr is not None else lr})
+    opt = torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
+    for g in opt.param_groups:
+        g["initial_lr"] = g["lr"]
+    steps_per_epoch = max(1, len(train_x) // batch_size)
+    total_steps = epochs * steps_per_epoch if not max_steps else min(max_steps, epochs * steps_per_epoch)
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    start_epoch, step, history = 0, 0, []
+    if resume and os.path.exists(ckpt_path):
+        state = torch.load(ckpt_path, map_location="cpu")
+        if state["settings"] != settings:
+            changed = sorted(k for k in set(state["settings"]) | set(settings or {})
+                             if state["settings"].get(k) != (settings or {}).get(k))
+            raise ValueError(f"{ckpt_path}: was made with other settings ({', '.join(changed)}); resume with the same "
+                             f"model, table and options, or choose another output directory")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        start_epoch, step, history = state["epoch"], state["step"], state["history"]
+        log(f"resumed from {ckpt_path}: epoch {start_epoch}/{epochs} done, step {step}")
+    elif start_epoch == 0:
+        p = Progress("eval (before fine-tuning)", len(test_x))
+        correct, _ = evaluate(model, test_x, test_y, dev, progress=p)
+        p.close()
+        log(f"epoch  0/{epochs}  test top-1 {100 * correct / len(test_x):.2f}% (the calibrated ranges, no training)")
+        history.append({"epoch": 0, "test_top1": correct / len(test_x), "steps": 0})
+
+    train_x_t = torch.from_numpy(np.ascontiguousarray(train_x).copy())
+    train_y_t = torch.from_numpy(train_y.copy())
+    for epoch in range(start_epoch, epochs):
+        if step >= total_steps:
+            break
+        t0 = time.time()
+        order = torch.randperm(len(train_x_t), generator=gen)
+        bar = Progress(f"epoch {epoch + 1}/{epochs}", min(steps_per_epoch, total_steps - step))
+        loss_sum, seen, correct = 0.0, 0, 0
+        for b in range(steps_per_epoch):
+            if step >= total_steps:
+                break
+            idx = order[b * batch_size:(b + 1) * batch_size]
+            xb = data_io.augment(train_x_t[idx], gen)
+            x = data_io.to_input(xb.numpy(), size, dev)
+            y = train_y_t[idx].to(dev)
+            for g in opt.param_groups:
+                g["lr"] = g["initial_lr"] * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            model.clamp_thresholds()
+            step += 1
+            loss_sum += float(loss) * len(y)
+            seen += len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            bar.update(1, f"loss {loss_sum / seen:.4f}")
+        bar.close()
+        train_secs = time.time() - t0
+        p = Progress("eval", len(test_x))
+        test_correct, _ = evaluate(model, test_x, test_y, dev, progress=p)
+        p.close()
+        rec = {"epoch": epoch + 1, "steps": step, "train_loss": loss_sum / max(seen, 1),
+               "train_top1": correct / max(seen, 1), "test_top1": test_correct / len(test_x),
+               "seconds": round(time.time() - t0, 2)}
+        history.append(rec)
+        write_outputs(model, out_dir, f"ranges after {epoch + 1} epochs of nibble_qat finetune "
+                                      f"(precision {model.precision})")
+        _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                      "epoch": epoch + 1, "step": step, "history": history, "settings": settings}, ckpt_path)
+        with open(os.path.join(out_dir, LOG + ".tmp"), "w") as f:
+            json.dump({"settings": settings, "history": history}, f, indent=1)
+        os.replace(os.path.join(out_dir, LOG + ".tmp"), os.path.join(out_dir, LOG))
+        log(f"epoch {epoch + 1:2d}/{epochs}  loss {rec['train_loss']:.4f}  train top-1 {100 * rec['train_top1']:.2f}%  "
+            f"test top-1 {100 * rec['test_top1']:.2f}%  ({train_secs:.0f} s train, {rec['seconds']:.0f} s total)")
+    if not os.path.exists(os.path.join(out_dir, MODEL)):
+        write_outputs(model, out_dir, f"ranges of nibble_qat finetune (precision {model.precision}, no steps run)")
+    return history

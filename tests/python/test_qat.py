@@ -1,0 +1,285 @@
+"""nibble_qat: the fake-quantized PyTorch model against the C++ engine, fine-tuning, resuming and
+the CLI's errors. CPU only; a short fine-tune on a subset of Fashion-MNIST."""
+
+import os
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "python"))
+
+import nibble_qat  # noqa: E402
+from nibble_qat import arith, data, onnx_io, train  # noqa: E402
+
+SMALL = REPO / "models" / "fmnist_resnet.onnx"
+RESNET18 = REPO / "models" / "fmnist_resnet18.onnx"
+CASES = REPO / "tests" / "data" / "requant_cases.txt"
+
+
+def qat_cli(*args, timeout=900):
+    env = dict(os.environ, PYTHONPATH=str(REPO / "python"))
+    return subprocess.run([sys.executable, "-m", "nibble_qat", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+@pytest.fixture
+def nb(run_nibble):
+    """nibble ARGS..., which must succeed; returns its stdout."""
+    return lambda *args: run_nibble(*args, check=True).stdout
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    return tmp_path_factory.mktemp("qat")
+
+
+@pytest.fixture(scope="module")
+def small_calib(work, nibble_bin):
+    path = work / "small.calib"
+    subprocess.run([str(nibble_bin), "calibrate", str(SMALL), "--samples", "200", "--method", "percentile:99.999",
+                    "-o", str(path)], check=True, capture_output=True)
+    return path
+
+
+def engine_logits(nb, nbl, x, tmp):
+    np.save(tmp / "x.npy", x.numpy())
+    nb("run", nbl, "-i", tmp / "x.npy", "-o", tmp / "y.npy")
+    return np.load(tmp / "y.npy")
+
+
+def exact_logits(model, x):
+    model.exact = True
+    try:
+        with torch.no_grad():
+            return model(x).numpy()
+    finally:
+        model.exact = False
+
+
+def test_requantization_matches_the_shared_vectors():
+    """The same vectors tests/cpp/test_requant_cases.cpp checks the engine against."""
+    n_req = n_choose = 0
+    for line in CASES.read_text().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        kind, *f = line.split()
+        if kind == "requant":
+            x, factor, shift, bits, sg, want = map(int, f)
+            rng = arith.output_range(bits, bool(sg))
+            got = arith.requantize_exact(torch.tensor([[float(x)]], dtype=torch.float64),
+                                         torch.tensor([float(factor)], dtype=torch.float64),
+                                         torch.tensor(float(shift), dtype=torch.float64), rng)
+            assert int(got.item()) == want, line
+            n_req += 1
+        else:
+            ratios = torch.tensor([float(v) for v in f[0].split(",")], dtype=torch.float64)
+            shift, factor, fits = arith.choose_requant(ratios)
+            if f[1] == "none":
+                assert not bool(fits), line
+            else:
+                assert bool(fits) and int(shift) == int(f[1]), line
+                assert [int(v) for v in factor] == [int(v) for v in f[2].split(",")], line
+            n_choose += 1
+    assert n_req > 400 and n_choose > 50
+
+
+def test_float32_training_form_rounds_like_the_exact_one():
+    """Away from exact ties the f32 formula gives the exact results."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(-2 ** 20, 2 ** 20, (64, 8), generator=gen).to(torch.float64)
+    factor = torch.randint(1, 65536, (8,), generator=gen).to(torch.float64)
+    shift = torch.tensor(21.0, dtype=torch.float64)
+    exact = arith.requantize_exact(x, factor, shift, (-127, 127))
+    f32 = arith.requantize_exact(x.float(), factor, shift, (-127, 127)).double()
+    ties = ((x.abs() * factor.view(1, -1)) % 2 ** 21) == 2 ** 20
+    assert torch.equal(exact[~ties], f32[~ties])
+
+
+def test_onnx_reader_round_trips_the_file_byte_for_byte():
+    m = onnx_io.load(SMALL)
+    assert m.save(None, {}) == SMALL.read_bytes()
+    assert [v[0] for v in m.inputs] == ["input"] and m.outputs == ["logits"]
+    w = m.initializers["fc.weight"]
+    changed = onnx_io.from_bytes(m.save(None, {"fc.weight": w * 2}))
+    assert np.array_equal(changed.initializers["fc.weight"], w * 2)
+    assert all(np.array_equal(changed.initializers[k], v) for k, v in m.initializers.items() if k != "fc.weight")
+
+
+@pytest.mark.parametrize("precision", ["int8", "w4a8", "int4"])
+def test_fake_quant_model_equals_the_engine(precision, work, small_calib, nb):
+    """Without training: the exact mode is bit for bit `nibble quantize` + `nibble run`."""
+    nbl = work / f"small_{precision}.nbl"
+    nb("quantize", SMALL, "--calib", small_calib, "--precision", precision, "-o", nbl)
+    model = nibble_qat.load(SMALL, small_calib, precision)
+    images, _ = data.load_split(data.DEFAULT_DIR, "test")
+    x = data.to_input(images[:300], 28, "cpu")
+    ref = engine_logits(nb, nbl, x, work)
+    assert np.array_equal(exact_logits(model, x), ref)
+    with torch.no_grad():  # the float32 training form: the same arithmetic, f32 products
+        fast = model(x).numpy()
+    assert (fast.argmax(1) == ref.argmax(1)).mean() >= 0.99
+
+
+def test_dead_channels_are_zeroed_on_both_sides(work, nb):
+    """A channel too small for its residual's scale gets weight 0 and scale 1 in the engine and in
+    PyTorch alike (instead of the whole layer turning float)."""
+    calib = work / "r18.calib"
+    nb("calibrate", RESNET18, "--samples", 100, "--method", "percentile:99.999", "-o", calib)
+    m = onnx_io.load(RESNET18)
+    w = m.initializers["layer4.1.conv2.weight"].copy()
+    w[3] *= 1e-12
+    w[7] = 1e-20
+    model_path = work / "dead.onnx"
+    model_path.write_bytes(m.save(None, {"layer4.1.conv2.weight": w}))
+    nbl = work / "dead.nbl"
+    out = nb("quantize", model_path, "--calib", calib, "--precision", "int4", "-o", nbl)
+    assert "layer4_layer4_1_conv2" in out and "float" not in out.split("layer4_layer4_1_conv2")[1].split("\n")[0]
+    model = nibble_qat.load(model_path, calib, "int4")
+    images, _ = data.load_split(data.DEFAULT_DIR, "test")
+    x = data.to_input(images[:100], 28, "cpu")
+    assert np.array_equal(exact_logits(model, x), engine_logits(nb, nbl, x, work))
+
+
+def test_finetune_cli_output_runs_on_the_engine_with_the_same_predictions(work, small_calib, nb):
+    """The CI fine-tune: 192 steps on 2048 images, then engine against PyTorch on 2000 test images."""
+    out = work / "ft"
+    proc = qat_cli("finetune", SMALL, "--calib", small_calib, "--precision", "int4", "--epochs", 12,
+                   "--limit-train", 2048, "--limit-test", 500, "--learn-ranges", "--threads", 2, "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "epoch 12/12" in proc.stdout and "nibble quantize" in proc.stdout
+    assert "%" in proc.stderr  # progress
+    for f in ("model.onnx", "model.calib", "checkpoint.pt", "finetune.json"):
+        assert (out / f).exists()
+    assert "ranges after 12 epochs" in (out / "model.calib").read_text()
+    nbl = out / "model.nbl"
+    nb("quantize", out / "model.onnx", "--calib", out / "model.calib", "--precision", "int4", "-o", nbl)
+    model = nibble_qat.load(out / "model.onnx", out / "model.calib", "int4")
+    images, labels = data.load_split(data.DEFAULT_DIR, "test")
+    n = 2000
+    nb("eval", nbl, "--limit", n, "--predictions", work / "pred.npy")
+    engine_pred = np.load(work / "pred.npy")
+    correct, logits = train.evaluate(model, images[:n], labels[:n], "cpu", exact=True)
+    agree = (logits.argmax(1).numpy() == engine_pred).mean()
+    assert agree >= 0.999
+    x = data.to_input(images[:500], 28, "cpu")
+    ref = engine_logits(nb, nbl, x, work)
+    step = next(iter(model.output_step.values())).numpy()
+    assert np.max(np.abs(logits[:500].numpy().astype(np.float64) - ref) / step) <= 1.0
+    assert np.array_equal(logits[:500].numpy(), ref)
+
+
+def test_resume_gives_the_same_model_as_an_uninterrupted_run(work, small_calib):
+    kw = dict(epochs=2, batch_size=64, limit_train=256, limit_test=100)
+    settings = {"case": "resume"}
+    whole = work / "whole"
+    train.finetune(nibble_qat.load(SMALL, small_calib, "int4"), str(whole), settings=settings, log=lambda s: None,
+                   **kw)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(line):
+        if line.startswith("epoch  1/2"):
+            raise Stop
+
+    part = work / "part"
+    with pytest.raises(Stop):
+        train.finetune(nibble_qat.load(SMALL, small_calib, "int4"), str(part), settings=settings,
+                       log=stop_after_first, **kw)
+    with pytest.raises(FileExistsError):
+        train.finetune(nibble_qat.load(SMALL, small_calib, "int4"), str(part), settings=settings,
+                       log=lambda s: None, **kw)
+    lines = []
+    train.finetune(nibble_qat.load(SMALL, small_calib, "int4"), str(part), settings=settings, resume=True,
+                   log=lines.append, **kw)
+    assert any(s.startswith("resumed") for s in lines) and any(s.startswith("epoch  2/2") for s in lines)
+    assert (part / "model.onnx").read_bytes() == (whole / "model.onnx").read_bytes()
+    assert (part / "model.calib").read_text() == (whole / "model.calib").read_text()
+    with pytest.raises(ValueError, match="other settings"):
+        train.finetune(nibble_qat.load(SMALL, small_calib, "int4"), str(part), settings={"case": "other"},
+                       resume=True, log=lambda s: None, **kw)
+
+
+def test_a_torch_module_at_another_input_size(work, nb):
+    """A torch.nn.Module (exported for nibble calibrate) at 36 x 36: Fashion-MNIST is resized the same
+    way by nibble and nibble_qat, so their predictions agree."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, stride=2, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 16, 3, stride=2, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 10))
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+    onnx_path = work / "net36.onnx"
+    nibble_qat.export_module(net, torch.zeros(1, 1, 36, 36), str(onnx_path))
+    calib = work / "net36.calib"
+    nb("calibrate", onnx_path, "--samples", 100, "--method", "percentile:99.999", "-o", calib)
+    from_module = nibble_qat.from_module(net, torch.zeros(1, 1, 36, 36), calib, "int8")
+    from_file = nibble_qat.load(onnx_path, calib, "int8")
+    images, labels = data.load_split(data.DEFAULT_DIR, "test")
+    x = data.to_input(images[:200], 36, "cpu")
+    assert x.shape == (200, 1, 36, 36)
+    assert np.array_equal(exact_logits(from_module, x), exact_logits(from_file, x))
+    nbl = work / "net36.nbl"
+    nb("quantize", onnx_path, "--calib", calib, "--precision", "int8", "-o", nbl)
+    nb("eval", nbl, "--limit", 200, "--predictions", work / "p36.npy")
+    assert np.array_equal(np.load(work / "p36.npy"), exact_logits(from_file, x).argmax(1))
+
+
+def test_cli_errors_are_one_line_and_exit_2(work, small_calib):
+    bad_onnx = work / "bad.onnx"
+    bad_onnx.write_bytes(b"\x0a\xff\xff\xff\xff\x0f garbage")
+    bad_calib = work / "bad.calib"
+    bad_calib.write_text("input max 0\n")
+    missing_tensor = work / "missing.calib"
+    missing_tensor.write_text("nope max 0 1\n")
+    taken = work / "taken"
+    taken.mkdir()
+    (taken / "checkpoint.pt").write_bytes(b"x")
+    cases = [
+        (["finetune", work / "none.onnx", "--calib", small_calib, "-o", work / "o1"], "none.onnx"),
+        (["finetune", bad_onnx, "--calib", small_calib, "-o", work / "o2"], "bad.onnx"),
+        (["finetune", SMALL, "--calib", work / "none.calib", "-o", work / "o3"], "none.calib"),
+        (["finetune", SMALL, "--calib", bad_calib, "-o", work / "o4"], "bad.calib:1"),
+        (["finetune", SMALL, "--calib", missing_tensor, "-o", work / "o5"], "nope"),
+        (["finetune", SMALL, "--calib", small_calib, "--data-dir", work, "-o", work / "o6"], "no such file"),
+        (["finetune", SMALL, "--calib", small_calib, "--epochs", 0, "-o", work / "o7"], "--epochs"),
+        (["finetune", SMALL, "--calib", small_calib, "--layer-precision", "nolayer:int4", "-o", work / "o8"],
+         "nolayer"),
+        (["finetune", SMALL, "--calib", small_calib, "-o", taken], "--resume"),
+    ]
+    for args, needle in cases:
+        proc = qat_cli(*args, timeout=300)
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("nibble_qat: error:") and needle in lines[0], (args, lines)
+        assert "Traceback" not in proc.stderr
+
+
+def test_unsupported_op_is_named(work, small_calib):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Softmax", ["input"], ["logits"], name="sm")], "g",
+                          [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 10])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])])
+    path = work / "softmax.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), path)
+    calib = work / "softmax.calib"
+    calib.write_text("input max 0 1\n")
+    proc = qat_cli("finetune", path, "--calib", calib, "-o", work / "o9")
+    assert proc.returncode == 2 and "Softmax" in proc.stderr and "softmax.onnx" in proc.stderr
+
+
+def test_help_names_the_next_step():
+    proc = qat_cli("finetune", "--help")
+    assert proc.returncode == 0 and "nibble quantize" in proc.stdout and "--resume" in proc.stdout
