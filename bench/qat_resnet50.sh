@@ -31,17 +31,21 @@ if [ ! -f "$work/fp32.calib" ]; then
   "$nibble" calibrate "$work/fp32.onnx" --data fashion-mnist:train --data-dir "$data_dir" \
     --samples "${CALIB_SAMPLES:-500}" --method percentile:99.999 -o "$work/fp32.calib" 2>&1 | tail -n 1 | tee -a "$log"
 fi
-if [ ! -d "$work/ptq_int4.nbl" ]; then
-  stage "quantize (PTQ)"
-  "$nibble" quantize "$work/fp32.onnx" --calib "$work/fp32.calib" --precision int4 -o "$work/ptq_int4.nbl" \
-    2>&1 | tail -n 1 | tee -a "$log"
-fi
-if [ ! -f "$work/ptq_int4.eval" ]; then
-  stage "evaluate PTQ INT4 (CUDA engine)"
-  "$nibble" eval "$work/ptq_int4.nbl" --device cuda --batch 250 --data fashion-mnist:test --data-dir "$data_dir" \
-    > "$work/ptq_int4.eval.tmp" 2>/dev/null && mv "$work/ptq_int4.eval.tmp" "$work/ptq_int4.eval"
-  tee -a "$log" < "$work/ptq_int4.eval"
-fi
+# quantize_and_eval NAME ONNX CALIB: NAME.nbl and its top-1 on the CUDA engine (NAME.eval).
+quantize_and_eval() {
+  local name=$1 onnx=$2 cal=$3
+  if [ ! -d "$work/$name.nbl" ]; then
+    stage "quantize $name"
+    "$nibble" quantize "$onnx" --calib "$cal" --precision int4 -o "$work/$name.nbl" 2>&1 | tail -n 1 | tee -a "$log"
+  fi
+  if [ ! -f "$work/$name.eval" ]; then
+    stage "evaluate $name (CUDA engine)"
+    "$nibble" eval "$work/$name.nbl" --device cuda --batch 250 --data fashion-mnist:test --data-dir "$data_dir" \
+      > "$work/$name.eval.tmp" 2>/dev/null && mv "$work/$name.eval.tmp" "$work/$name.eval"
+    tee -a "$log" < "$work/$name.eval"
+  fi
+}
+quantize_and_eval ptq_int4 "$work/fp32.onnx" "$work/fp32.calib"
 if [ ! -f "$work/qat_int4/done" ]; then
   stage "fine-tune INT4 (nibble_qat)"
   resume=()
@@ -51,17 +55,7 @@ if [ ! -f "$work/qat_int4/done" ]; then
     -o "$work/qat_int4" ${QAT_FLAGS:-} "${resume[@]}" 2> "$work/qat_int4.progress" | tee -a "$log"
   touch "$work/qat_int4/done"
 fi
-if [ ! -d "$work/qat_int4.nbl" ]; then
-  stage "quantize (QAT)"
-  "$nibble" quantize "$work/qat_int4/model.onnx" --calib "$work/qat_int4/model.calib" --precision int4 \
-    -o "$work/qat_int4.nbl" 2>&1 | tail -n 1 | tee -a "$log"
-fi
-if [ ! -f "$work/qat_int4.eval" ]; then
-  stage "evaluate QAT INT4 (CUDA engine)"
-  "$nibble" eval "$work/qat_int4.nbl" --device cuda --batch 250 --data fashion-mnist:test --data-dir "$data_dir" \
-    > "$work/qat_int4.eval.tmp" 2>/dev/null && mv "$work/qat_int4.eval.tmp" "$work/qat_int4.eval"
-  tee -a "$log" < "$work/qat_int4.eval"
-fi
+quantize_and_eval qat_int4 "$work/qat_int4/model.onnx" "$work/qat_int4/model.calib"
 if [ ! -f "$work/agreement.json" ]; then
   stage "engine against PyTorch fake quantization"
   "$py" "$root/tools/qat_agreement.py" "$work/qat_int4/model.onnx" "$work/qat_int4/model.calib" \

@@ -252,7 +252,6 @@ class QatModel(torch.nn.Module):
                 raise UnsupportedModel(f"{calib.path}: the calibration table names tensor '{t}', which the model "
                                        f"does not have")
         self._params = {}
-        self._buffers_by_name = {}
         trainable, fixed = set(), set()
         for u in self.units:
             if u.kind == Unit.CONV or u.kind == Unit.LINEAR:
@@ -271,7 +270,7 @@ class QatModel(torch.nn.Module):
             else:
                 self.register_parameter(_param_name(onnx_name), torch.nn.Parameter(t))
         self.thresholds = torch.nn.ParameterDict()
-        self._ranges = {}       # tensor -> (bits, signed)
+        self._ranges = {}       # tensor -> (bits, signed, fixed)
         self._threshold_keys = {}
         self._building = True
         with torch.no_grad():
@@ -402,6 +401,16 @@ class QatModel(torch.nn.Module):
         for u in self.units:
             st.emit(u)
         return [st.need_float(o) for o in self.onnx.outputs]
+
+
+def _apply(u, x, w, b=None):
+    """The convolution (with the node's strides, pads, dilations and groups) or linear layer of u."""
+    if u.kind == Unit.CONV:
+        n = u.node
+        pads = list(n.attrs.get("pads", [0, 0, 0, 0]))
+        return F.conv2d(x, w, b, tuple(n.attrs.get("strides", [1, 1])), (pads[0], pads[1]),
+                        tuple(n.attrs.get("dilations", [1, 1])), n.attrs.get("group", 1))
+    return F.linear(x.reshape(x.shape[0], -1), w, b)
 
 
 class _State:
@@ -563,17 +572,8 @@ class _State:
             bias_exact = torch.round(b64 / acc_exact)
         bias_int = arith.with_value(arith.round_ste(b32 / acc_scale.to(torch.float32)), bias_exact).to(self.ct)
 
-        x = q_x.to(self.ct)
-        if u.kind == Unit.CONV:
-            n = u.node
-            pads = list(n.attrs.get("pads", [0, 0, 0, 0]))
-            acc = F.conv2d(x, w_int, None, tuple(n.attrs.get("strides", [1, 1])), (pads[0], pads[1]),
-                           tuple(n.attrs.get("dilations", [1, 1])), n.attrs.get("group", 1))
-            shape = [1, -1, 1, 1]
-        else:
-            x = x.reshape(x.shape[0], -1)
-            acc = F.linear(x, w_int)
-            shape = [1, -1]
+        acc = _apply(u, q_x.to(self.ct), w_int)
+        shape = [1, -1] + [1] * (acc.dim() - 2)
         # Sums of integers: exact in float64; in float32 rounding removes any error of the
         # convolution algorithm (while the sums stay below 2^24).
         acc = arith.round_ste(acc) + bias_int.view(shape)
@@ -631,14 +631,7 @@ class _State:
 
     def emit_float(self, u):
         w, b = self.folded(u, torch.float32)
-        x = self.need_float(u.input)
-        if u.kind == Unit.CONV:
-            n = u.node
-            pads = list(n.attrs.get("pads", [0, 0, 0, 0]))
-            y = F.conv2d(x, w, b, tuple(n.attrs.get("strides", [1, 1])), (pads[0], pads[1]),
-                         tuple(n.attrs.get("dilations", [1, 1])), n.attrs.get("group", 1))
-        else:
-            y = F.linear(x.reshape(x.shape[0], -1), w, b)
+        y = _apply(u, self.need_float(u.input), w, b)
         if u.input2:
             y = y + self.need_float(u.input2)
         if u.relu_after:
