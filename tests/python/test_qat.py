@@ -283,3 +283,14 @@ def test_unsupported_op_is_named(work, small_calib):
 def test_help_names_the_next_step():
     proc = qat_cli("finetune", "--help")
     assert proc.returncode == 0 and "nibble quantize" in proc.stdout and "--resume" in proc.stdout
+
+
+def test_eval_device_flag(work, small_calib, run_nibble, nb):
+    """`nibble eval --device cuda` (what the GPU runs use) is a one-line error without a GPU."""
+    nbl = work / "dev.nbl"
+    nb("quantize", SMALL, "--calib", small_calib, "--precision", "int8", "-o", nbl)
+    bad = run_nibble("eval", nbl, "--limit", 10, "--device", "tpu")
+    assert bad.returncode == 2 and "--device" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    if not Path("/dev/nvidia0").exists():
+        proc = run_nibble("eval", nbl, "--limit", 10, "--device", "cuda")
+        assert proc.returncode == 2 and "CUDA" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
