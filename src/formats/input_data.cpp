@@ -153,9 +153,10 @@ InputData load_input_data(const std::string& spec, const Shape& chw, float mean,
     InputData d;
     d.name = ds.name;
     d.inputs = image_batch_f32(ds, 0, ds.size(), mean, std);
-    // A one-channel model of another size (say 224 x 224) gets the images bilinearly resized.
+    // A one-channel model of a larger input (say 224 x 224) gets the images bilinearly upsampled,
+    // as tools/train_fmnist.py trains such models; a smaller input stays a shape error.
     const int64_t h = d.inputs.dim(2), w = d.inputs.dim(3);
-    if (chw.size() == 3 && chw[0] == 1 && chw[1] > 0 && chw[2] > 0 && (chw[1] != h || chw[2] != w)) {
+    if (chw.size() == 3 && chw[0] == 1 && chw[1] >= h && chw[2] >= w && (chw[1] != h || chw[2] != w)) {
       Tensor resized(DType::f32, {ds.size(), 1, chw[1], chw[2]});
       for (int64_t i = 0; i < ds.size(); ++i) {
         resize_plane_f32(d.inputs.data<float>() + i * h * w, h, w, chw[1], chw[2],
