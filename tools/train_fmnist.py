@@ -355,7 +355,6 @@ def count_macs(model, input_shape=(1, 1, 28, 28)):
 # --------------------------------------------------------------------------
 
 @torch.no_grad()
-@torch.no_grad()
 def predict(model, x, device, batch_size=1000, input_size=NATIVE_SIZE, amp=False):
     """Argmax predictions; x is N x 1 x 28 x 28, resized on `device` to input_size."""
     model.eval()

@@ -9,8 +9,6 @@ rounding passes gradients unchanged, clamping stops them outside the range, and 
 requantization passes them scaled by the real ratio it approximates.
 """
 
-import math
-
 import torch
 
 
@@ -244,5 +242,3 @@ def lsq_grad_scale(x, g):
 
 
 INT32_RANGE = (-2147483647, 2147483647)
-
-__all__ = [n for n in dir() if not n.startswith("_") and n != "math"]

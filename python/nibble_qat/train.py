@@ -190,9 +190,8 @@ def finetune(model, out_dir, epochs=15, batch_size=128, lr=0.005, weight_decay=5
                                       f"(precision {model.precision})")
         _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
                       "epoch": epoch + 1, "step": step, "history": history, "settings": settings}, ckpt_path)
-        with open(os.path.join(out_dir, LOG + ".tmp"), "w") as f:
-            json.dump({"settings": settings, "history": history}, f, indent=1)
-        os.replace(os.path.join(out_dir, LOG + ".tmp"), os.path.join(out_dir, LOG))
+        _atomic_bytes(json.dumps({"settings": settings, "history": history}, indent=1).encode(),
+                      os.path.join(out_dir, LOG))
         log(f"epoch {epoch + 1:2d}/{epochs}  loss {rec['train_loss']:.4f}  train top-1 {100 * rec['train_top1']:.2f}%  "
             f"test top-1 {100 * rec['test_top1']:.2f}%  ({train_secs:.0f} s train, {rec['seconds']:.0f} s total)")
     if not os.path.exists(os.path.join(out_dir, MODEL)):
