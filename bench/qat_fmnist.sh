@@ -2,7 +2,7 @@
 # Quantization-aware fine-tuning of the committed Fashion-MNIST models on a GPU: the INT8 and INT4
 # rows of docs/accuracy.md. For each model: `nibble calibrate --method percentile:99.999` on 1000
 # training images, then `python3 -m nibble_qat finetune` at int8 and int4 (and int4 with learned
-# ranges), all runs at once on one GPU. Quantize and evaluate the outputs with
+# ranges, and int4 distilled from the FP32 model), all runs at once on one GPU. Quantize and evaluate the outputs with
 # tools/accuracy_report.py --qat-dir OUT.
 #
 #   bench/qat_fmnist.sh OUT [DATA_DIR] [NIBBLE]
@@ -37,6 +37,7 @@ for m in small resnet18; do
   run "${m}_int8" "$onnx" "$out/$m.calib" int8 "$epochs_int8"
   run "${m}_int4" "$onnx" "$out/$m.calib" int4 "$epochs_int4"
   run "${m}_int4_lsq" "$onnx" "$out/$m.calib" int4 "$epochs_int4" --learn-ranges
+  run "${m}_int4_kd" "$onnx" "$out/$m.calib" int4 "$epochs_int4" --distill 0.5
 done
 status=0
 for p in "${pids[@]}"; do wait "$p" || status=1; done

@@ -7,8 +7,10 @@
 # (fine-tuning resumes from its checkpoint).
 #
 #   bench/qat_resnet50.sh WORK [DATA_DIR] [NIBBLE]
-# Environment: EPOCHS_FP32 (4), EPOCHS_QAT (2), CALIB_SAMPLES (500), AGREE_LIMIT (2000), QAT_FLAGS
-# (more nibble_qat finetune options, e.g. --learn-ranges).
+# Environment: EPOCHS_FP32 (4), EPOCHS_QAT (2, or auto:SECONDS for as many epochs as the measured
+# step time fits into SECONDS, at most 15), QAT_BATCH (64), CALIB_SAMPLES (500), AGREE_LIMIT (2000),
+# QAT_FLAGS (more nibble_qat finetune options, e.g. --learn-ranges --distill 0.5), STEP_TIME (1: time
+# training steps beside the calibration with tools/qat_step_time.py; needed by auto:SECONDS).
 set -euo pipefail
 work=${1:?usage: bench/qat_resnet50.sh WORK [DATA_DIR] [NIBBLE]}
 data_dir=${2:-/usr/share/datasets/fashion-mnist}
@@ -26,10 +28,36 @@ if [ ! -f "$work/fp32.onnx" ]; then
     --epochs "${EPOCHS_FP32:-4}" --batch-size 128 --lr 0.1 --seed 0 --threads 8 --data-dir "$data_dir" \
     -o "$work/fp32.onnx" 2>&1 | grep -v "^ *$" | tail -n 12 | tee -a "$log"
 fi
+if [ "${STEP_TIME:-0}" = 1 ] && [ ! -f "$work/step_time.json" ]; then
+  stage "time training steps (beside the calibration)"
+  ( "$nibble" calibrate "$work/fp32.onnx" --data fashion-mnist:train --data-dir "$data_dir" --samples 8 \
+      --method percentile:99.999 -o "$work/quick.calib" > /dev/null 2>&1 &&
+    "$py" "$root/tools/qat_step_time.py" "$work/fp32.onnx" "$work/quick.calib" --batch-size "${QAT_BATCH:-64}" \
+      --steps 10 --json "$work/step_time.json" > "$work/step_time.txt" 2>&1 ) &
+  timing=$!
+fi
 if [ ! -f "$work/fp32.calib" ]; then
   stage "calibrate"
   "$nibble" calibrate "$work/fp32.onnx" --data fashion-mnist:train --data-dir "$data_dir" \
     --samples "${CALIB_SAMPLES:-500}" --method percentile:99.999 -o "$work/fp32.calib" 2>&1 | tail -n 1 | tee -a "$log"
+fi
+if [ -n "${timing:-}" ]; then
+  wait "$timing" || true
+  grep -v "^ *$" "$work/step_time.txt" | tail -n 12 | tee -a "$log"
+fi
+epochs=${EPOCHS_QAT:-2}
+if [[ $epochs == auto:* ]]; then
+  if [ ! -f "$work/qat_epochs" ]; then
+    "$py" - "$work/step_time.json" "${epochs#auto:}" > "$work/qat_epochs" <<'PY'
+import json, sys
+timing = json.load(open(sys.argv[1]))
+row = timing["rows"][0]  # the eager steps
+epoch = row["ms_per_step"] * (60000 // timing["batch_size"]) / 1000 * 1.2 + 15  # 20% slack, and the test evaluation
+print(max(1, min(15, int(float(sys.argv[2]) // epoch))))
+PY
+  fi
+  epochs=$(cat "$work/qat_epochs")
+  stage "fine-tuning epochs for ${EPOCHS_QAT#auto:} s: $epochs"
 fi
 # quantize_and_eval NAME ONNX CALIB: NAME.nbl and its top-1 on the CUDA engine (NAME.eval).
 quantize_and_eval() {
@@ -51,7 +79,7 @@ if [ ! -f "$work/qat_int4/done" ]; then
   resume=()
   [ -f "$work/qat_int4/checkpoint.pt" ] && resume=(--resume)
   "$py" -m nibble_qat finetune "$work/fp32.onnx" --calib "$work/fp32.calib" --precision int4 \
-    --epochs "${EPOCHS_QAT:-2}" --batch-size 64 --device cuda --threads 8 --data-dir "$data_dir" \
+    --epochs "$epochs" --batch-size "${QAT_BATCH:-64}" --device cuda --threads 8 --data-dir "$data_dir" \
     -o "$work/qat_int4" ${QAT_FLAGS:-} "${resume[@]}" 2> "$work/qat_int4.progress" | tee -a "$log"
   touch "$work/qat_int4/done"
 fi

@@ -51,6 +51,9 @@ def main(argv=None):
     f.add_argument("--learn-ranges", action="store_true",
                    help="learn each activation's clipping threshold (LSQ) instead of keeping the calibrated one")
     f.add_argument("--range-lr", type=float, default=None, help="learning rate of the thresholds (default: --lr)")
+    f.add_argument("--distill", type=float, default=0.0,
+                   help="weight W in [0, 1] of distillation from the FP32 model: the loss is (1 - W) * "
+                        "cross-entropy + W * KL(FP32 || fake-quantized) (default 0: cross-entropy only)")
     f.add_argument("--epochs", type=int, default=15, help="training epochs (default 15)")
     f.add_argument("--batch-size", type=int, default=128, help="images per step (default 128)")
     f.add_argument("--lr", type=float, default=0.005, help="peak learning rate, cosine decay (default 0.005)")
@@ -84,6 +87,8 @@ def _finetune(args):
 
     if args.data not in ("fashion-mnist", "fashion-mnist:train"):
         raise ValueError(f"--data {args.data}: fine-tuning reads fashion-mnist (train split; test split for accuracy)")
+    if not 0.0 <= args.distill <= 1.0:
+        raise ValueError(f"--distill must be between 0 and 1, got {args.distill}")
     for name in ("epochs", "batch_size", "limit_train", "limit_test", "max_steps", "threads"):
         v = getattr(args, name)
         if v < 0 or (name in ("epochs", "batch_size") and v == 0):
@@ -107,11 +112,14 @@ def _finetune(args):
                 "precision": args.precision, "all_layers": args.all_layers, "layer_precision": args.layer_precision,
                 "learn_ranges": args.learn_ranges, "range_lr": args.range_lr, "epochs": args.epochs,
                 "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
-                "limit_train": args.limit_train, "max_steps": args.max_steps, "seed": args.seed}
+                "limit_train": args.limit_train, "max_steps": args.max_steps, "seed": args.seed,
+                "distill": args.distill}
+    teacher = graph.QatModel(model_file, table, "float") if args.distill > 0 else None
     train.finetune(qat, args.output, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                    weight_decay=args.weight_decay, range_lr=args.range_lr, data_dir=args.data_dir,
                    device=args.device, seed=args.seed, limit_train=args.limit_train, limit_test=args.limit_test,
-                   max_steps=args.max_steps, resume=args.resume, settings=settings)
+                   max_steps=args.max_steps, resume=args.resume, settings=settings,
+                   teacher=teacher, distill=args.distill)
     flags = "" if not args.all_layers else " --all-layers"
     if args.layer_precision:
         flags += " --layer-precision " + ",".join(f"{k}:{v}" for k, v in args.layer_precision.items())

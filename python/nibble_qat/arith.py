@@ -34,18 +34,12 @@ def f32(x):
     return float(torch.tensor(x, dtype=torch.float64).to(torch.float32).item())
 
 
-_POW2_MIN = -64
-_POW2_TABLES = {}
-
-
 def pow2(k):
-    """2^k for a tensor of integer-valued k in [-64, 64], exactly: a lookup in a table of powers
-    of two (torch.pow on a GPU may be off by an ulp, which moves floor() at exact ties)."""
-    table = _POW2_TABLES.get(k.device)
-    if table is None:
-        table = torch.tensor([2.0 ** e for e in range(_POW2_MIN, 65)], dtype=torch.float64, device=k.device)
-        _POW2_TABLES[k.device] = table
-    return table[(k.to(torch.int64) - _POW2_MIN)]
+    """2^k for a tensor of integer-valued k in [-1022, 1023], exactly, as float64: the exponent
+    field written directly (torch.pow on a GPU may be off by an ulp, which moves floor() at exact
+    ties). Plain tensor operations, so that torch.compile traces it without a break."""
+    bits = (k.to(torch.int64) + 1023) * (1 << 52)
+    return bits.view(torch.float64)
 
 
 def div(x, d):

@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 from . import arith
-from .onnx_io import OnnxError
 
 PRECISIONS = ("int8", "int4", "w4a8")
 WEIGHT_BITS = {"int8": 8, "int4": 4, "w4a8": 4}
@@ -26,6 +25,9 @@ ACTIVATION_BITS = {"int8": 8, "int4": 4, "w4a8": 8}
 
 QUANTIZABLE_OPS = ("Conv", "BatchNormalization", "Gemm", "MatMul", "Relu", "Add", "MaxPool", "AveragePool",
                    "GlobalAveragePool", "Flatten", "Identity", "Dropout")
+
+
+_BN_EPSILON = arith.f32(1e-5)  # ONNX's default, as an f32 attribute
 
 
 class UnsupportedModel(ValueError):
@@ -47,6 +49,7 @@ class Unit:
         self.relu_after = False
         self.residual_only = False
         self.precision = "float"
+        self.args = None          # static arguments of the forward pass (_static_args)
 
 
 def layer_name_of(node, index):
@@ -156,6 +159,31 @@ def build_units(model):
     return units
 
 
+def _static_args(u):
+    """The node attributes the forward pass needs, read once (the forward then touches no
+    dictionaries of the ONNX graph, which keeps it traceable by torch.compile)."""
+    n = u.node
+    if u.kind == Unit.CONV:
+        pads = list(n.attrs.get("pads", [0, 0, 0, 0]))
+        eps = float(u.bn.attrs.get("epsilon", _BN_EPSILON)) if u.bn is not None else None
+        return {"stride": tuple(n.attrs.get("strides", [1, 1])), "padding": (pads[0], pads[1]),
+                "dilation": tuple(n.attrs.get("dilations", [1, 1])), "groups": n.attrs.get("group", 1), "eps": eps}
+    if u.kind == Unit.LINEAR:
+        return {"trans_b": n.op_type == "Gemm" and n.attrs.get("transB", 0) != 0}
+    if u.kind in (Unit.MAX_POOL, Unit.AVG_POOL):
+        if n.op_type == "GlobalAveragePool":
+            return {"k": None, "s": 1, "p": 0}
+        ks, st = list(n.attrs.get("kernel_shape", [])), list(n.attrs.get("strides", [1, 1]))
+        pd = list(n.attrs.get("pads", [0, 0, 0, 0]))
+        if (len(ks) != 2 or ks[0] != ks[1] or len(st) != 2 or st[0] != st[1] or len(pd) != 4
+                or len(set(pd)) != 1 or n.attrs.get("ceil_mode", 0) != 0):
+            raise UnsupportedModel(f"{n.label()}: only square pools with equal strides and pads are supported")
+        if u.kind == Unit.AVG_POOL and pd[0] != 0:
+            raise UnsupportedModel(f"{n.label()}: padded average pools are not supported by quantize")
+        return {"k": ks[0], "s": st[0], "p": pd[0]}
+    return {}
+
+
 def _weight_rows(model, u):
     w = model.initializers[u.node.inputs[1]]
     if u.kind == Unit.CONV:
@@ -221,12 +249,14 @@ class QatModel(torch.nn.Module):
     engine folds them) and, with `learn_ranges`, one clipping threshold per quantized tensor.
     `exact=True` computes the integer parts in float64 so that the results equal the engine's
     bit for bit; the default float32 computation is the same arithmetic, faster, for training.
+    Precision "float" gives the FP32 model itself (BatchNormalization folded with its running
+    statistics), the teacher of distillation.
     """
 
     def __init__(self, model, calib, precision="int4", first_last_8bit=True, layer_precision=None,
                  learn_ranges=False):
         super().__init__()
-        if precision not in PRECISIONS:
+        if precision not in PRECISIONS + ("float",):
             raise UnsupportedModel(f"precision '{precision}': fine-tuning supports {', '.join(PRECISIONS)}")
         if len(model.inputs) != 1:
             raise UnsupportedModel(f"{model.path}: quantize needs a model with one input, this one has "
@@ -245,6 +275,8 @@ class QatModel(torch.nn.Module):
         self.exact = False
         self.output_step = {}  # graph output -> the value of one accumulator step per channel
         self.units = build_units(model)
+        for u in self.units:
+            u.args = _static_args(u)
         self._assign_precisions(first_last_8bit, layer_precision or {})
         self._assign_bits()
         for t in calib.tensors():
@@ -298,7 +330,8 @@ class QatModel(torch.nn.Module):
                     u.precision = layer_precision[key]
                     used.add(key)
                     named = True
-            if not named and first_last_8bit and layers and (u is layers[0] or u is layers[-1]):
+            if (not named and first_last_8bit and layers and (u is layers[0] or u is layers[-1])
+                    and self.precision != "float"):
                 u.precision = "int8"
         for key in layer_precision:
             if key not in used:
@@ -307,7 +340,7 @@ class QatModel(torch.nn.Module):
     def _assign_bits(self):
         self._bits = {}
         for u in reversed(self.units):
-            if u.kind in (Unit.CONV, Unit.LINEAR):
+            if u.kind in (Unit.CONV, Unit.LINEAR) and u.precision != "float":
                 self._need_bits(u.input, ACTIVATION_BITS[u.precision])
             elif u.kind in (Unit.MAX_POOL, Unit.AVG_POOL, Unit.PASS, Unit.RELU) and u.output in self._bits:
                 self._need_bits(u.input, self._bits[u.output])
@@ -316,7 +349,7 @@ class QatModel(torch.nn.Module):
         self._bits[t] = max(self._bits.get(t, 0), bits)
 
     def bits_of(self, t):
-        return self._bits.get(t) or 8
+        return self._bits[t] if t in self._bits and self._bits[t] else 8
 
     def quantized_layers(self):
         """(layer name, ONNX node name, precision) of every conv and linear layer."""
@@ -342,7 +375,7 @@ class QatModel(torch.nn.Module):
     def _threshold(self, t, bits, is_signed, non_negative, numel):
         """The scale of tensor t from its learned (or fixed) clipping threshold; `numel` is the
         tensor's size per sample."""
-        key = self._threshold_keys.get(t)
+        key = self._threshold_keys[t] if t in self._threshold_keys else None
         if key is None:
             if not self._building:
                 raise RuntimeError(f"internal: tensor '{t}' was not planned")
@@ -406,10 +439,8 @@ class QatModel(torch.nn.Module):
 def _apply(u, x, w, b=None):
     """The convolution (with the node's strides, pads, dilations and groups) or linear layer of u."""
     if u.kind == Unit.CONV:
-        n = u.node
-        pads = list(n.attrs.get("pads", [0, 0, 0, 0]))
-        return F.conv2d(x, w, b, tuple(n.attrs.get("strides", [1, 1])), (pads[0], pads[1]),
-                        tuple(n.attrs.get("dilations", [1, 1])), n.attrs.get("group", 1))
+        a = u.args
+        return F.conv2d(x, w, b, a["stride"], a["padding"], a["dilation"], a["groups"])
     return F.linear(x.reshape(x.shape[0], -1), w, b)
 
 
@@ -484,17 +515,7 @@ class _State:
     def emit_pool(self, u):
         n = u.node
         t = self.resolve(u.input)
-        if n.op_type == "GlobalAveragePool":
-            k, s, p = None, 1, 0
-        else:
-            ks, st = list(n.attrs.get("kernel_shape", [])), list(n.attrs.get("strides", [1, 1]))
-            pd = list(n.attrs.get("pads", [0, 0, 0, 0]))
-            if (len(ks) != 2 or ks[0] != ks[1] or len(st) != 2 or st[0] != st[1] or len(pd) != 4
-                    or len(set(pd)) != 1 or n.attrs.get("ceil_mode", 0) != 0):
-                raise UnsupportedModel(f"{n.label()}: only square pools with equal strides and pads are supported")
-            k, s, p = ks[0], st[0], pd[0]
-            if u.kind == Unit.AVG_POOL and p != 0:
-                raise UnsupportedModel(f"{n.label()}: padded average pools are not supported by quantize")
+        k, s, p = u.args["k"], u.args["s"], u.args["p"]
         integer = t in self.quant and (u.kind == Unit.MAX_POOL or not self.quant[t][3])
         if integer:
             q, sc, bits, sg = self.quant[t]
@@ -525,8 +546,7 @@ class _State:
         n = u.node
         w = m._tensor(n.inputs[1]).to(dtype)
         if u.kind == Unit.LINEAR:
-            trans_b = n.op_type == "Gemm" and n.attrs.get("transB", 0) != 0
-            if not trans_b:
+            if not u.args["trans_b"]:
                 w = w.t()
             k = w.shape[0]
             b = torch.zeros(k, dtype=dtype, device=w.device)
@@ -539,7 +559,7 @@ class _State:
                 b = m._tensor(n.inputs[2]).to(dtype).reshape(k)
             if u.bn is not None:
                 gamma, beta, mean, var = (m._tensor(x).to(dtype).reshape(k) for x in u.bn.inputs[1:5])
-                eps = float(u.bn.attrs.get("epsilon", arith.f32(1e-5)))
+                eps = u.args["eps"]
                 a = gamma / torch.sqrt(var + eps)
                 w = w * a.view(-1, 1, 1, 1)
                 b = (b - mean) * a + beta
@@ -588,7 +608,8 @@ class _State:
         to_scale = u.kind == Unit.LINEAR and u.output in m.onnx.outputs and not u.relu_after
         if to_scale:
             with torch.no_grad():
-                m.output_step[u.output] = acc_exact.cpu() if self.check else m.output_step.get(u.output)
+                if self.check:
+                    m.output_step[u.output] = acc_exact.cpu()
                 inv = (1.0 / acc_exact).to(torch.float32)
                 exact = acc.detach().to(torch.float32) / inv.view(shape)
             self.float[u.output] = arith.with_value(acc.to(torch.float32) * acc_scale.to(torch.float32).view(shape), exact)

@@ -60,6 +60,35 @@ def _atomic_bytes(data, path):
     os.replace(tmp, path)
 
 
+def _forward_backward(model, teacher, distill, x, y):
+    """One training step's logits and loss (cross-entropy, with distillation from `teacher`), with
+    the gradients accumulated."""
+    logits = model(x)
+    loss = F.cross_entropy(logits.float(), y)
+    if distill > 0:
+        with torch.no_grad():
+            target = F.log_softmax(teacher(x).float(), dim=1)
+        kd = F.kl_div(F.log_softmax(logits.float(), dim=1), target, log_target=True, reduction="batchmean")
+        loss = (1.0 - distill) * loss + distill * kd
+    loss.backward()
+    return logits, loss
+
+
+_CHECKPOINT_KEYS = ("model", "optimizer", "generator", "epoch", "step", "history", "settings")
+
+
+def _load_checkpoint(path):
+    """The checkpoint dict of `path`; a ValueError naming the file when it is not one of ours."""
+    try:
+        state = torch.load(path, map_location="cpu")
+    except Exception as e:  # torch.load raises unpickling, zip and EOF errors of many types
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"{path}: not a readable checkpoint ({first}); remove it to start over") from None
+    if not isinstance(state, dict) or any(k not in state for k in _CHECKPOINT_KEYS):
+        raise ValueError(f"{path}: not a nibble_qat checkpoint (missing entries); remove it to start over")
+    return state
+
+
 def evaluate(model, images, labels, device, batch=500, exact=False, progress=None):
     """Top-1 (correct count) and the logits of `model` on u8 images."""
     was = model.exact
@@ -89,9 +118,17 @@ def write_outputs(model, out_dir, note):
 
 def finetune(model, out_dir, epochs=15, batch_size=128, lr=0.005, weight_decay=5e-4, range_lr=None,
              data_dir=data_io.DEFAULT_DIR, device="cpu", seed=0, limit_train=0, limit_test=0, max_steps=0,
-             resume=False, log=print, settings=None):
+             resume=False, log=print, settings=None, teacher=None, distill=0.0):
     """Fine-tunes `model` (a QatModel) and writes OUT/{model.onnx, model.calib, checkpoint.pt,
-    finetune.json}. Returns the history (one dict per epoch)."""
+    finetune.json}. Returns the history (one dict per epoch). `settings` (a dict) is stored in
+    the checkpoint; a resumed run must have the same. With a `teacher` (a module giving logits, such as
+    the FP32 model) and `distill` in (0, 1], the loss is (1 - distill) * cross-entropy + distill *
+    KL(teacher || model), at temperature 1."""
+    if not 0.0 <= distill <= 1.0:
+        raise ValueError(f"--distill must be between 0 and 1, got {distill}")
+    if distill > 0 and teacher is None:
+        raise ValueError("distillation needs a teacher model")
+    settings = dict(settings or {})
     os.makedirs(out_dir, exist_ok=True)
     ckpt_path = os.path.join(out_dir, CHECKPOINT)
     if os.path.exists(ckpt_path) and not resume:
@@ -105,6 +142,8 @@ def finetune(model, out_dir, epochs=15, batch_size=128, lr=0.005, weight_decay=5
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cuda.matmul.allow_tf32 = True
     model.to(dev)
+    if distill > 0:
+        teacher.to(dev).eval().requires_grad_(False)
     train_x, train_y = data_io.load_split(data_dir, "train")
     test_x, test_y = data_io.load_split(data_dir, "test")
     if limit_train:
@@ -130,15 +169,18 @@ def finetune(model, out_dir, epochs=15, batch_size=128, lr=0.005, weight_decay=5
     gen.manual_seed(seed)
     start_epoch, step, history = 0, 0, []
     if resume and os.path.exists(ckpt_path):
-        state = torch.load(ckpt_path, map_location="cpu")
-        if state["settings"] != settings:
-            changed = sorted(k for k in set(state["settings"]) | set(settings or {})
-                             if state["settings"].get(k) != (settings or {}).get(k))
+        state = _load_checkpoint(ckpt_path)
+        old = state["settings"] or {}
+        if old != settings:
+            changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
             raise ValueError(f"{ckpt_path}: was made with other settings ({', '.join(changed)}); resume with the same "
                              f"model, table and options, or choose another output directory")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            gen.set_state(state["generator"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{ckpt_path}: does not fit this model ({str(e).splitlines()[0]})") from None
         start_epoch, step, history = state["epoch"], state["step"], state["history"]
         log(f"resumed from {ckpt_path}: epoch {start_epoch}/{epochs} done, step {step}")
     elif start_epoch == 0:
@@ -166,10 +208,8 @@ def finetune(model, out_dir, epochs=15, batch_size=128, lr=0.005, weight_decay=5
             y = train_y_t[idx].to(dev)
             for g in opt.param_groups:
                 g["lr"] = g["initial_lr"] * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
-            logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            logits, loss = _forward_backward(model, teacher, distill, x, y)
             opt.step()
             model.clamp_thresholds()
             step += 1

@@ -204,6 +204,29 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(work, small_calib):
     with pytest.raises(ValueError, match="other settings"):
         train.finetune(nibble_qat.load(SMALL, small_calib, "int4"), str(part), settings={"case": "other"},
                        resume=True, log=lambda s: None, **kw)
+    with pytest.raises(ValueError, match="other settings"):
+        train.finetune(nibble_qat.load(SMALL, small_calib, "int4"), str(part), settings=None, resume=True,
+                       log=lambda s: None, **kw)
+
+
+def test_distillation_teacher_is_the_fp32_model(work, small_calib):
+    """Precision "float" is the FP32 model (its stored PyTorch predictions), and a distilled
+    fine-tune runs and records its weight."""
+    teacher = nibble_qat.load(SMALL, small_calib, "float")
+    assert len(teacher.thresholds) == 0
+    images, _ = data.load_split(data.DEFAULT_DIR, "test")
+    with torch.no_grad():
+        pred = teacher(data.to_input(images[:1000], 28, "cpu")).argmax(1).numpy()
+    stored = np.load(os.path.join(os.path.dirname(SMALL), "fmnist_resnet_test_predictions.npy"))
+    assert (pred == stored[:1000]).mean() >= 0.999
+    out = work / "kd"
+    hist = train.finetune(nibble_qat.load(SMALL, small_calib, "int4"), str(out), epochs=1, batch_size=32,
+                          max_steps=3, limit_test=100, teacher=teacher, distill=0.5,
+                          settings={"distill": 0.5}, log=lambda s: None)
+    assert hist[-1]["steps"] == 3 and (out / "model.onnx").exists()
+    with pytest.raises(ValueError, match="teacher"):
+        train.finetune(nibble_qat.load(SMALL, small_calib, "int4"), str(work / "kd2"), distill=0.5,
+                       log=lambda s: None)
 
 
 def test_a_torch_module_at_another_input_size(work, nb):
@@ -256,6 +279,8 @@ def test_cli_errors_are_one_line_and_exit_2(work, small_calib):
         (["finetune", SMALL, "--calib", small_calib, "--layer-precision", "nolayer:int4", "-o", work / "o8"],
          "nolayer"),
         (["finetune", SMALL, "--calib", small_calib, "-o", taken], "--resume"),
+        (["finetune", SMALL, "--calib", small_calib, "--resume", "-o", taken], "not a readable checkpoint"),
+        (["finetune", SMALL, "--calib", small_calib, "--distill", 1.5, "-o", work / "o9"], "--distill"),
     ]
     for args, needle in cases:
         proc = qat_cli(*args, timeout=300)
