@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 import nibble_qat  # noqa: E402
+from nibble_qat import train  # noqa: E402
 
 
 def _sync(device):
@@ -31,7 +32,7 @@ def _sync(device):
 
 
 def time_steps(args, compiled):
-    device = torch.device(args.device)
+    device = train.training_device(args.device)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -60,21 +61,21 @@ def time_steps(args, compiled):
     _sync(device)
     secs = time.time() - t0
     ms = 1000 * secs / args.steps
-    breaks = {}
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    row = {"compiled": compiled, "warmup_seconds": round(warm, 2), "ms_per_step": round(ms, 2),
+           "images_per_second": round(args.batch_size * args.steps / secs, 1),
+           "peak_gib": round(peak, 2) if peak is not None else None}
     if compiled:
         from torch._dynamo.utils import counters
-        breaks = {k: v for k, v in sorted(counters["graph_break"].items(), key=lambda kv: -kv[1])[:8]}
+        breaks = sorted(counters["graph_break"].items(), key=lambda kv: -kv[1])[:8]
         counters.clear()
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    # The same weights through both paths: how far compiling moves the training forward pass
-    # (with gradients on, as in training, so that the compiled graph is reused).
-    a, b = model(x).detach().float(), step_model(x).detach().float()
-    moved = float((a - b).abs().max())
-    agree = float((a.argmax(1) == b.argmax(1)).float().mean())
-    return {"compiled": compiled, "max_logit_difference_vs_eager": moved, "top1_agreement_vs_eager": agree,
-            "graph_breaks": {str(k)[:300]: v for k, v in breaks.items()}, "warmup_seconds": round(warm, 2), "ms_per_step": round(ms, 2),
-            "images_per_second": round(args.batch_size * args.steps / secs, 1),
-            "peak_gib": round(peak, 2) if peak is not None else None}
+        # The same weights through both paths: how far compiling moves the training forward pass
+        # (with gradients on, as in training, so that the compiled graph is reused).
+        a, b = model(x).detach().float(), step_model(x).detach().float()
+        row.update({"max_logit_difference_vs_eager": float((a - b).abs().max()),
+                    "top1_agreement_vs_eager": float((a.argmax(1) == b.argmax(1)).float().mean()),
+                    "graph_breaks": {str(k)[:300]: v for k, v in breaks}})
+    return row
 
 
 def main():
@@ -92,9 +93,6 @@ def main():
     args = ap.parse_args()
     if args.compile and not hasattr(torch, "compile"):
         ap.error(f"--compile needs PyTorch 2; this is {torch.__version__}")
-    if args.device.startswith("cuda"):
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cuda.matmul.allow_tf32 = True
     rows = [time_steps(args, False)]
     if args.compile:
         try:

@@ -87,8 +87,6 @@ def _finetune(args):
 
     if args.data not in ("fashion-mnist", "fashion-mnist:train"):
         raise ValueError(f"--data {args.data}: fine-tuning reads fashion-mnist (train split; test split for accuracy)")
-    if not 0.0 <= args.distill <= 1.0:
-        raise ValueError(f"--distill must be between 0 and 1, got {args.distill}")
     for name in ("epochs", "batch_size", "limit_train", "limit_test", "max_steps", "threads"):
         v = getattr(args, name)
         if v < 0 or (name in ("epochs", "batch_size") and v == 0):

@@ -37,7 +37,7 @@ def f32(x):
 def pow2(k):
     """2^k for a tensor of integer-valued k in [-1022, 1023], exactly, as float64: the exponent
     field written directly (torch.pow on a GPU may be off by an ulp, which moves floor() at exact
-    ties). Plain tensor operations, so that torch.compile traces it without a break."""
+    ties)."""
     bits = (k.to(torch.int64) + 1023) * (1 << 52)
     return bits.view(torch.float64)
 

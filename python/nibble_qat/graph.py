@@ -160,8 +160,8 @@ def build_units(model):
 
 
 def _static_args(u):
-    """The node attributes the forward pass needs, read once (the forward then touches no
-    dictionaries of the ONNX graph, which keeps it traceable by torch.compile)."""
+    """The node attributes the forward pass needs, read and checked once when the model is built
+    rather than in every step."""
     n = u.node
     if u.kind == Unit.CONV:
         pads = list(n.attrs.get("pads", [0, 0, 0, 0]))

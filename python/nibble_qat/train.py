@@ -60,6 +60,18 @@ def _atomic_bytes(data, path):
     os.replace(tmp, path)
 
 
+def training_device(device):
+    """torch.device(device), checked, with TF32 on for CUDA: TF32 keeps the integer products of
+    the fake-quantized layers exact (|q| <= 2047) and their sums exact below 2^24."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda: PyTorch sees no CUDA device")
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+    return dev
+
+
 def _forward_backward(model, teacher, distill, x, y):
     """One training step's logits and loss (cross-entropy, with distillation from `teacher`), with
     the gradients accumulated."""
@@ -134,13 +146,7 @@ def finetune(model, out_dir, epochs=15, batch_size=128, lr=0.005, weight_decay=5
     if os.path.exists(ckpt_path) and not resume:
         raise FileExistsError(f"{out_dir}: holds a checkpoint of an earlier run; pass --resume to continue it, or "
                               f"choose another output directory")
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda: PyTorch sees no CUDA device")
-        # TF32 keeps integer products exact (|q| <= 2047) and sums exact below 2^24.
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cuda.matmul.allow_tf32 = True
+    dev = training_device(device)
     model.to(dev)
     if distill > 0:
         teacher.to(dev).eval().requires_grad_(False)
