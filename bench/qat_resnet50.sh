@@ -9,8 +9,10 @@
 #   bench/qat_resnet50.sh WORK [DATA_DIR] [NIBBLE]
 # Environment: EPOCHS_FP32 (4), EPOCHS_QAT (2, or auto:SECONDS for as many epochs as the measured
 # step time fits into SECONDS, at most 15), QAT_BATCH (64), CALIB_SAMPLES (500), AGREE_LIMIT (2000),
-# QAT_FLAGS (more nibble_qat finetune options, e.g. --learn-ranges --distill 0.5), STEP_TIME (1: time
-# training steps beside the calibration with tools/qat_step_time.py; needed by auto:SECONDS).
+# QAT_FLAGS (more nibble_qat finetune options, e.g. --learn-ranges --distill 0.5), STEP_MODE (finetune
+# --step-mode: graphed (default), compiled, eager, or auto: the faster of compiled and graphed as
+# measured), STEP_TIME (1: time training steps beside the calibration with tools/qat_step_time.py;
+# needed by auto:SECONDS and STEP_MODE=auto).
 set -euo pipefail
 work=${1:?usage: bench/qat_resnet50.sh WORK [DATA_DIR] [NIBBLE]}
 data_dir=${2:-/usr/share/datasets/fashion-mnist}
@@ -33,7 +35,7 @@ if [ "${STEP_TIME:-0}" = 1 ] && [ ! -f "$work/step_time.json" ]; then
   ( "$nibble" calibrate "$work/fp32.onnx" --data fashion-mnist:train --data-dir "$data_dir" --samples 8 \
       --method percentile:99.999 -o "$work/quick.calib" > /dev/null 2>&1 &&
     "$py" "$root/tools/qat_step_time.py" "$work/fp32.onnx" "$work/quick.calib" --batch-size "${QAT_BATCH:-64}" \
-      --steps 10 --json "$work/step_time.json" > "$work/step_time.txt" 2>&1 ) &
+      --steps 10 --variants unfused,fused,compiled,graphed --json "$work/step_time.json" > "$work/step_time.txt" 2>&1 ) &
   timing=$!
 fi
 if [ ! -f "$work/fp32.calib" ]; then
@@ -46,18 +48,30 @@ if [ -n "${timing:-}" ]; then
   grep -v "^ *$" "$work/step_time.txt" | tail -n 12 | tee -a "$log"
 fi
 epochs=${EPOCHS_QAT:-2}
-if [[ $epochs == auto:* ]]; then
-  if [ ! -f "$work/qat_epochs" ]; then
-    "$py" - "$work/step_time.json" "${epochs#auto:}" > "$work/qat_epochs" <<'PY'
+mode=${STEP_MODE:-graphed}
+if [[ $epochs == auto:* || $mode == auto ]]; then
+  if [ ! -f "$work/qat_plan" ]; then
+    "$py" - "$work/step_time.json" "$epochs" "$mode" > "$work/qat_plan" <<'PY'
 import json, sys
 timing = json.load(open(sys.argv[1]))
-row = timing["rows"][0]  # the eager steps
+ok = {r["variant"]: r for r in timing["rows"]
+      if "error" not in r and not r["compile_failed"] and r["same_parameters_with_gradients"]
+      and r["top1_agreement"] >= 0.99}
+mode = sys.argv[3]
+if mode == "auto":  # the faster of the two modes that measured well
+    mode = min((v for v in ("compiled", "graphed") if v in ok), key=lambda v: ok[v]["ms_per_step"], default="eager")
+row = ok.get(mode if mode != "eager" else "fused") or ok.get("fused") or ok.get("unfused")
+if row is None:
+    sys.exit(f"{sys.argv[1]}: no step timing to plan with")
 epoch = row["ms_per_step"] * (60000 // timing["batch_size"]) / 1000 * 1.2 + 15  # 20% slack, and the test evaluation
-print(max(1, min(15, int(float(sys.argv[2]) // epoch))))
+epochs = sys.argv[2]
+if epochs.startswith("auto:"):  # as many as fit into the seconds given
+    epochs = max(1, min(15, int(float(epochs[5:]) // epoch)))
+print(epochs, mode)
 PY
   fi
-  epochs=$(cat "$work/qat_epochs")
-  stage "fine-tuning epochs for ${EPOCHS_QAT#auto:} s: $epochs"
+  read -r epochs mode < "$work/qat_plan"
+  stage "fine-tuning plan (EPOCHS_QAT=$EPOCHS_QAT, STEP_MODE=${STEP_MODE:-graphed}): $epochs epochs, step mode $mode"
 fi
 # quantize_and_eval NAME ONNX CALIB: NAME.nbl and its top-1 on the CUDA engine (NAME.eval).
 quantize_and_eval() {
@@ -79,7 +93,7 @@ if [ ! -f "$work/qat_int4/done" ]; then
   resume=()
   [ -f "$work/qat_int4/checkpoint.pt" ] && resume=(--resume)
   "$py" -m nibble_qat finetune "$work/fp32.onnx" --calib "$work/fp32.calib" --precision int4 \
-    --epochs "$epochs" --batch-size "${QAT_BATCH:-64}" --device cuda --threads 8 --data-dir "$data_dir" \
+    --epochs "$epochs" --batch-size "${QAT_BATCH:-64}" --step-mode "$mode" --device cuda --threads 8 --data-dir "$data_dir" \
     -o "$work/qat_int4" ${QAT_FLAGS:-} "${resume[@]}" 2> "$work/qat_int4.progress" | tee -a "$log"
   touch "$work/qat_int4/done"
 fi

@@ -10,9 +10,9 @@ Every number in the report comes from the nibble commands this script runs:
     nibble compare MODEL.onnx OUT.nbl --sensitivity --auto-mixed --max-drop D
 
 With --qat-dir DIR it also quantizes and evaluates the outputs of quantization-aware
-fine-tuning (bench/qat_fmnist.sh DIR): DIR/<model>_<precision>[_lsq]/model.onnx and model.calib
-go through `nibble quantize` (same precision, nearest rounding) and `nibble eval`, as QAT rows
-beside the PTQ ones. The ResNet-50 224 x 224 GPU run (bench/qat_resnet50.sh) is read from
+fine-tuning (bench/qat_fmnist.sh DIR): DIR/<model>_<precision>[_<setting>]/model.onnx and
+model.calib go through `nibble quantize` (same precision, nearest rounding) and `nibble eval`, as
+QAT rows beside the PTQ ones. The ResNet-50 224 x 224 GPU run (bench/qat_resnet50.sh) is read from
 docs/results/h100-2026-11-22-qat/.
 
 Run from the repository root after `make build` (about 15 minutes on 2 cores):
@@ -92,6 +92,8 @@ def main():
     p.add_argument("--out", default=str(REPO / "docs" / "accuracy.md"))
     p.add_argument("--plot", default=str(REPO / "docs" / "accuracy.png"))
     p.add_argument("--qat-dir", default="", help="outputs of bench/qat_fmnist.sh to add as QAT rows")
+    p.add_argument("--qat-logs", default="docs/results/h200-2026-11-29-qat",
+                   help="where the logs of the --qat-dir runs are kept, for the report (default: %(default)s)")
     p.add_argument("--reuse", action="store_true",
                    help="keep the work directory and take each model's results from an earlier run's "
                         "<workdir>/<model>.json where present (an interrupted run goes on where it stopped)")
@@ -191,8 +193,10 @@ def qat_rows(args, key, r, work, log, limit):
     r["rows"] = [row for row in r["rows"] if "QAT" not in row["precision"]]
     started = time.time()
     for prec in ("int8", "int4"):
-        for suffix in ("", "_lsq", "_kd"):
-            run_dir = Path(args.qat_dir) / f"{key}_{prec}{suffix}"
+        # KEY_PREC, then KEY_PREC_<setting> in name order (bench/qat_fmnist.sh's runs).
+        base = Path(args.qat_dir) / f"{key}_{prec}"
+        for run_dir in [base] + sorted(Path(args.qat_dir).glob(f"{key}_{prec}_*")):
+            suffix = run_dir.name[len(base.name):]
             if not (run_dir / "model.onnx").exists():
                 continue
             hist = json.loads((run_dir / "finetune.json").read_text())
@@ -207,6 +211,8 @@ def qat_rows(args, key, r, work, log, limit):
             method = f"percentile:99.999, {'learned (LSQ)' if lsq else 'fixed'} ranges"
             if settings.get("distill"):
                 method += f", distillation {settings['distill']:g} from FP32"
+            if settings.get("lr"):
+                method += f", lr {settings['lr']:g}"
             r["rows"].append({"precision": f"{prec} QAT", "method": method, "rounding": f"QAT, {epochs} epochs",
                               "correct": ok, "n": n, "bytes": dir_tensor_bytes(out)})
             print(f"   {prec} QAT {suffix.lstrip('_') or 'fixed'}: {100 * ok / n:.2f}%", flush=True)
@@ -258,10 +264,10 @@ def write_report(args, results, elapsed):
              "error compensation).")
     L.append("- Size: bytes of tensors (FP32: ONNX initializers; quantized: the model directory's npdata/).")
     if args.qat_dir:
-        L.append("- QAT rows: `python3 -m nibble_qat finetune` (docs/qat.md) from a `percentile:99.999` table on the "
-                 "first 1000 training images, SGD with a cosine schedule, run on an H100 by `bench/qat_fmnist.sh` "
-                 "(logs in docs/results/h100-2026-11-22-qat/, whose README says which run made each row); its FP32 ONNX and table were then quantized "
-                 "(`nibble quantize`, nearest rounding) and evaluated here by this script.")
+        L.append(f"- QAT rows: `python3 -m nibble_qat finetune` (docs/qat.md) from a `percentile:99.999` table on the "
+                 f"first 1000 training images, SGD with a cosine schedule, run on a GPU by `bench/qat_fmnist.sh` "
+                 f"(logs in {args.qat_logs}/, whose README gives the device and the command); its FP32 ONNX and table "
+                 f"were then quantized (`nibble quantize`, nearest rounding) and evaluated here by this script.")
     L.append("")
     L.append("## Summary: the best of each precision")
     L.append("")

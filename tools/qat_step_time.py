@@ -1,15 +1,25 @@
 #!/usr/bin/env python3
-"""Time nibble_qat training steps (and, with --compile, the same steps through torch.compile).
+"""Time nibble_qat training steps, one row per way of running them.
 
     PYTHONPATH=python python3 tools/qat_step_time.py MODEL.onnx X.calib [--precision int4]
-        [--batch-size 64] [--steps 20] [--warmup 3] [--device cuda] [--learn-ranges] [--compile]
-        [--json F]
+        [--batch-size 64] [--steps 20] [--warmup 3] [--device cuda] [--learn-ranges]
+        [--variants unfused,fused,compiled,graphed] [--json F]
 
-Each variant builds a fresh fake-quantized model, runs --warmup steps (for the compiled one this
-includes compiling), then --steps timed steps (forward, backward, SGD) on the same random batch,
-synchronizing the device before and after. Prints milliseconds per step and images per second,
-and with --compile the eager/compiled ratio and the compiler's most frequent graph breaks.
-bench/qat_resnet50.sh uses the eager figure to fit its fine-tuning into a time budget.
+Variants: `unfused` runs every step after a convolution as its own PyTorch operation, `fused`
+runs them as one autograd node (arith.conv_epilogue) eagerly, `compiled` compiles that node's
+forward and backward with torch.compile (what fine-tuning does by default on a CUDA device with
+PyTorch 2), `graphed` also replays each step's forward and backward as one CUDA graph
+(finetune --step-mode graphed), and `model-compile` compiles the whole model's step (slow: kept
+as a measurement). The default is unfused,fused,compiled,graphed on CUDA and unfused,fused on
+the CPU.
+
+Each variant builds a fresh fake-quantized model, runs --warmup steps (including any compiling),
+then --steps timed steps (forward, backward, SGD) on the same random batch, synchronizing the
+device before and after. Every variant is compared with the first one on the same weights: the
+largest logit difference and the largest gradient difference relative to the largest gradient.
+Prints milliseconds per step, images per second and the speed-up over the first variant.
+bench/qat_resnet50.sh uses the figure of the variant fine-tuning runs to fit its fine-tuning
+into a time budget.
 """
 
 import argparse
@@ -23,7 +33,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 import nibble_qat  # noqa: E402
-from nibble_qat import train  # noqa: E402
+from nibble_qat import arith, train  # noqa: E402
 
 
 def _sync(device):
@@ -31,26 +41,57 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_steps(args, compiled):
+def _variant(name, model, example):
+    """Sets up `model` for variant `name`; returns the callable a step runs."""
+    model.fused = name != "unfused"
+    arith.KERNELS.failed = False
+    if name == "model-compile":
+        arith.KERNELS.compile = False
+        return torch.compile(model, dynamic=False)
+    return train.step_function(model, "eager" if name in ("unfused", "fused") else name, example)
+
+
+def _reference(args, device, x, y):
+    """Logits and gradients of one step of the first variant, from the seeded initial weights."""
+    torch.manual_seed(0)
+    model = nibble_qat.load(args.onnx, args.calib, args.precision, learn_ranges=args.learn_ranges).to(device)
+    return _one_step(_variant(args.variants[0], model, x), model, x, y)
+
+
+def _one_step(run, model, x, y):
+    model.zero_grad(set_to_none=True)
+    logits = run(x).float()
+    F.cross_entropy(logits, y).backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    return logits.detach(), grads
+
+
+def time_steps(args, name, ref):
     device = train.training_device(args.device)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     torch.manual_seed(0)
     model = nibble_qat.load(args.onnx, args.calib, args.precision, learn_ranges=args.learn_ranges).to(device)
-    step_model = torch.compile(model, dynamic=False) if compiled else model
+    run = _variant(name, model, ref["x"])
+    x, y = ref["x"], ref["y"]
+    t0 = time.time()
+    logits, grads = _one_step(run, model, x, y)  # the first step (and any compiling), compared below
+    diff = {"max_logit_difference": float((logits - ref["logits"]).abs().max()),
+            "top1_agreement": float((logits.argmax(1) == ref["logits"].argmax(1)).float().mean()),
+            "max_relative_grad_difference": max(
+                (float((g - ref["grads"][k]).abs().max() / ref["grads"][k].abs().max().clamp(min=1e-30))
+                 for k, g in grads.items()), default=0.0),
+            "same_parameters_with_gradients": sorted(grads) == sorted(ref["grads"])}
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-    x = torch.rand((args.batch_size,) + model.input_shape, device=device)
-    y = torch.randint(0, 10, (args.batch_size,), device=device)
 
     def step():
-        loss = F.cross_entropy(step_model(x).float(), y)
+        loss = F.cross_entropy(run(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         model.clamp_thresholds()
 
-    t0 = time.time()
     for _ in range(args.warmup):
         step()
     _sync(device)
@@ -62,20 +103,19 @@ def time_steps(args, compiled):
     secs = time.time() - t0
     ms = 1000 * secs / args.steps
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    row = {"compiled": compiled, "warmup_seconds": round(warm, 2), "ms_per_step": round(ms, 2),
+    row = {"variant": name, "warmup_seconds": round(warm, 2), "ms_per_step": round(ms, 2),
            "images_per_second": round(args.batch_size * args.steps / secs, 1),
-           "peak_gib": round(peak, 2) if peak is not None else None}
-    if compiled:
+           "peak_gib": round(peak, 2) if peak is not None else None, "compile_failed": arith.KERNELS.failed}
+    row.update(diff)
+    if name == "model-compile":
         from torch._dynamo.utils import counters
         breaks = sorted(counters["graph_break"].items(), key=lambda kv: -kv[1])[:8]
         counters.clear()
-        # The same weights through both paths: how far compiling moves the training forward pass
-        # (with gradients on, as in training, so that the compiled graph is reused).
-        a, b = model(x).detach().float(), step_model(x).detach().float()
-        row.update({"max_logit_difference_vs_eager": float((a - b).abs().max()),
-                    "top1_agreement_vs_eager": float((a.argmax(1) == b.argmax(1)).float().mean()),
-                    "graph_breaks": {str(k)[:300]: v for k, v in breaks}})
+        row["graph_breaks"] = {str(k)[:300]: v for k, v in breaks}
     return row
+
+
+VARIANTS = ("unfused", "fused", "compiled", "graphed", "model-compile")
 
 
 def main():
@@ -88,32 +128,46 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--learn-ranges", action="store_true")
-    ap.add_argument("--compile", action="store_true", help="also time the steps through torch.compile (PyTorch 2)")
+    ap.add_argument("--variants", default="",
+                    help="comma-separated, from " + ", ".join(VARIANTS) + " (default: unfused,fused,compiled,graphed on "
+                         "CUDA, unfused,fused on the CPU); the first is the reference of the comparisons")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
-    if args.compile and not hasattr(torch, "compile"):
-        ap.error(f"--compile needs PyTorch 2; this is {torch.__version__}")
-    rows = [time_steps(args, False)]
-    if args.compile:
+    cuda = args.device.startswith("cuda")
+    args.variants = [v for v in (args.variants or ("unfused,fused,compiled,graphed" if cuda else "unfused,fused")).split(",") if v]
+    for v in args.variants:
+        if v not in VARIANTS:
+            ap.error(f"--variants: unknown variant '{v}' (choose from {', '.join(VARIANTS)})")
+        if v in ("compiled", "graphed", "model-compile") and not hasattr(torch, "compile"):
+            ap.error(f"--variants {v} needs PyTorch 2; this is {torch.__version__}")
+    device = train.training_device(args.device)
+    torch.manual_seed(1)
+    probe = nibble_qat.load(args.onnx, args.calib, args.precision, learn_ranges=args.learn_ranges)
+    ref = {"x": torch.rand((args.batch_size,) + probe.input_shape, device=device),
+           "y": torch.randint(0, 10, (args.batch_size,), device=device)}
+    ref["logits"], ref["grads"] = _reference(args, device, ref["x"], ref["y"])
+    rows = []
+    for v in args.variants:
         try:
-            rows.append(time_steps(args, True))
-        except Exception as e:  # noqa: BLE001 -- report the compiler's failure, keep the eager row
-            rows.append({"compiled": True, "error": f"{type(e).__name__}: {e}"[:2000]})
-            print(f"compiled: failed: {rows[-1]['error']}")
+            rows.append(time_steps(args, v, ref))
+        except Exception as e:  # noqa: BLE001 -- report a variant's failure, keep the others
+            rows.append({"variant": v, "error": f"{type(e).__name__}: {e}"[:2000]})
+            print(f"{v}: failed: {rows[-1]['error']}")
+    base = rows[0].get("ms_per_step")
     for r in rows:
         if "error" in r:
             continue
-        print(f"{'compiled' if r['compiled'] else 'eager':8s}  {r['ms_per_step']:8.1f} ms/step  "
-              f"{r['images_per_second']:8.1f} images/s  (warm-up {r['warmup_seconds']} s, peak {r['peak_gib']} GiB)"
-              + (f"; logits vs eager: max |diff| {r['max_logit_difference_vs_eager']:.3g}, top-1 agreement "
-                 f"{100 * r['top1_agreement_vs_eager']:.1f}%" if r["compiled"] else ""))
-    for k, v in rows[-1].get("graph_breaks", {}).items():
-        print(f"graph break x{v}: {k}")
-    if len(rows) == 2 and "error" not in rows[1]:
-        print(f"compiled speed-up: {rows[0]['ms_per_step'] / rows[1]['ms_per_step']:.2f}x")
+        print(f"{r['variant']:13s} {r['ms_per_step']:8.1f} ms/step {r['images_per_second']:8.1f} images/s"
+              + (f"  {base / r['ms_per_step']:5.2f}x" if base else "")
+              + f"  (warm-up {r['warmup_seconds']} s, peak {r['peak_gib']} GiB; vs {rows[0]['variant']}: logits "
+                f"{r['max_logit_difference']:.3g}, top-1 {100 * r['top1_agreement']:.1f}%, gradients "
+                f"{r['max_relative_grad_difference']:.3g}{'' if r['same_parameters_with_gradients'] else ', OTHER PARAMETERS'})"
+              + (" COMPILE FAILED, ran eagerly" if r["compile_failed"] else ""))
+        for k, v in r.get("graph_breaks", {}).items():
+            print(f"  graph break x{v}: {k}")
     info = {"onnx": args.onnx, "precision": args.precision, "batch_size": args.batch_size, "steps": args.steps,
             "learn_ranges": args.learn_ranges, "device": args.device, "torch": torch.__version__,
-            "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu", "rows": rows}
+            "device_name": torch.cuda.get_device_name() if cuda else "cpu", "rows": rows}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(info, f, indent=1)

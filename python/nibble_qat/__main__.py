@@ -64,6 +64,11 @@ def main(argv=None):
     f.add_argument("--limit-test", type=int, default=0, help="evaluate on the first N test images only")
     f.add_argument("--max-steps", type=int, default=0, help="stop after N steps in all (0: run every epoch)")
     f.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    f.add_argument("--step-mode", choices=train.STEP_MODES, default="eager",
+                   help="how training steps run: eager; compiled (the quantization steps after each "
+                        "convolution fused by torch.compile); graphed (compiled, and each step replayed as "
+                        "one CUDA graph: about 5x faster than eager on ResNet-50). compiled and graphed need "
+                        "CUDA and PyTorch 2. Default: eager (see docs/qat.md on the other two)")
     f.add_argument("--threads", type=int, default=0, help="CPU threads for PyTorch (0: its default)")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
@@ -117,7 +122,7 @@ def _finetune(args):
                    weight_decay=args.weight_decay, range_lr=args.range_lr, data_dir=args.data_dir,
                    device=args.device, seed=args.seed, limit_train=args.limit_train, limit_test=args.limit_test,
                    max_steps=args.max_steps, resume=args.resume, settings=settings,
-                   teacher=teacher, distill=args.distill)
+                   teacher=teacher, distill=args.distill, step_mode=args.step_mode)
     flags = "" if not args.all_layers else " --all-layers"
     if args.layer_precision:
         flags += " --layer-precision " + ",".join(f"{k}:{v}" for k, v in args.layer_precision.items())

@@ -236,3 +236,149 @@ def lsq_grad_scale(x, g):
 
 
 INT32_RANGE = (-2147483647, 2147483647)
+
+
+# --- the fused epilogue of a training convolution ---------------------------------------------
+#
+# In training (float32) every integer convolution ends in the same chain: round the convolution,
+# add the integer bias, add the requantized residual, ReLU, requantize to the output width. As
+# separate PyTorch operations that is about twenty passes over each activation forward and
+# backward, most of a training step's time. conv_epilogue() computes the same values with one
+# autograd node whose forward and backward are plain functions of whole tensors; on a CUDA device
+# with PyTorch 2 they are compiled (torch.compile) into a few fused kernels. Values and gradients
+# are those of the separate operations (the float32 formulas above; a compiled kernel may fuse a
+# product and a sum, which can move a result that lies next to a rounding tie).
+
+
+def _stage(x, m):
+    """One float32 requantization stage, sign(x) * floor(|x| * m + 1/2) clamped to int32, with
+    m = factor * 2^-shift (requantize_exact's float32 form)."""
+    mag = torch.floor(x.abs() * m + 0.5)
+    return torch.where(x < 0, -mag, mag).clamp(INT32_RANGE[0], INT32_RANGE[1])
+
+
+def _inside(y, lo, hi):
+    return (y > lo) & (y < hi)
+
+
+def _epilogue_forward(conv, bias, src, m1, m2, m, lo, hi, relu):
+    """(q, acc, inside of the residual) of conv_epilogue."""
+    acc = torch.round(conv) + bias
+    res_inside = None
+    if src is not None:
+        r = _stage(_stage(src, m1), m2)
+        res_inside = _inside(r, INT32_RANGE[0], INT32_RANGE[1])
+        acc = acc + r
+    if relu:
+        acc = torch.relu(acc)
+    return _stage(acc, m).clamp(lo, hi), acc, res_inside
+
+
+def _epilogue_backward(g, q, acc, src, res_inside, ratio, res_ratio, lo, hi, dims):
+    """(d conv, d bias, d ratio, d src, d res_ratio) of conv_epilogue; acc and src are None when
+    their ratio needs no gradient, res_inside is None without a residual."""
+    g = torch.where(_inside(q, lo, hi), g, torch.zeros_like(g))
+    d_ratio = (g * acc).sum(dim=dims) if acc is not None else None
+    d_acc = g * ratio
+    d_bias = d_acc.sum(dim=dims)
+    d_src = d_res_ratio = None
+    if res_inside is not None:
+        g_res = torch.where(res_inside, d_acc, torch.zeros_like(d_acc))
+        d_src = g_res * res_ratio
+        if src is not None:
+            d_res_ratio = (g_res * src).sum(dim=dims)
+    return d_acc, d_bias, d_ratio, d_src, d_res_ratio
+
+
+class _Kernels:
+    """The epilogue's forward and backward functions: compiled on CUDA with PyTorch 2 unless
+    compiling is switched off (or failed once, which is reported and then run eagerly)."""
+
+    compile = True
+
+    def __init__(self):
+        self.compiled = None
+        self.failed = False
+
+    def get(self, device):
+        if device.type != "cuda" or not self.compile or self.failed or not hasattr(torch, "compile"):
+            return _epilogue_forward, _epilogue_backward
+        if self.compiled is None:
+            import torch._dynamo as dynamo
+            # One graph per variant (residual or not, ReLU or not, output range, 2-d or 4-d):
+            # more than the default of 8 per function in a large model.
+            for name in ("recompile_limit", "cache_size_limit"):
+                if hasattr(dynamo.config, name):
+                    setattr(dynamo.config, name, max(getattr(dynamo.config, name), 64))
+            self.compiled = (torch.compile(_epilogue_forward, dynamic=True),
+                             torch.compile(_epilogue_backward, dynamic=True))
+        return self.compiled
+
+    def run(self, which, device, *args):
+        fns = self.get(device)
+        if fns[which] is (_epilogue_forward, _epilogue_backward)[which]:
+            return fns[which](*args)
+        try:
+            return fns[which](*args)
+        except Exception as e:  # noqa: BLE001 -- the compiler's many error types; fall back to eager
+            import sys
+            self.failed = True
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            print(f"nibble_qat: torch.compile failed ({type(e).__name__}: {first[:200]}); running the "
+                  f"quantization steps eagerly", file=sys.stderr)
+            return (_epilogue_forward, _epilogue_backward)[which](*args)
+
+
+KERNELS = _Kernels()
+
+
+class _Epilogue(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, conv, bias, ratio, src, res_ratio, m, m1, m2, lo, hi, relu):
+        shape = [1, -1] + [1] * (conv.dim() - 2)
+        q, acc, res_inside = KERNELS.run(0, conv.device, conv, bias.view(shape), src, m1, m2, m, lo, hi, relu)
+        need = ctx.needs_input_grad
+        ctx.save_for_backward(q, acc if need[2] else None, res_inside, src if src is not None and need[4] else None,
+                              ratio, res_ratio)
+        ctx.rng = (lo, hi)
+        return q
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, acc, res_inside, src, ratio, res_ratio = ctx.saved_tensors
+        dims = [0] + list(range(2, q.dim()))
+        shape = [1, -1] + [1] * (q.dim() - 2)
+        r = ratio.to(grad.dtype).view(shape)
+        rr = res_ratio.to(grad.dtype).view(shape) if res_ratio is not None else None
+        d_conv, d_bias, d_ratio, d_src, d_res_ratio = KERNELS.run(
+            1, grad.device, grad.contiguous(), q, acc, src, res_inside, r, rr, ctx.rng[0], ctx.rng[1], dims)
+        if d_ratio is not None:
+            d_ratio = d_ratio.to(ratio.dtype)
+        if d_res_ratio is not None:
+            d_res_ratio = d_res_ratio.to(res_ratio.dtype)
+        return (d_conv, d_bias, d_ratio, d_src, d_res_ratio) + (None,) * 6
+
+
+def stage_multiplier(factor, shift, dtype):
+    """factor * 2^-shift as `dtype` (exact: the factors fit 16 bits, the shifts 0..31)."""
+    return factor.to(dtype) * pow2(-shift).to(dtype)
+
+
+def conv_epilogue(conv, bias, ratio, factor, shift, rng, relu, residual=None):
+    """requantize(relu(round(conv) + bias + residual)) on float32 tensors, one autograd node.
+
+    conv: N x C x ... convolution of integers; bias: C integers (float32); ratio: C float64
+    (accumulator scale / output scale, carrying the gradient to the scales); factor, shift: its
+    requantization (choose_requant); rng: the output range. residual: None or (src, res_ratio,
+    stages) with src the residual's integers, res_ratio its scale over the accumulator scale and
+    stages from residual_stages. Gradients are those of the separate steps (see requantize)."""
+    shape = [1, -1] + [1] * (conv.dim() - 2)
+    m = stage_multiplier(factor, shift, conv.dtype).view(shape)
+    src = res_ratio = m1 = m2 = None
+    if residual is not None:
+        src, res_ratio, stages = residual
+        (f1, s1, _), (f2, s2, _) = stages
+        m1 = stage_multiplier(f1, s1, conv.dtype).view(shape)
+        m2 = stage_multiplier(f2, s2, conv.dtype).view(shape)
+    return _Epilogue.apply(conv, bias, ratio, src, res_ratio, m, m1, m2,
+                           float(rng[0]), float(rng[1]), bool(relu))

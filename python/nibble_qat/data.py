@@ -58,7 +58,10 @@ def to_input(images_u8, size, device):
     """Model inputs from u8 images: pixel / 255 in f32 (as nibble does), bilinearly resized to
     size x size when the model is not 28 x 28. The resize is computed in float64 and rounded to
     f32 once (nibble computes it the same way)."""
-    x = torch.as_tensor(np.ascontiguousarray(images_u8).copy(), device=device).to(torch.float32).unsqueeze(1)
+    x = torch.from_numpy(np.ascontiguousarray(images_u8).copy())
+    if torch.device(device).type == "cuda":
+        x = x.pin_memory().to(device, non_blocking=True)  # no wait for the device's queued work
+    x = x.to(device=device, dtype=torch.float32).unsqueeze(1)
     x = div(x, 255.0)
     if size != x.shape[-1] or size != x.shape[-2]:
         x = resize(x, size, size)

@@ -273,6 +273,7 @@ class QatModel(torch.nn.Module):
         self.calib = calib
         self.learn_ranges = learn_ranges
         self.exact = False
+        self.fused = True  # float32 forward: the steps after each convolution in one node (emit_fused)
         self.output_step = {}  # graph output -> the value of one accumulator step per channel
         self.units = build_units(model)
         for u in self.units:
@@ -594,6 +595,11 @@ class _State:
 
         acc = _apply(u, q_x.to(self.ct), w_int)
         shape = [1, -1] + [1] * (acc.dim() - 2)
+        to_scale = u.kind == Unit.LINEAR and u.output in m.onnx.outputs and not u.relu_after
+        if (m.fused and self.ct == torch.float32 and not u.residual_only and not to_scale
+                and (res is None or not isinstance(res[0], str))):
+            self.emit_fused(u, acc, bias_int, acc_scale, res)
+            return
         # Sums of integers: exact in float64; in float32 rounding removes any error of the
         # convolution algorithm (while the sums stay below 2^24).
         acc = arith.round_ste(acc) + bias_int.view(shape)
@@ -605,7 +611,6 @@ class _State:
         if u.residual_only:
             self.acc[u.output] = (acc, acc_scale)
             return
-        to_scale = u.kind == Unit.LINEAR and u.output in m.onnx.outputs and not u.relu_after
         if to_scale:
             with torch.no_grad():
                 if self.check:
@@ -614,16 +619,35 @@ class _State:
                 exact = acc.detach().to(torch.float32) / inv.view(shape)
             self.float[u.output] = arith.with_value(acc.to(torch.float32) * acc_scale.to(torch.float32).view(shape), exact)
             return
+        s_out, bits, is_signed, ratio, shift, factor, rng = self.output_requant(u, acc_scale, acc[0].numel())
+        q = arith.requantize(acc, ratio, [(factor, shift, arith.INT32_RANGE)], rng)
+        self.quant[u.output] = (q, s_out, bits, is_signed)
+
+    def output_requant(self, u, acc_scale, numel):
+        """The output scale, bits, signedness, requantization (ratio, shift, factor) and range of
+        unit u, whose accumulators have `numel` values per sample."""
+        m = self.m
         bits = m.bits_of(u.output)
         e = m.calib.find(u.output)
         is_signed = e is not None and e.lo < 0 and not u.relu_after
-        s_out = m._threshold(u.output, bits, is_signed, u.relu_after, acc[0].numel())
+        s_out = m._threshold(u.output, bits, is_signed, u.relu_after, numel)
         ratio = acc_scale / s_out
         shift, factor, fits = arith.choose_requant(ratio.detach())
         if self.check and not bool(fits):
             raise UnsupportedModel(f"layer {u.name}: the output scale is too small for a 16-bit requantization factor")
         rng = arith.output_range(arith.magnitude_bits(bits, is_signed), is_signed)
-        q = arith.requantize(acc, ratio, [(factor, shift, arith.INT32_RANGE)], rng)
+        return s_out, bits, is_signed, ratio, shift, factor, rng
+
+    def emit_fused(self, u, conv, bias_int, acc_scale, res):
+        """The float32 (training) form of emit_integer's steps after the convolution, in one
+        autograd node (arith.conv_epilogue); same values."""
+        residual = None
+        if res is not None:
+            src, scale = res
+            ratio_res = scale / acc_scale
+            residual = (src.to(self.ct), ratio_res, arith.residual_stages(ratio_res.detach()))
+        s_out, bits, is_signed, ratio, shift, factor, rng = self.output_requant(u, acc_scale, conv[0].numel())
+        q = arith.conv_epilogue(conv, bias_int, ratio, factor, shift, rng, u.relu_after, residual)
         self.quant[u.output] = (q, s_out, bits, is_signed)
 
     def residual_source(self, u):

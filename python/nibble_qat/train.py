@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import arith
 from . import calib as calib_io
 from . import data as data_io
 
@@ -72,6 +73,33 @@ def training_device(device):
     return dev
 
 
+STEP_MODES = ("eager", "compiled", "graphed")
+
+
+def check_step_mode(mode, device):
+    """A ValueError unless step mode `mode` can run on `device`."""
+    if mode not in STEP_MODES:
+        raise ValueError(f"step mode '{mode}': choose from {', '.join(STEP_MODES)}")
+    dev = torch.device(device)
+    if mode != "eager" and (dev.type != "cuda" or not hasattr(torch, "compile")):
+        raise ValueError(f"--step-mode {mode} needs a CUDA device and PyTorch 2 (this is PyTorch {torch.__version__} "
+                         f"on {dev.type})")
+
+
+def step_function(model, mode, example):
+    """The callable that training steps run `model` (a QatModel) through, for a step mode:
+    eager (every operation from Python), compiled (the fused epilogue of each convolution
+    compiled by torch.compile: CUDA, PyTorch 2) or graphed (compiled, and the whole forward and
+    backward pass replayed as one CUDA graph, captured here for inputs shaped like `example`;
+    the model then runs its ordinary forward pass only in eval mode)."""
+    check_step_mode(mode, example.device)
+    arith.KERNELS.compile = mode != "eager"
+    if mode == "graphed":
+        model.train()
+        return torch.cuda.make_graphed_callables(model, (example,), allow_unused_input=True)
+    return model
+
+
 def _forward_backward(model, teacher, distill, x, y):
     """One training step's logits and loss (cross-entropy, with distillation from `teacher`), with
     the gradients accumulated."""
@@ -103,8 +131,9 @@ def _load_checkpoint(path):
 
 def evaluate(model, images, labels, device, batch=500, exact=False, progress=None):
     """Top-1 (correct count) and the logits of `model` on u8 images."""
-    was = model.exact
+    was, was_training = model.exact, model.training
     model.exact = exact
+    model.eval()  # a graphed model (step_function) runs its ordinary forward pass in eval mode
     correct, outs = 0, []
     try:
         with torch.no_grad():
@@ -117,6 +146,7 @@ def evaluate(model, images, labels, device, batch=500, exact=False, progress=Non
                     progress.update(len(x))
     finally:
         model.exact = was
+        model.train(was_training)
     return correct, torch.cat(outs) if outs else torch.zeros(0)
 
 
@@ -130,12 +160,13 @@ def write_outputs(model, out_dir, note):
 
 def finetune(model, out_dir, epochs=15, batch_size=128, lr=0.005, weight_decay=5e-4, range_lr=None,
              data_dir=data_io.DEFAULT_DIR, device="cpu", seed=0, limit_train=0, limit_test=0, max_steps=0,
-             resume=False, log=print, settings=None, teacher=None, distill=0.0):
+             resume=False, log=print, settings=None, teacher=None, distill=0.0, step_mode="eager"):
     """Fine-tunes `model` (a QatModel) and writes OUT/{model.onnx, model.calib, checkpoint.pt,
     finetune.json}. Returns the history (one dict per epoch). `settings` (a dict) is stored in
     the checkpoint; a resumed run must have the same. With a `teacher` (a module giving logits, such as
     the FP32 model) and `distill` in (0, 1], the loss is (1 - distill) * cross-entropy + distill *
-    KL(teacher || model), at temperature 1."""
+    KL(teacher || model), at temperature 1. `step_mode` is one of STEP_MODES (step_function);
+    the faster ones are opt-in (docs/qat.md, "Training speed")."""
     if not 0.0 <= distill <= 1.0:
         raise ValueError(f"--distill must be between 0 and 1, got {distill}")
     if distill > 0 and teacher is None:
@@ -147,6 +178,7 @@ def finetune(model, out_dir, epochs=15, batch_size=128, lr=0.005, weight_decay=5
         raise FileExistsError(f"{out_dir}: holds a checkpoint of an earlier run; pass --resume to continue it, or "
                               f"choose another output directory")
     dev = training_device(device)
+    check_step_mode(step_mode, dev)
     model.to(dev)
     if distill > 0:
         teacher.to(dev).eval().requires_grad_(False)
@@ -196,6 +228,11 @@ def finetune(model, out_dir, epochs=15, batch_size=128, lr=0.005, weight_decay=5
         log(f"epoch  0/{epochs}  test top-1 {100 * correct / len(test_x):.2f}% (the calibrated ranges, no training)")
         history.append({"epoch": 0, "test_top1": correct / len(test_x), "steps": 0})
 
+    if start_epoch < epochs and step < total_steps:
+        t0 = time.time()
+        run = step_function(model, step_mode, torch.zeros((batch_size,) + model.input_shape, device=dev))
+        if step_mode == "graphed":
+            log(f"captured the training step as a CUDA graph ({time.time() - t0:.0f} s)")
     train_x_t = torch.from_numpy(np.ascontiguousarray(train_x).copy())
     train_y_t = torch.from_numpy(train_y.copy())
     for epoch in range(start_epoch, epochs):
@@ -204,7 +241,10 @@ def finetune(model, out_dir, epochs=15, batch_size=128, lr=0.005, weight_decay=5
         t0 = time.time()
         order = torch.randperm(len(train_x_t), generator=gen)
         bar = Progress(f"epoch {epoch + 1}/{epochs}", min(steps_per_epoch, total_steps - step))
-        loss_sum, seen, correct = 0.0, 0, 0
+        # Sums on the device, read for the progress bar every few steps: a read waits for the
+        # device, and the host is best left queueing the next steps' work meanwhile.
+        loss_sum, seen, correct = torch.zeros((), dtype=torch.float64, device=dev), 0, torch.zeros((), dtype=torch.int64, device=dev)
+        shown = ""
         for b in range(steps_per_epoch):
             if step >= total_steps:
                 break
@@ -215,15 +255,18 @@ def finetune(model, out_dir, epochs=15, batch_size=128, lr=0.005, weight_decay=5
             for g in opt.param_groups:
                 g["lr"] = g["initial_lr"] * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
             opt.zero_grad(set_to_none=True)
-            logits, loss = _forward_backward(model, teacher, distill, x, y)
+            logits, loss = _forward_backward(run, teacher, distill, x, y)
             opt.step()
             model.clamp_thresholds()
             step += 1
-            loss_sum += float(loss) * len(y)
+            loss_sum += loss.detach().double() * len(y)
             seen += len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            bar.update(1, f"loss {loss_sum / seen:.4f}")
+            correct += (logits.argmax(1) == y).sum()
+            if b % 25 == 0:
+                shown = f"loss {float(loss_sum) / seen:.4f}"
+            bar.update(1, shown)
         bar.close()
+        loss_sum, correct = float(loss_sum), int(correct)
         train_secs = time.time() - t0
         p = Progress("eval", len(test_x))
         test_correct, _ = evaluate(model, test_x, test_y, dev, progress=p)
