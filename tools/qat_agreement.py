@@ -18,7 +18,6 @@ import sys
 import tempfile
 
 import numpy as np
-import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 import nibble_qat  # noqa: E402

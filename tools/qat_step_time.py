@@ -7,10 +7,9 @@
 
 Variants: `unfused` runs every step after a convolution as its own PyTorch operation, `fused`
 runs them as one autograd node (arith.conv_epilogue) eagerly, `compiled` compiles that node's
-forward and backward with torch.compile (what fine-tuning does by default on a CUDA device with
-PyTorch 2), `graphed` also replays each step's forward and backward as one CUDA graph
-(finetune --step-mode graphed), and `model-compile` compiles the whole model's step (slow: kept
-as a measurement). The default is unfused,fused,compiled,graphed on CUDA and unfused,fused on
+forward and backward with torch.compile (finetune --step-mode compiled), `graphed` also
+replays each step's forward and backward as one CUDA graph (finetune --step-mode graphed), and
+`model-compile` compiles the whole model's step (slow: kept as a measurement). The default is unfused,fused,compiled,graphed on CUDA and unfused,fused on
 the CPU.
 
 Each variant builds a fresh fake-quantized model, runs --warmup steps (including any compiling),

@@ -35,10 +35,10 @@ def export_module(module, example_input, path=None, opset=13):
                           dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, **kwargs)
     finally:
         module.train(was_training)
-    data = buf.getvalue()
+    onnx_bytes = buf.getvalue()
     if path:
-        train._atomic_bytes(data, path)
-    return data
+        train._atomic_bytes(onnx_bytes, path)
+    return onnx_bytes
 
 
 def from_module(module, example_input, calib_path, precision="int4", **options):

@@ -29,6 +29,14 @@ def run_nibble(nibble_bin):
     return run
 
 
+def calibrate(nibble_bin, model, out, samples, method="max"):
+    """`nibble calibrate MODEL --samples N --method M -o OUT`, which must succeed; returns OUT."""
+    proc = subprocess.run([str(nibble_bin), "calibrate", str(model), "--samples", str(samples), "--method", method,
+                           "-o", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"nibble calibrate {model} failed:\n{proc.stderr}"
+    return out
+
+
 def make_small_cnn(path, seed=0, batch="N"):
     """Conv(3x3, pad 1) -> Relu -> GlobalAveragePool -> Flatten -> Gemm, with random weights."""
     rng = np.random.default_rng(seed)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import calibrate
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = REPO / "models" / "fmnist_resnet.onnx"
@@ -38,12 +39,7 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def calib(nibble_bin, workdir):
-    import subprocess
-    path = workdir / "max.calib"
-    proc = subprocess.run([nibble_bin, "calibrate", str(MODEL), "--samples", "300", "-o", str(path)],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    return path
+    return calibrate(nibble_bin, MODEL, workdir / "max.calib", 300)
 
 
 @pytest.fixture(scope="module")

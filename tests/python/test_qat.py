@@ -4,7 +4,6 @@ the CLI's errors. CPU only; a short fine-tune on a subset of Fashion-MNIST."""
 import os
 import subprocess
 import sys
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "python"))
 
 import nibble_qat  # noqa: E402
+from conftest import calibrate  # noqa: E402
 from nibble_qat import arith, data, onnx_io, train  # noqa: E402
 
 SMALL = REPO / "models" / "fmnist_resnet.onnx"
@@ -41,18 +41,12 @@ def work(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def small_calib(work, nibble_bin):
-    path = work / "small.calib"
-    subprocess.run([str(nibble_bin), "calibrate", str(SMALL), "--samples", "200", "--method", "percentile:99.999",
-                    "-o", str(path)], check=True, capture_output=True)
-    return path
+    return calibrate(nibble_bin, SMALL, work / "small.calib", 200, "percentile:99.999")
 
 
 @pytest.fixture(scope="module")
 def r18_calib(work, nibble_bin):
-    path = work / "r18.calib"
-    subprocess.run([str(nibble_bin), "calibrate", str(RESNET18), "--samples", "100", "--method", "percentile:99.999",
-                    "-o", str(path)], check=True, capture_output=True)
-    return path
+    return calibrate(nibble_bin, RESNET18, work / "r18.calib", 100, "percentile:99.999")
 
 
 def engine_logits(nb, nbl, x, tmp):
