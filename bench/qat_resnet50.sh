@@ -71,7 +71,7 @@ print(epochs, mode)
 PY
   fi
   read -r epochs mode < "$work/qat_plan"
-  stage "fine-tuning plan (EPOCHS_QAT=$EPOCHS_QAT, STEP_MODE=${STEP_MODE:-graphed}): $epochs epochs, step mode $mode"
+  stage "fine-tuning plan (EPOCHS_QAT=${EPOCHS_QAT:-2}, STEP_MODE=${STEP_MODE:-graphed}): $epochs epochs, step mode $mode"
 fi
 # quantize_and_eval NAME ONNX CALIB: NAME.nbl and its top-1 on the CUDA engine (NAME.eval).
 quantize_and_eval() {
