@@ -9,8 +9,8 @@ Variants: `unfused` runs every step after a convolution as its own PyTorch opera
 runs them as one autograd node (arith.conv_epilogue) eagerly, `compiled` compiles that node's
 forward and backward with torch.compile (finetune --step-mode compiled), `graphed` also
 replays each step's forward and backward as one CUDA graph (finetune --step-mode graphed), and
-`model-compile` compiles the whole model's step (slow: kept as a measurement). The default is unfused,fused,compiled,graphed on CUDA and unfused,fused on
-the CPU.
+`model-compile` compiles the whole model's step (slow: kept as a measurement). The default is
+unfused,fused,compiled,graphed on CUDA and unfused,fused on the CPU.
 
 Each variant builds a fresh fake-quantized model, runs --warmup steps (including any compiling),
 then --steps timed steps (forward, backward, SGD) on the same random batch, synchronizing the
@@ -50,11 +50,16 @@ def _variant(name, model, example):
     return train.step_function(model, "eager" if name in ("unfused", "fused") else name, example)
 
 
-def _reference(args, device, x, y):
-    """Logits and gradients of one step of the first variant, from the seeded initial weights."""
+def _reference(args, device):
+    """The random batch every variant steps on, and the logits and gradients of one step of the
+    first variant on it, from the seeded initial weights."""
     torch.manual_seed(0)
     model = nibble_qat.load(args.onnx, args.calib, args.precision, learn_ranges=args.learn_ranges).to(device)
-    return _one_step(_variant(args.variants[0], model, x), model, x, y)
+    torch.manual_seed(1)
+    ref = {"x": torch.rand((args.batch_size,) + model.input_shape, device=device),
+           "y": torch.randint(0, 10, (args.batch_size,), device=device)}
+    ref["logits"], ref["grads"] = _one_step(_variant(args.variants[0], model, ref["x"]), model, ref["x"], ref["y"])
+    return ref
 
 
 def _one_step(run, model, x, y):
@@ -139,12 +144,7 @@ def main():
             ap.error(f"--variants: unknown variant '{v}' (choose from {', '.join(VARIANTS)})")
         if v in ("compiled", "graphed", "model-compile") and not hasattr(torch, "compile"):
             ap.error(f"--variants {v} needs PyTorch 2; this is {torch.__version__}")
-    device = train.training_device(args.device)
-    torch.manual_seed(1)
-    probe = nibble_qat.load(args.onnx, args.calib, args.precision, learn_ranges=args.learn_ranges)
-    ref = {"x": torch.rand((args.batch_size,) + probe.input_shape, device=device),
-           "y": torch.randint(0, 10, (args.batch_size,), device=device)}
-    ref["logits"], ref["grads"] = _reference(args, device, ref["x"], ref["y"])
+    ref = _reference(args, train.training_device(args.device))
     rows = []
     for v in args.variants:
         try:

@@ -641,11 +641,7 @@ class _State:
     def emit_fused(self, u, conv, bias_int, acc_scale, res):
         """The float32 (training) form of emit_integer's steps after the convolution, in one
         autograd node (arith.conv_epilogue); same values."""
-        residual = None
-        if res is not None:
-            src, scale = res
-            ratio_res = scale / acc_scale
-            residual = (src.to(self.ct), ratio_res, arith.residual_stages(ratio_res.detach()))
+        residual = self.residual_rescale(*res, acc_scale) if res is not None else None
         s_out, bits, is_signed, ratio, shift, factor, rng = self.output_requant(u, acc_scale, conv[0].numel())
         q = arith.conv_epilogue(conv, bias_int, ratio, factor, shift, rng, u.relu_after, residual)
         self.quant[u.output] = (q, s_out, bits, is_signed)
@@ -670,9 +666,14 @@ class _State:
             # A float residual is quantized straight into the accumulator scale (31 bits).
             s = acc_scale.to(torch.float32).view([1, -1] + [1] * (dim - 2))
             return arith._clamp_ste(arith.round_ste(scale / s), arith.INT32_RANGE).to(self.ct)
+        src, ratio, stages = self.residual_rescale(src, scale, acc_scale)
+        return arith.requantize(src, ratio, stages, arith.INT32_RANGE)
+
+    def residual_rescale(self, src, scale, acc_scale):
+        """An integer residual's values in the compute type, its scale over the accumulator scale
+        and the requantization stages between them."""
         ratio = scale / acc_scale
-        stages = arith.residual_stages(ratio.detach())
-        return arith.requantize(src.to(self.ct), ratio, stages, arith.INT32_RANGE)
+        return src.to(self.ct), ratio, arith.residual_stages(ratio.detach())
 
     def emit_float(self, u):
         w, b = self.folded(u, torch.float32)
