@@ -5,7 +5,8 @@
 # ranges, and int4 distilled from the FP32 model; for ResNet-18 also four more int4 settings), all
 # runs at once on one GPU. Quantize and evaluate the outputs with tools/accuracy_report.py
 # --qat-dir OUT. STEP_MODE: finetune --step-mode (default graphed, steps replayed as CUDA graphs;
-# eager with DEVICE=cpu).
+# eager with DEVICE=cpu). RUNS: a comma-separated list of run names to do (default: all), such as
+# resnet18_int4_lsq_kd_lr01,resnet18_int4_lsq_kd_e30.
 #
 #   bench/qat_fmnist.sh OUT [DATA_DIR] [NIBBLE]
 set -euo pipefail
@@ -31,6 +32,7 @@ pids=()
 run() {  # name onnx calib precision epochs [flags...]
   local name=$1 onnx=$2 cal=$3 prec=$4 epochs=$5
   shift 5
+  [ -z "${RUNS:-}" ] || [[ ",$RUNS," == *",$name,"* ]] || return 0
   "$py" -m nibble_qat finetune "$onnx" --calib "$cal" --precision "$prec" --epochs "$epochs" --device "$device" \
     --step-mode "$step_mode" \
     --data-dir "$data_dir" --threads 2 -o "$out/$name" "$@" > "$out/$name.log" 2> "$out/$name.progress" &
@@ -44,12 +46,18 @@ for m in small resnet18; do
   run "${m}_int4_lsq" "$onnx" "$out/$m.calib" int4 "$epochs_int4" --learn-ranges
   run "${m}_int4_kd" "$onnx" "$out/$m.calib" int4 "$epochs_int4" --distill 0.5
 done
-# ResNet-18's INT4 settings beyond the four above: higher learning rates, and twice the epochs.
+# ResNet-18's INT4 settings beyond the four above: higher learning rates, twice the epochs, the
+# loss from the FP32 model's outputs alone (distillation 1), and less weight decay.
 r18="$root/models/fmnist_resnet18.onnx"
 run resnet18_int4_kd_lr01 "$r18" "$out/resnet18.calib" int4 "$epochs_int4" --distill 0.5 --lr 0.01
 run resnet18_int4_kd_lr02 "$r18" "$out/resnet18.calib" int4 "$epochs_int4" --distill 0.5 --lr 0.02
 run resnet18_int4_lsq_kd_lr01 "$r18" "$out/resnet18.calib" int4 "$epochs_int4" --learn-ranges --distill 0.5 --lr 0.01
 run resnet18_int4_kd_e30 "$r18" "$out/resnet18.calib" int4 $((2 * epochs_int4)) --distill 0.5
+run resnet18_int4_lsq_kd_e30 "$r18" "$out/resnet18.calib" int4 $((2 * epochs_int4)) --learn-ranges --distill 0.5 --lr 0.01
+run resnet18_int4_lsq_kd10 "$r18" "$out/resnet18.calib" int4 "$epochs_int4" --learn-ranges --distill 1 --lr 0.01
+run resnet18_int4_lsq_kd_wd "$r18" "$out/resnet18.calib" int4 "$epochs_int4" --learn-ranges --distill 0.5 --lr 0.01 \
+  --weight-decay 5e-5
+[ ${#pids[@]} -gt 0 ] || { echo "RUNS=$RUNS: names no run" >&2; exit 2; }
 status=0
 for p in "${pids[@]}"; do wait "$p" || status=1; done
 tail -n 3 "$out"/*.log

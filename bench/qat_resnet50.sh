@@ -12,7 +12,9 @@
 # QAT_FLAGS (more nibble_qat finetune options, e.g. --learn-ranges --distill 0.5), STEP_MODE (finetune
 # --step-mode: graphed (default), compiled, eager, or auto: the faster of compiled and graphed as
 # measured), STEP_TIME (1: time training steps beside the calibration with tools/qat_step_time.py;
-# needed by auto:SECONDS and STEP_MODE=auto).
+# needed by auto:SECONDS and STEP_MODE=auto), CHECK_STEPS (0: N fine-tunes N steps eagerly and in the
+# step mode, from the same start on the same batches, before the long fine-tune; the script stops
+# when the step mode's training loss is more than CHECK_TOLERANCE (0.1) above the eager one, relative).
 set -euo pipefail
 work=${1:?usage: bench/qat_resnet50.sh WORK [DATA_DIR] [NIBBLE]}
 data_dir=${2:-/usr/share/datasets/fashion-mnist}
@@ -87,6 +89,26 @@ quantize_and_eval() {
     tee -a "$log" < "$work/$name.eval"
   fi
 }
+check=${CHECK_STEPS:-0}
+if [ "$check" -gt 0 ] && [ "$mode" != eager ] && [ ! -f "$work/check_ok" ]; then
+  stage "check: $check steps eagerly and $mode, from the same start"
+  for m in eager "$mode"; do
+    rm -rf "$work/check_$m"
+    "$py" -m nibble_qat finetune "$work/fp32.onnx" --calib "$work/fp32.calib" --precision int4 --epochs 1 \
+      --max-steps "$check" --limit-test 500 --batch-size "${QAT_BATCH:-64}" --step-mode "$m" --device cuda --threads 8 \
+      --data-dir "$data_dir" -o "$work/check_$m" ${QAT_FLAGS:-} 2> /dev/null | grep "^epoch  1" | tee -a "$log"
+  done
+  "$py" - "$work/check_eager/finetune.json" "$work/check_$mode/finetune.json" "${CHECK_TOLERANCE:-0.1}" <<'PY' | tee -a "$log"
+import json, sys
+eager, fast = (json.load(open(f))["history"][-1]["train_loss"] for f in sys.argv[1:3])
+tol = float(sys.argv[3])
+ok = fast <= eager * (1 + tol)
+print(f"check: training loss {fast:.4f} in the step mode against {eager:.4f} eagerly: "
+      + ("same learning" if ok else f"more than {100 * tol:g}% above; stopping (STEP_MODE=eager learns as intended)"))
+sys.exit(0 if ok else 1)
+PY
+  touch "$work/check_ok"
+fi
 quantize_and_eval ptq_int4 "$work/fp32.onnx" "$work/fp32.calib"
 if [ ! -f "$work/qat_int4/done" ]; then
   stage "fine-tune INT4 (nibble_qat)"

@@ -13,7 +13,7 @@ With --qat-dir DIR it also quantizes and evaluates the outputs of quantization-a
 fine-tuning (bench/qat_fmnist.sh DIR): DIR/<model>_<precision>[_<setting>]/model.onnx and
 model.calib go through `nibble quantize` (same precision, nearest rounding) and `nibble eval`, as
 QAT rows beside the PTQ ones. The ResNet-50 224 x 224 GPU run (bench/qat_resnet50.sh) is read from
-docs/results/h100-2026-11-22-qat/.
+the saved outputs in --r50-results.
 
 Run from the repository root after `make build` (about 15 minutes on 2 cores):
 
@@ -92,8 +92,12 @@ def main():
     p.add_argument("--out", default=str(REPO / "docs" / "accuracy.md"))
     p.add_argument("--plot", default=str(REPO / "docs" / "accuracy.png"))
     p.add_argument("--qat-dir", default="", help="outputs of bench/qat_fmnist.sh to add as QAT rows")
-    p.add_argument("--qat-logs", default="docs/results/h200-2026-11-29-qat",
-                   help="where the logs of the --qat-dir runs are kept, for the report (default: %(default)s)")
+    p.add_argument("--qat-logs", default="docs/results/h200-2026-11-29-qat,docs/results/h200-2026-11-29b-qat",
+                   help="comma-separated directories where the logs of the --qat-dir runs are kept, for the "
+                        "report (default: %(default)s)")
+    p.add_argument("--r50-results", default="docs/results/h200-2026-11-29b-qat",
+                   help="saved outputs of bench/qat_resnet50.sh (resnet50-224.*) for the ResNet-50 224 section "
+                        "(default: %(default)s)")
     p.add_argument("--reuse", action="store_true",
                    help="keep the work directory and take each model's results from an earlier run's "
                         "<workdir>/<model>.json where present (an interrupted run goes on where it stopped)")
@@ -213,6 +217,8 @@ def qat_rows(args, key, r, work, log, limit):
                 method += f", distillation {settings['distill']:g} from FP32"
             if settings.get("lr"):
                 method += f", lr {settings['lr']:g}"
+            if settings.get("weight_decay", 5e-4) != 5e-4:
+                method += f", weight decay {settings['weight_decay']:g}"
             r["rows"].append({"precision": f"{prec} QAT", "method": method, "rounding": f"QAT, {epochs} epochs",
                               "correct": ok, "n": n, "bytes": dir_tensor_bytes(out)})
             print(f"   {prec} QAT {suffix.lstrip('_') or 'fixed'}: {100 * ok / n:.2f}%", flush=True)
@@ -266,7 +272,8 @@ def write_report(args, results, elapsed):
     if args.qat_dir:
         L.append(f"- QAT rows: `python3 -m nibble_qat finetune` (docs/qat.md) from a `percentile:99.999` table on the "
                  f"first 1000 training images, SGD with a cosine schedule, run on a GPU by `bench/qat_fmnist.sh` "
-                 f"(logs in {args.qat_logs}/, whose README gives the device and the command); its FP32 ONNX and table "
+                 f"(logs in {' and '.join(d.rstrip('/') + '/' for d in args.qat_logs.split(','))}, whose READMEs "
+                 f"give the device and the command); its FP32 ONNX and table "
                  f"were then quantized (`nibble quantize`, nearest rounding) and evaluated here by this script.")
     L.append("")
     L.append("## Summary: the best of each precision")
@@ -317,7 +324,7 @@ def write_report(args, results, elapsed):
             L.append(f"Mixed precision (`nibble compare --sensitivity --auto-mixed --max-drop {args.max_drop}` on "
                      f"{args.sweep_limit} test images) chose: `{r['mixed_layers']}`.")
             L.append("")
-    L += resnet50_224_section()
+    L += resnet50_224_section(args.r50_results)
     L.append("## Reference: the seed model")
     L.append("")
     L.append("NVIDIA's INT4 ResNet-50 v1.5 (MLPerf Inference v0.5, open division), fine-tuned with "
@@ -329,9 +336,11 @@ def write_report(args, results, elapsed):
     plot(args, results)
 
 
-def resnet50_224_section():
-    """The ResNet-50 v1.5 224 x 224 INT4 run on a GPU (bench/qat_resnet50.sh), from its saved outputs."""
-    d = REPO / "docs" / "results" / "h100-2026-11-22-qat"
+def resnet50_224_section(rel):
+    """The ResNet-50 v1.5 224 x 224 INT4 run on a GPU (bench/qat_resnet50.sh), from its saved outputs
+    in the directory `rel` (relative to the repository)."""
+    rel = rel.rstrip("/")
+    d = REPO / rel
     try:
         fp32 = json.loads((d / "resnet50-224.fp32.json").read_text())
         ft = json.loads((d / "resnet50-224.finetune.json").read_text())
@@ -349,7 +358,6 @@ def resnet50_224_section():
         recipe += ", learned ranges (LSQ)"
     if st.get("distill"):
         recipe += f", distillation {st['distill']:g} from the FP32 model"
-    rel = "docs/results/h100-2026-11-22-qat"
     L = ["## resnet50-224: ResNet-50 v1.5 at 224 x 224 (torchvision widths), INT4 on a GPU", ""]
     L.append(f"One scripted run of `bench/qat_resnet50.sh` on an {device[0].strip()} ({device[1].strip()}): "
              f"train FP32 ({fp32['epochs']} epochs, bf16 autocast), `nibble calibrate --method percentile:99.999` "
@@ -366,10 +374,23 @@ def resnet50_224_section():
             L.append(f"| {label} | {float(acc):.2f} | {fp - float(acc):.2f} |")
     L.append("")
     drop = fp - float(evals[-1][0]) if evals else float("nan")
-    L.append(f"Target: int4 within 1.0 point: {'met' if drop <= 1.0 else 'not met'} ({drop:.2f}). Fine-tuning ran "
-             f"for {epochs} epochs, the number that fit the device time of the run (about "
-             f"{ft['history'][-1]['seconds']:.0f} s per epoch); the seed's recipe runs 15. The test top-1 after "
-             f"each epoch was " + ", ".join(f"{100 * h['test_top1']:.2f}" for h in ft["history"][1:]) + ". "
+    if epochs < 15:
+        length = (f"Fine-tuning ran for {epochs} epochs, the number that fit the device time of the run (about "
+                  f"{ft['history'][-1]['seconds']:.0f} s per epoch); the seed's recipe runs 15. ")
+    else:
+        length = f"Fine-tuning ran for {epochs} epochs (about {ft['history'][-1]['seconds']:.0f} s each). "
+    check = ""
+    try:
+        eager, fast = (json.loads((d / f"resnet50-224.check-{m}.finetune.json").read_text())["history"][-1]
+                       for m in ("eager", "graphed"))
+        check = (f"Before it, the script ran {eager['steps']} steps eagerly and {fast['steps']} as CUDA graphs "
+                 f"from the same start on the same batches: training loss {fast['train_loss']:.4f} graphed "
+                 f"against {eager['train_loss']:.4f} eager. ")
+    except (OSError, KeyError, IndexError, ValueError):
+        pass
+    L.append(f"Target: int4 within 1.0 point: {'met' if drop <= 1.0 else 'not met'} ({drop:.2f}). " + length + check +
+             f"The PyTorch test top-1 after each epoch was "
+             + ", ".join(f"{100 * h['test_top1']:.2f}" for h in ft["history"][1:]) + ". "
              f"Engine against the PyTorch fake-quantized model in this run: "
              f"{100 * agree['top1_agreement']:.2f}% of predictions agree ({agree['disagreements']} of "
              f"{agree['images']} differ), and the logits of the first {agree['logit_images']} images are "

@@ -64,11 +64,12 @@ def main(argv=None):
     f.add_argument("--limit-test", type=int, default=0, help="evaluate on the first N test images only")
     f.add_argument("--max-steps", type=int, default=0, help="stop after N steps in all (0: run every epoch)")
     f.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    f.add_argument("--step-mode", choices=train.STEP_MODES, default="eager",
+    f.add_argument("--step-mode", choices=train.STEP_MODES, default="auto",
                    help="how training steps run: eager; compiled (the quantization steps after each "
                         "convolution fused by torch.compile); graphed (compiled, and each step replayed as "
                         "one CUDA graph: about 5x faster than eager on ResNet-50). compiled and graphed need "
-                        "CUDA and PyTorch 2. Default: eager (see docs/qat.md on the other two)")
+                        "CUDA and PyTorch 2. Default auto: graphed where they are there, else eager "
+                        "(docs/qat.md, \"Training speed\")")
     f.add_argument("--threads", type=int, default=0, help="CPU threads for PyTorch (0: its default)")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")

@@ -73,17 +73,27 @@ def training_device(device):
     return dev
 
 
-STEP_MODES = ("eager", "compiled", "graphed")
+STEP_MODES = ("auto", "eager", "compiled", "graphed")
 
 
-def check_step_mode(mode, device):
-    """A ValueError unless step mode `mode` can run on `device`."""
+def check_step_mode(mode, device, batch_size=None, train_images=None):
+    """Step mode `mode` made concrete for `device`: auto is graphed with CUDA and PyTorch 2 (when
+    the training set fills one batch: a graph replays one batch shape) and eager otherwise. A
+    ValueError when `mode` cannot run there."""
     if mode not in STEP_MODES:
         raise ValueError(f"step mode '{mode}': choose from {', '.join(STEP_MODES)}")
     dev = torch.device(device)
-    if mode != "eager" and (dev.type != "cuda" or not hasattr(torch, "compile")):
+    fast = dev.type == "cuda" and hasattr(torch, "compile")
+    short = batch_size is not None and train_images is not None and train_images < batch_size
+    if mode == "auto":
+        return "graphed" if fast and not short else "eager"
+    if mode != "eager" and not fast:
         raise ValueError(f"--step-mode {mode} needs a CUDA device and PyTorch 2 (this is PyTorch {torch.__version__} "
                          f"on {dev.type})")
+    if mode == "graphed" and short:
+        raise ValueError(f"--step-mode graphed needs at least one whole batch of training images ({train_images} "
+                         f"images, batch {batch_size})")
+    return mode
 
 
 def step_function(model, mode, example):
@@ -92,7 +102,7 @@ def step_function(model, mode, example):
     compiled by torch.compile: CUDA, PyTorch 2) or graphed (compiled, and the whole forward and
     backward pass replayed as one CUDA graph, captured here for inputs shaped like `example`;
     the model then runs its ordinary forward pass only in eval mode)."""
-    check_step_mode(mode, example.device)
+    mode = check_step_mode(mode, example.device)
     arith.KERNELS.compile = mode != "eager"
     if mode == "graphed":
         model.train()
@@ -160,13 +170,13 @@ def write_outputs(model, out_dir, note):
 
 def finetune(model, out_dir, epochs=15, batch_size=128, lr=0.005, weight_decay=5e-4, range_lr=None,
              data_dir=data_io.DEFAULT_DIR, device="cpu", seed=0, limit_train=0, limit_test=0, max_steps=0,
-             resume=False, log=print, settings=None, teacher=None, distill=0.0, step_mode="eager"):
+             resume=False, log=print, settings=None, teacher=None, distill=0.0, step_mode="auto"):
     """Fine-tunes `model` (a QatModel) and writes OUT/{model.onnx, model.calib, checkpoint.pt,
     finetune.json}. Returns the history (one dict per epoch). `settings` (a dict) is stored in
     the checkpoint; a resumed run must have the same. With a `teacher` (a module giving logits, such as
     the FP32 model) and `distill` in (0, 1], the loss is (1 - distill) * cross-entropy + distill *
-    KL(teacher || model), at temperature 1. `step_mode` is one of STEP_MODES (step_function);
-    the faster ones are opt-in (docs/qat.md, "Training speed")."""
+    KL(teacher || model), at temperature 1. `step_mode` is one of STEP_MODES (step_function;
+    docs/qat.md, "Training speed")."""
     if not 0.0 <= distill <= 1.0:
         raise ValueError(f"--distill must be between 0 and 1, got {distill}")
     if distill > 0 and teacher is None:
@@ -188,6 +198,7 @@ def finetune(model, out_dir, epochs=15, batch_size=128, lr=0.005, weight_decay=5
         train_x, train_y = train_x[:limit_train], train_y[:limit_train]
     if limit_test:
         test_x, test_y = test_x[:limit_test], test_y[:limit_test]
+    step_mode = check_step_mode(step_mode, dev, batch_size, len(train_x))
     size = model.input_shape[-1]
     if model.input_shape[0] != 1:
         raise ValueError(f"Fashion-MNIST gives 1-channel images, the model takes {model.input_shape[0]} channels")
@@ -231,8 +242,8 @@ def finetune(model, out_dir, epochs=15, batch_size=128, lr=0.005, weight_decay=5
     if start_epoch < epochs and step < total_steps:
         t0 = time.time()
         run = step_function(model, step_mode, torch.zeros((batch_size,) + model.input_shape, device=dev))
-        if step_mode == "graphed":
-            log(f"captured the training step as a CUDA graph ({time.time() - t0:.0f} s)")
+        log(f"step mode {step_mode}" + (f": captured the training step as a CUDA graph ({time.time() - t0:.0f} s)"
+                                        if step_mode == "graphed" else ""))
     train_x_t = torch.from_numpy(np.ascontiguousarray(train_x).copy())
     train_y_t = torch.from_numpy(train_y.copy())
     for epoch in range(start_epoch, epochs):

@@ -223,6 +223,7 @@ def test_finetune_cli_output_runs_on_the_engine_with_the_same_predictions(work, 
                    "--limit-train", 2048, "--limit-test", 500, "--learn-ranges", "--threads", 2, "-o", out)
     assert proc.returncode == 0, proc.stderr
     assert "epoch 12/12" in proc.stdout and "nibble quantize" in proc.stdout
+    assert "step mode eager" in proc.stdout  # the default (auto) on a CPU
     assert "%" in proc.stderr  # progress
     for f in ("model.onnx", "model.calib", "checkpoint.pt", "finetune.json"):
         assert (out / f).exists()
@@ -359,6 +360,24 @@ def test_cli_errors_are_one_line_and_exit_2(work, small_calib):
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("nibble_qat: error:") and needle in lines[0], (args, lines)
         assert "Traceback" not in proc.stderr
+
+
+def test_step_mode_auto_and_its_limits():
+    """auto is graphed where CUDA and PyTorch 2 are, eager elsewhere and when the training set is
+    smaller than one batch (a CUDA graph replays one batch shape); the explicit modes are checked."""
+    fast = hasattr(torch, "compile")
+    assert train.check_step_mode("auto", "cpu") == "eager"
+    assert train.check_step_mode("auto", "cuda", 64, 6400) == ("graphed" if fast else "eager")
+    assert train.check_step_mode("auto", "cuda", 64, 10) == "eager"
+    assert train.check_step_mode("eager", "cuda", 64, 10) == "eager"
+    with pytest.raises(ValueError, match="step mode 'fast'"):
+        train.check_step_mode("fast", "cpu")
+    with pytest.raises(ValueError, match="CUDA"):
+        train.check_step_mode("compiled", "cpu")
+    if fast:
+        assert train.check_step_mode("graphed", "cuda", 64, 64) == "graphed"
+        with pytest.raises(ValueError, match="whole batch"):
+            train.check_step_mode("graphed", "cuda", 64, 10)
 
 
 def test_unsupported_op_is_named(work, small_calib):
