@@ -14,7 +14,10 @@
 # measured), STEP_TIME (1: time training steps beside the calibration with tools/qat_step_time.py;
 # needed by auto:SECONDS and STEP_MODE=auto), CHECK_STEPS (0: N fine-tunes N steps eagerly and in the
 # step mode, from the same start on the same batches, before the long fine-tune; the script stops
-# when the step mode's training loss is more than CHECK_TOLERANCE (0.1) above the eager one, relative).
+# when the step mode's training loss is more than CHECK_TOLERANCE (0.1) above the eager one, relative),
+# QAT_NAME (qat_int4: the fine-tune's directory in WORK; a second invocation on the same WORK with
+# another name and QAT_FLAGS fine-tunes another setting from the same FP32 model and table, and can
+# run beside the first once WORK/ptq_int4.eval exists).
 set -euo pipefail
 work=${1:?usage: bench/qat_resnet50.sh WORK [DATA_DIR] [NIBBLE]}
 data_dir=${2:-/usr/share/datasets/fashion-mnist}
@@ -110,20 +113,23 @@ PY
   touch "$work/check_ok"
 fi
 quantize_and_eval ptq_int4 "$work/fp32.onnx" "$work/fp32.calib"
-if [ ! -f "$work/qat_int4/done" ]; then
-  stage "fine-tune INT4 (nibble_qat)"
+qat=${QAT_NAME:-qat_int4}
+agreement="$work/agreement.json"
+[ "$qat" = qat_int4 ] || agreement="$work/$qat.agreement.json"
+if [ ! -f "$work/$qat/done" ]; then
+  stage "fine-tune INT4 (nibble_qat) into $qat"
   resume=()
-  [ -f "$work/qat_int4/checkpoint.pt" ] && resume=(--resume)
+  [ -f "$work/$qat/checkpoint.pt" ] && resume=(--resume)
   "$py" -m nibble_qat finetune "$work/fp32.onnx" --calib "$work/fp32.calib" --precision int4 \
     --epochs "$epochs" --batch-size "${QAT_BATCH:-64}" --step-mode "$mode" --device cuda --threads 8 --data-dir "$data_dir" \
-    -o "$work/qat_int4" ${QAT_FLAGS:-} "${resume[@]}" 2> "$work/qat_int4.progress" | tee -a "$log"
-  touch "$work/qat_int4/done"
+    -o "$work/$qat" ${QAT_FLAGS:-} "${resume[@]}" 2> "$work/$qat.progress" | tee -a "$log"
+  touch "$work/$qat/done"
 fi
-quantize_and_eval qat_int4 "$work/qat_int4/model.onnx" "$work/qat_int4/model.calib"
-if [ ! -f "$work/agreement.json" ]; then
-  stage "engine against PyTorch fake quantization"
-  "$py" "$root/tools/qat_agreement.py" "$work/qat_int4/model.onnx" "$work/qat_int4/model.calib" \
-    "$work/qat_int4.nbl" --precision int4 --device cuda --engine-device cuda --limit "${AGREE_LIMIT:-2000}" \
-    --logits 100 --data-dir "$data_dir" --nibble "$nibble" --json "$work/agreement.json" | tee -a "$log"
+quantize_and_eval "$qat" "$work/$qat/model.onnx" "$work/$qat/model.calib"
+if [ ! -f "$agreement" ]; then
+  stage "engine against PyTorch fake quantization ($qat)"
+  "$py" "$root/tools/qat_agreement.py" "$work/$qat/model.onnx" "$work/$qat/model.calib" \
+    "$work/$qat.nbl" --precision int4 --device cuda --engine-device cuda --limit "${AGREE_LIMIT:-2000}" \
+    --logits 100 --data-dir "$data_dir" --nibble "$nibble" --json "$agreement" | tee -a "$log"
 fi
 stage "done"

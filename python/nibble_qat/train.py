@@ -110,6 +110,37 @@ def step_function(model, mode, example):
     return model
 
 
+def teacher_function(teacher, mode, example):
+    """The callable that gives the distillation teacher's logits: `teacher` itself, or in step
+    mode graphed its no-grad forward pass captured once as a CUDA graph for inputs shaped like
+    `example` and replayed (the returned tensor is overwritten by the next call)."""
+    if mode != "graphed":
+        return teacher
+    static_x = example.clone()
+    side = torch.cuda.Stream(device=example.device)
+    side.wait_stream(torch.cuda.current_stream(example.device))
+    with torch.no_grad(), torch.cuda.stream(side):
+        for _ in range(2):  # warm-up outside the capture (library handles, workspaces)
+            teacher(static_x)
+    torch.cuda.current_stream(example.device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.no_grad(), torch.cuda.graph(graph):
+            static_y = teacher(static_x)
+    except RuntimeError as e:  # a capture PyTorch refuses: the teacher still works eagerly
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"nibble_qat: the teacher's forward pass could not be captured as a CUDA graph ({first[:200]}); "
+              f"running it eagerly", file=sys.stderr)
+        return teacher
+
+    def replay(x):
+        static_x.copy_(x)
+        graph.replay()
+        return static_y
+
+    return replay
+
+
 def _forward_backward(model, teacher, distill, x, y):
     """One training step's logits and loss (cross-entropy, with distillation from `teacher`), with
     the gradients accumulated."""
@@ -239,10 +270,15 @@ def finetune(model, out_dir, epochs=15, batch_size=128, lr=0.005, weight_decay=5
         log(f"epoch  0/{epochs}  test top-1 {100 * correct / len(test_x):.2f}% (the calibrated ranges, no training)")
         history.append({"epoch": 0, "test_top1": correct / len(test_x), "steps": 0})
 
+    run, teacher_run = model, teacher
     if start_epoch < epochs and step < total_steps:
         t0 = time.time()
-        run = step_function(model, step_mode, torch.zeros((batch_size,) + model.input_shape, device=dev))
-        log(f"step mode {step_mode}" + (f": captured the training step as a CUDA graph ({time.time() - t0:.0f} s)"
+        example = torch.zeros((batch_size,) + model.input_shape, device=dev)
+        run = step_function(model, step_mode, example)
+        if distill > 0:
+            teacher_run = teacher_function(teacher, step_mode, example)
+        captured = "the training step" + (" and the teacher's forward pass" if teacher_run is not teacher else "")
+        log(f"step mode {step_mode}" + (f": captured {captured} as CUDA graphs ({time.time() - t0:.0f} s)"
                                         if step_mode == "graphed" else ""))
     train_x_t = torch.from_numpy(np.ascontiguousarray(train_x).copy())
     train_y_t = torch.from_numpy(train_y.copy())
@@ -266,7 +302,7 @@ def finetune(model, out_dir, epochs=15, batch_size=128, lr=0.005, weight_decay=5
             for g in opt.param_groups:
                 g["lr"] = g["initial_lr"] * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
             opt.zero_grad(set_to_none=True)
-            logits, loss = _forward_backward(run, teacher, distill, x, y)
+            logits, loss = _forward_backward(run, teacher_run, distill, x, y)
             opt.step()
             model.clamp_thresholds()
             step += 1

@@ -15,7 +15,8 @@ sys.path.insert(0, str(REPO / "python"))
 
 import nibble_qat  # noqa: E402
 from conftest import calibrate  # noqa: E402
-from nibble_qat import arith, data, onnx_io, train  # noqa: E402
+from nibble_qat import arith, data, graph, onnx_io, train  # noqa: E402
+from nibble_qat import calib as calib_io  # noqa: E402
 
 SMALL = REPO / "models" / "fmnist_resnet.onnx"
 RESNET18 = REPO / "models" / "fmnist_resnet18.onnx"
@@ -447,3 +448,29 @@ def test_compiled_and_graphed_steps_match_eager_on_cuda(r18_calib):
             assert sorted(g0) == sorted(g1), mode
             for n in g0:
                 assert torch.allclose(g1[n], g0[n], rtol=0.05, atol=0.05 * float(g0[n].abs().max())), (mode, n)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not hasattr(torch, "compile"),
+                    reason="needs a CUDA device and PyTorch 2")
+def test_graphed_teacher_matches_eager_on_cuda(work, r18_calib):
+    """The distillation teacher replayed as a CUDA graph gives its eager logits for new inputs,
+    and a graphed fine-tune with distillation runs through and says what it captured."""
+    dev = train.training_device("cuda")
+    teacher = graph.QatModel(onnx_io.load(RESNET18), calib_io.read(r18_calib), "float")
+    teacher = teacher.to(dev).eval().requires_grad_(False)
+    gen = torch.Generator().manual_seed(5)
+    xs = [torch.rand((16, 1, 28, 28), generator=gen).to(dev) for _ in range(3)]
+    run = train.teacher_function(teacher, "graphed", xs[0])
+    assert train.teacher_function(teacher, "eager", xs[0]) is teacher
+    for x in xs[1:]:
+        got = run(x).clone()
+        with torch.no_grad():
+            want = teacher(x)
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+        assert torch.equal(got.argmax(1), want.argmax(1))
+    out = work / "kd_graphed"
+    proc = qat_cli("finetune", RESNET18, "--calib", r18_calib, "--precision", "int4", "--epochs", 1, "--max-steps", 20,
+                   "--limit-train", 2048, "--limit-test", 200, "--distill", 0.5, "--device", "cuda", "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "step mode graphed: captured the training step and the teacher's forward pass" in proc.stdout
+    assert (out / "model.onnx").exists() and (out / "model.calib").exists()
