@@ -131,6 +131,21 @@ struct AccValue {
   std::vector<double> scale;
 };
 
+// The residual operand of a conv, as emit_integer rescales it into the conv's accumulators.
+struct ResidualSource {
+  enum class Kind { none, accumulators, integer, floating };
+  Kind kind = Kind::none;
+  std::vector<double> scale;  // per channel (accumulators) or one value (integer)
+  std::string from;           // the layer that gives it
+  std::string mode;           // compute mode of its Quantize rescale (not for floating)
+
+  // The residual's scale for output channel c (0 where it has none).
+  double scale_of(size_t c) const {
+    if (kind == Kind::integer) return scale[0];
+    return kind == Kind::accumulators && c < scale.size() ? scale[c] : 0.0;
+  }
+};
+
 class Quantizer {
  public:
   Quantizer(const Graph& g, const CalibTable& calib, const QuantizeOptions& opt) : g_(g), calib_(calib), opt_(opt) {}
@@ -705,6 +720,31 @@ class Quantizer {
     }
   }
 
+  // The residual operand of u, classified once: the accumulators of a residual-only conv, an
+  // integer tensor (quantized here when it is not yet), or a float tensor.
+  ResidualSource residual_source(const Unit& u) {
+    using RK = ResidualSource::Kind;
+    ResidualSource s;
+    if (u.input2.empty()) return s;
+    const std::string r = resolve(u.input2);
+    if (auto a = acc_.find(r); a != acc_.end()) {
+      s.kind = RK::accumulators;
+      s.scale = a->second.scale;
+      s.from = a->second.layer;
+      s.mode = "s32u16s32";
+    } else if (quant_.count(r) || !float_.count(r)) {
+      const QValue q = need_quantized(r);
+      s.kind = RK::integer;
+      s.scale = {q.scale};
+      s.from = q.layer;
+      s.mode = act_type(q) + "u16s32";
+    } else {
+      s.kind = RK::floating;
+      s.from = float_.at(r);
+    }
+    return s;
+  }
+
   // Returns false (with u.note set) when the layer cannot be expressed in integers.
   bool emit_integer(Unit& u) {
     const int wb = weight_bits(u.precision);
@@ -717,21 +757,12 @@ class Quantizer {
     // A channel whose weights are so small that its bias, or the residual it adds, cannot be
     // expressed in its accumulator scale (|bias| / scale or residual scale / scale of 2^31 or
     // more) is a dead channel: its weights become 0 with scale 1. Only such channels change.
-    std::optional<double> residual_scale;  // a per-tensor residual scale (not per channel)
-    std::vector<double> residual_acc;      // or the per-channel accumulator scales of a residual conv
-    if (!u.input2.empty()) {
-      const std::string r = resolve(u.input2);
-      if (auto a = acc_.find(r); a != acc_.end()) {
-        residual_acc = a->second.scale;
-      } else if (quant_.count(r) || !float_.count(r)) {
-        residual_scale = need_quantized(r).scale;
-      }
-    }
+    const ResidualSource res = residual_source(u);
+    using RK = ResidualSource::Kind;
     const int64_t per = wq.numel() / k;
     for (int64_t c = 0; c < k; ++c) {
       const size_t i = static_cast<size_t>(c);
-      const double rs = residual_scale ? *residual_scale : (i < residual_acc.size() ? residual_acc[i] : 0.0);
-      if (std::abs(u.b[i] / acc[i]) > 2147483647.0 || rs / acc[i] >= 2147483648.0) {
+      if (std::abs(u.b[i] / acc[i]) > 2147483647.0 || res.scale_of(i) / acc[i] >= 2147483648.0) {
         ws[i] = 1.0;
         acc[i] = x.scale;
         for (int64_t j = 0; j < per; ++j) wq.set(c * per + j, 0.0);
@@ -749,26 +780,15 @@ class Quantizer {
     }
     // Plan the residual rescale and the output requantization before writing anything.
     std::optional<Requant> residual_rq, residual_pre;
-    std::string residual_from;
-    std::string residual_mode;
-    bool residual_float = false;
-    if (!u.input2.empty()) {
-      const std::string r = resolve(u.input2);
+    std::string residual_from = res.from;
+    std::string residual_mode = res.mode;
+    // A float residual goes straight into the accumulator scale.
+    const bool residual_float = res.kind == RK::floating;
+    if (res.kind != RK::none) {
+      if (res.kind == RK::accumulators && res.scale.size() != static_cast<size_t>(k))
+        fail(g_.source, "{}: the residual has a different channel count", u.node->label());
       std::vector<double> ratio(static_cast<size_t>(k));
-      if (auto a = acc_.find(r); a != acc_.end()) {
-        if (a->second.scale.size() != static_cast<size_t>(k)) fail(g_.source, "{}: the residual has a different channel count", u.node->label());
-        for (int64_t c = 0; c < k; ++c) ratio[static_cast<size_t>(c)] = a->second.scale[static_cast<size_t>(c)] / acc[static_cast<size_t>(c)];
-        residual_from = a->second.layer;
-        residual_mode = "s32u16s32";
-      } else if (quant_.count(r) || !float_.count(r)) {
-        const QValue rq = need_quantized(r);
-        for (int64_t c = 0; c < k; ++c) ratio[static_cast<size_t>(c)] = rq.scale / acc[static_cast<size_t>(c)];
-        residual_from = rq.layer;
-        residual_mode = act_type(rq) + "u16s32";
-      } else {
-        residual_float = true;  // a float residual goes straight into the accumulator scale
-        residual_from = float_.at(r);
-      }
+      for (size_t c = 0; c < ratio.size(); ++c) ratio[c] = res.scale_of(c) / acc[c];
       if (!residual_float) {
         residual_rq = choose_requant(ratio);
         if (!residual_rq) {
@@ -820,7 +840,7 @@ class Quantizer {
     add_layer(std::move(l), {x.layer});
     std::string value = u.name;
 
-    if (!u.input2.empty()) {
+    if (res.kind != RK::none) {
       std::string residual;
       if (residual_float) {
         LayerFile r = new_layer(unique_layer(u.name + "_residual"), "QuantizeFloat");
