@@ -2,7 +2,7 @@
 """Time nibble_qat training steps, one row per way of running them.
 
     PYTHONPATH=python python3 tools/qat_step_time.py MODEL.onnx X.calib [--precision int4]
-        [--batch-size 64] [--steps 20] [--warmup 3] [--device cuda] [--learn-ranges]
+        [--batch-size 64] [--steps 20] [--warmup 3] [--device cuda] [--learn-ranges] [--distill D]
         [--variants unfused,fused,compiled,graphed] [--json F]
 
 Variants: `unfused` runs every step after a convolution as its own PyTorch operation, `fused`
@@ -14,7 +14,9 @@ unfused,fused,compiled,graphed on CUDA and unfused,fused on the CPU.
 
 Each variant builds a fresh fake-quantized model, runs --warmup steps (including any compiling),
 then --steps timed steps (forward, backward, SGD) on the same random batch, synchronizing the
-device before and after. Every variant is compared with the first one on the same weights: the
+device before and after. With --distill D each step's loss also takes the FP32 model's logits
+(finetune --distill D; the teacher's forward pass is replayed as a CUDA graph in the graphed
+variant, as finetune does). Every variant is compared with the first one on the same weights: the
 largest logit difference and the largest gradient difference relative to the largest gradient.
 Prints milliseconds per step, images per second and the speed-up over the first variant.
 bench/qat_resnet50.sh uses the figure of the variant fine-tuning runs to fit its fine-tuning
@@ -28,7 +30,6 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 import nibble_qat  # noqa: E402
@@ -50,6 +51,14 @@ def _variant(name, model, example):
     return train.step_function(model, "eager" if name in ("unfused", "fused") else name, example)
 
 
+def _teacher(args, device, name, example):
+    """The distillation teacher's callable for variant `name` (None without --distill)."""
+    if not args.distill:
+        return None
+    teacher = nibble_qat.load(args.onnx, args.calib, "float").to(device).eval().requires_grad_(False)
+    return train.teacher_function(teacher, "graphed" if name == "graphed" else "eager", example)
+
+
 def _reference(args, device):
     """The random batch every variant steps on, and the logits and gradients of one step of the
     first variant on it, from the seeded initial weights."""
@@ -58,16 +67,18 @@ def _reference(args, device):
     torch.manual_seed(1)
     ref = {"x": torch.rand((args.batch_size,) + model.input_shape, device=device),
            "y": torch.randint(0, 10, (args.batch_size,), device=device)}
-    ref["logits"], ref["grads"] = _one_step(_variant(args.variants[0], model, ref["x"]), model, ref["x"], ref["y"])
+    name = args.variants[0]
+    run = _variant(name, model, ref["x"])
+    ref["logits"], ref["grads"] = _one_step(run, _teacher(args, device, name, ref["x"]), args.distill, model,
+                                            ref["x"], ref["y"])
     return ref
 
 
-def _one_step(run, model, x, y):
+def _one_step(run, teacher, distill, model, x, y):
     model.zero_grad(set_to_none=True)
-    logits = run(x).float()
-    F.cross_entropy(logits, y).backward()
+    logits, _ = train.forward_backward(run, teacher, distill, x, y)
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-    return logits.detach(), grads
+    return logits.detach().float(), grads
 
 
 def time_steps(args, name, ref):
@@ -80,7 +91,8 @@ def time_steps(args, name, ref):
     run = _variant(name, model, ref["x"])
     x, y = ref["x"], ref["y"]
     t0 = time.time()
-    logits, grads = _one_step(run, model, x, y)  # the first step (and any compiling), compared below
+    teacher = _teacher(args, device, name, x)
+    logits, grads = _one_step(run, teacher, args.distill, model, x, y)  # the first step (and any compiling)
     diff = {"max_logit_difference": float((logits - ref["logits"]).abs().max()),
             "top1_agreement": float((logits.argmax(1) == ref["logits"].argmax(1)).float().mean()),
             "max_relative_grad_difference": max(
@@ -90,9 +102,8 @@ def time_steps(args, name, ref):
     opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
 
     def step():
-        loss = F.cross_entropy(run(x).float(), y)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        train.forward_backward(run, teacher, args.distill, x, y)
         opt.step()
         model.clamp_thresholds()
 
@@ -132,11 +143,15 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--learn-ranges", action="store_true")
+    ap.add_argument("--distill", type=float, default=0.0,
+                    help="distillation weight of the loss (finetune --distill; default 0: cross-entropy only)")
     ap.add_argument("--variants", default="",
                     help="comma-separated, from " + ", ".join(VARIANTS) + " (default: unfused,fused,compiled,graphed on "
                          "CUDA, unfused,fused on the CPU); the first is the reference of the comparisons")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
+    if not 0.0 <= args.distill <= 1.0:
+        ap.error(f"--distill must be between 0 and 1, got {args.distill}")
     cuda = args.device.startswith("cuda")
     args.variants = [v for v in (args.variants or ("unfused,fused,compiled,graphed" if cuda else "unfused,fused")).split(",") if v]
     for v in args.variants:
@@ -165,7 +180,7 @@ def main():
         for k, v in r.get("graph_breaks", {}).items():
             print(f"  graph break x{v}: {k}")
     info = {"onnx": args.onnx, "precision": args.precision, "batch_size": args.batch_size, "steps": args.steps,
-            "learn_ranges": args.learn_ranges, "device": args.device, "torch": torch.__version__,
+            "learn_ranges": args.learn_ranges, "distill": args.distill, "device": args.device, "torch": torch.__version__,
             "device_name": torch.cuda.get_device_name() if cuda else "cpu", "rows": rows}
     if args.json:
         with open(args.json, "w") as f:

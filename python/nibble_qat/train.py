@@ -141,7 +141,7 @@ def teacher_function(teacher, mode, example):
     return replay
 
 
-def _forward_backward(model, teacher, distill, x, y):
+def forward_backward(model, teacher, distill, x, y):
     """One training step's logits and loss (cross-entropy, with distillation from `teacher`), with
     the gradients accumulated."""
     logits = model(x)
@@ -302,7 +302,7 @@ def finetune(model, out_dir, epochs=15, batch_size=128, lr=0.005, weight_decay=5
             for g in opt.param_groups:
                 g["lr"] = g["initial_lr"] * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
             opt.zero_grad(set_to_none=True)
-            logits, loss = _forward_backward(run, teacher_run, distill, x, y)
+            logits, loss = forward_backward(run, teacher_run, distill, x, y)
             opt.step()
             model.clamp_thresholds()
             step += 1

@@ -1,6 +1,7 @@
 """nibble_qat: the fake-quantized PyTorch model against the C++ engine, fine-tuning, resuming and
 the CLI's errors. CPU only; a short fine-tune on a subset of Fashion-MNIST."""
 
+import json
 import os
 import subprocess
 import sys
@@ -379,6 +380,25 @@ def test_step_mode_auto_and_its_limits():
         assert train.check_step_mode("graphed", "cuda", 64, 64) == "graphed"
         with pytest.raises(ValueError, match="whole batch"):
             train.check_step_mode("graphed", "cuda", 64, 10)
+
+
+def test_step_time_tool_compares_the_variants(work, small_calib):
+    """tools/qat_step_time.py on the CPU, with learned ranges and distillation: the fused step gives
+    the separate operations' logits and gradients; a bad --distill is a usage error."""
+    tool = [sys.executable, str(REPO / "tools" / "qat_step_time.py"), str(SMALL), str(small_calib), "--device", "cpu",
+            "--batch-size", "8", "--steps", "2", "--warmup", "1", "--learn-ranges"]
+    out = work / "step_time.json"
+    proc = subprocess.run(tool + ["--distill", "0.5", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(out.read_text())
+    rows = {r["variant"]: r for r in info["rows"]}
+    assert sorted(rows) == ["fused", "unfused"] and info["distill"] == 0.5
+    fused = rows["fused"]
+    assert fused["max_logit_difference"] == 0.0 and fused["top1_agreement"] == 1.0
+    assert fused["same_parameters_with_gradients"] and fused["max_relative_grad_difference"] < 1e-4
+    assert fused["ms_per_step"] > 0 and "fused" in proc.stdout
+    bad = subprocess.run(tool + ["--distill", "2"], capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "--distill" in bad.stderr
 
 
 def test_unsupported_op_is_named(work, small_calib):
