@@ -78,7 +78,7 @@ def _one_step(run, teacher, distill, model, x, y):
     model.zero_grad(set_to_none=True)
     logits, _ = train.forward_backward(run, teacher, distill, x, y)
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-    return logits.detach().float(), grads
+    return logits.detach().float().clone(), grads  # a graphed step overwrites its output tensor
 
 
 def time_steps(args, name, ref):
