@@ -80,6 +80,23 @@ def dead_channels(bias, acc_scale, residual_scale):
     return dead
 
 
+def stage_multiplier(factor, shift, dtype):
+    """factor * 2^-shift as `dtype` (exact: the factors fit 16 bits, the shifts 0..31)."""
+    return factor.to(dtype) * pow2(-shift).to(dtype)
+
+
+def _stage(x, m):
+    """One float32 requantization stage, sign(x) * floor(|x| * m + 1/2) clamped to int32, with
+    m = factor * 2^-shift (requantize_exact's float32 form)."""
+    mag = torch.floor(x.abs() * m + 0.5)
+    return torch.where(x < 0, -mag, mag).clamp(INT32_RANGE[0], INT32_RANGE[1])
+
+
+def _inside(y, lo, hi):
+    """Where y lies strictly inside (lo, hi): the values a clamp to [lo, hi] passes gradients to."""
+    return (y > lo) & (y < hi)
+
+
 def requantize_exact(x, factor, shift, rng):
     """quant::requantize on a float64 tensor of integers: per channel (axis 1),
     q = sign(x) * ((|x| * factor + 2^(shift-1)) >> shift), rounding half away from zero, then
@@ -87,13 +104,12 @@ def requantize_exact(x, factor, shift, rng):
     shape = [1, -1] + [1] * (x.dim() - 2)
     f = factor.to(device=x.device, dtype=x.dtype).view(shape)
     shift = shift.to(device=x.device, dtype=x.dtype)
-    if x.dtype == torch.float64:
-        # For shift 0, adding 1/2 and taking the floor leaves the integer product as it is.
-        mag = torch.floor((x.abs() * f + pow2(shift - 1).to(x.dtype)) / pow2(shift).to(x.dtype))
-    else:
+    if x.dtype != torch.float64:
         # The float32 form for training: the same formula with the product rounded to f32, which
-        # can differ from the exact one only next to a rounding tie.
-        mag = torch.floor(x.abs() * (f * pow2(-shift).to(x.dtype)) + 0.5)
+        # can differ from the exact one only next to a rounding tie (rng lies within int32).
+        return _stage(x, stage_multiplier(f, shift, x.dtype)).clamp(rng[0], rng[1])
+    # For shift 0, adding 1/2 and taking the floor leaves the integer product as it is.
+    mag = torch.floor((x.abs() * f + pow2(shift - 1).to(x.dtype)) / pow2(shift).to(x.dtype))
     q = torch.where(x < 0, -mag, mag)
     return q.clamp(rng[0], rng[1])
 
@@ -108,7 +124,7 @@ class _Requantize(torch.autograd.Function):
         for factor, shift, stage_rng in stages:
             y = requantize_exact(y, factor, shift, stage_rng)
         y = y.clamp(rng[0], rng[1])
-        inside = (y > rng[0]) & (y < rng[1])
+        inside = _inside(y, rng[0], rng[1])
         ctx.save_for_backward(x, ratio, inside)
         return y
 
@@ -252,17 +268,6 @@ INT32_RANGE = (-2147483647, 2147483647)
 # that lies next to a rounding tie).
 
 
-def _stage(x, m):
-    """One float32 requantization stage, sign(x) * floor(|x| * m + 1/2) clamped to int32, with
-    m = factor * 2^-shift (requantize_exact's float32 form)."""
-    mag = torch.floor(x.abs() * m + 0.5)
-    return torch.where(x < 0, -mag, mag).clamp(INT32_RANGE[0], INT32_RANGE[1])
-
-
-def _inside(y, lo, hi):
-    return (y > lo) & (y < hi)
-
-
 def _epilogue_forward(conv, bias, src, m1, m2, m, lo, hi, relu):
     """(q, acc, inside of the residual) of conv_epilogue."""
     acc = torch.round(conv) + bias
@@ -360,11 +365,6 @@ class _Epilogue(torch.autograd.Function):
         if d_res_ratio is not None:
             d_res_ratio = d_res_ratio.to(res_ratio.dtype)
         return (d_conv, d_bias, d_ratio, d_src, d_res_ratio) + (None,) * 6
-
-
-def stage_multiplier(factor, shift, dtype):
-    """factor * 2^-shift as `dtype` (exact: the factors fit 16 bits, the shifts 0..31)."""
-    return factor.to(dtype) * pow2(-shift).to(dtype)
 
 
 def conv_epilogue(conv, bias, ratio, factor, shift, rng, relu, residual=None):

@@ -219,7 +219,6 @@ def finetune(model, out_dir, epochs=15, batch_size=128, lr=0.005, weight_decay=5
         raise FileExistsError(f"{out_dir}: holds a checkpoint of an earlier run; pass --resume to continue it, or "
                               f"choose another output directory")
     dev = training_device(device)
-    check_step_mode(step_mode, dev)
     model.to(dev)
     if distill > 0:
         teacher.to(dev).eval().requires_grad_(False)

@@ -784,29 +784,27 @@ class Quantizer {
     std::string residual_mode = res.mode;
     // A float residual goes straight into the accumulator scale.
     const bool residual_float = res.kind == RK::floating;
-    if (res.kind != RK::none) {
-      if (res.kind == RK::accumulators && res.scale.size() != static_cast<size_t>(k))
-        fail(g_.source, "{}: the residual has a different channel count", u.node->label());
+    if (res.kind == RK::accumulators && res.scale.size() != static_cast<size_t>(k))
+      fail(g_.source, "{}: the residual has a different channel count", u.node->label());
+    if (res.kind == RK::accumulators || res.kind == RK::integer) {
       std::vector<double> ratio(static_cast<size_t>(k));
       for (size_t c = 0; c < ratio.size(); ++c) ratio[c] = res.scale_of(c) / acc[c];
-      if (!residual_float) {
-        residual_rq = choose_requant(ratio);
+      residual_rq = choose_requant(ratio);
+      if (!residual_rq) {
+        // Too large for one 16-bit factor: first multiply exactly by an integer (shift 0),
+        // then requantize the rest.
+        std::vector<double> pre(ratio.size()), rest(ratio.size());
+        for (size_t c = 0; c < ratio.size(); ++c) {
+          pre[c] = std::min(65535.0, std::ceil(ratio[c] / 32768.0));
+          rest[c] = ratio[c] / pre[c];
+        }
+        residual_pre = Requant{};
+        for (double p : pre) residual_pre->factor.push_back(static_cast<uint16_t>(p));
+        residual_rq = choose_requant(rest);
         if (!residual_rq) {
-          // Too large for one 16-bit factor: first multiply exactly by an integer (shift 0),
-          // then requantize the rest.
-          std::vector<double> pre(ratio.size()), rest(ratio.size());
-          for (size_t c = 0; c < ratio.size(); ++c) {
-            pre[c] = std::min(65535.0, std::ceil(ratio[c] / 32768.0));
-            rest[c] = ratio[c] / pre[c];
-          }
-          residual_pre = Requant{};
-          for (double p : pre) residual_pre->factor.push_back(static_cast<uint16_t>(p));
-          residual_rq = choose_requant(rest);
-          if (!residual_rq) {
-            u.note = "the residual's scale is too large for two 16-bit requantization factors";
-            u.precision = Precision::f32;
-            return false;
-          }
+          u.note = "the residual's scale is too large for two 16-bit requantization factors";
+          u.precision = Precision::f32;
+          return false;
         }
       }
     }
