@@ -39,12 +39,16 @@ if [ "${STEP_TIME:-0}" = 1 ] && [ ! -f "$work/step_time.json" ]; then
   stage "time training steps (beside the calibration)"
   # The steps as the fine-tune will run them: learned ranges and distillation as in QAT_FLAGS.
   st_flags=()
-  [[ " ${QAT_FLAGS:-} " =~ [[:space:]]--distill[[:space:]=]+([0-9.]+) ]] && st_flags+=(--distill "${BASH_REMATCH[1]}")
+  variants=unfused,fused,compiled,graphed
+  if [[ " ${QAT_FLAGS:-} " =~ [[:space:]]--distill[[:space:]=]+([0-9.]+) ]]; then
+    st_flags+=(--distill "${BASH_REMATCH[1]}")
+    variants+=,graphed-eager-teacher  # what the teacher's CUDA graph saves
+  fi
   [[ " ${QAT_FLAGS:-} " == *" --learn-ranges "* ]] && st_flags+=(--learn-ranges)
   ( "$nibble" calibrate "$work/fp32.onnx" --data fashion-mnist:train --data-dir "$data_dir" --samples 8 \
       --method percentile:99.999 -o "$work/quick.calib" > /dev/null 2>&1 &&
     "$py" "$root/tools/qat_step_time.py" "$work/fp32.onnx" "$work/quick.calib" --batch-size "${QAT_BATCH:-64}" \
-      --steps 10 --variants unfused,fused,compiled,graphed "${st_flags[@]}" --json "$work/step_time.json" \
+      --steps 10 --variants "$variants" "${st_flags[@]}" --json "$work/step_time.json" \
       > "$work/step_time.txt" 2>&1 ) &
   timing=$!
 fi

@@ -95,8 +95,9 @@ def main():
     p.add_argument("--qat-logs", default="docs/results/h200-2026-11-29-qat,docs/results/h200-2026-11-29b-qat",
                    help="comma-separated directories where the logs of the --qat-dir runs are kept, for the "
                         "report (default: %(default)s)")
-    p.add_argument("--r50-results", default="docs/results/h200-2026-11-29b-qat",
-                   help="saved outputs of bench/qat_resnet50.sh (resnet50-224.*) for the ResNet-50 224 section "
+    p.add_argument("--r50-results", default="docs/results/h200-2026-11-29b-qat,docs/results/h200-2026-11-29c-qat",
+                   help="comma-separated directories of saved bench/qat_resnet50.sh outputs (resnet50-224.*) for "
+                        "the ResNet-50 224 section: the first is described in detail, every one gets a row "
                         "(default: %(default)s)")
     p.add_argument("--reuse", action="store_true",
                    help="keep the work directory and take each model's results from an earlier run's "
@@ -336,33 +337,49 @@ def write_report(args, results, elapsed):
     plot(args, results)
 
 
-def resnet50_224_section(rel):
-    """The ResNet-50 v1.5 224 x 224 INT4 run on a GPU (bench/qat_resnet50.sh), from its saved outputs
-    in the directory `rel` (relative to the repository)."""
-    rel = rel.rstrip("/")
+def _r50_run(rel):
+    """The saved outputs of one bench/qat_resnet50.sh run in the directory `rel` (relative to the
+    repository), or None when a file is missing."""
     d = REPO / rel
     try:
-        fp32 = json.loads((d / "resnet50-224.fp32.json").read_text())
-        ft = json.loads((d / "resnet50-224.finetune.json").read_text())
-        agree = json.loads((d / "resnet50-224.agreement.json").read_text())
-        text = (d / "resnet50-224.txt").read_text()
-        device = (d / "resnet50-224.device.txt").read_text().split("\n")
+        run = {"rel": rel, "dir": d,
+               "fp32": json.loads((d / "resnet50-224.fp32.json").read_text()),
+               "ft": json.loads((d / "resnet50-224.finetune.json").read_text()),
+               "agree": json.loads((d / "resnet50-224.agreement.json").read_text()),
+               "text": (d / "resnet50-224.txt").read_text(),
+               "device": (d / "resnet50-224.device.txt").read_text().split("\n")}
     except OSError:
-        return []
-    evals = re.findall(r"top-1: ([\d.]+)% \((\d+)/(\d+)\)", text)
-    fp = 100 * fp32["pytorch_top1"]
-    st = ft.get("settings") or {}
-    epochs = ft["history"][-1]["epoch"]
-    recipe = f"{epochs} epochs, batch {st.get('batch_size')}, lr {st.get('lr')}"
+        return None
+    run["evals"] = re.findall(r"top-1: ([\d.]+)% \((\d+)/(\d+)\)", run["text"])
+    run["fp"] = 100 * run["fp32"]["pytorch_top1"]
+    run["epochs"] = run["ft"]["history"][-1]["epoch"]
+    st = run["ft"].get("settings") or {}
+    recipe = f"{run['epochs']} epochs, batch {st.get('batch_size')}, lr {st.get('lr')}"
+    if st.get("weight_decay", 5e-4) != 5e-4:
+        recipe += f", weight decay {st['weight_decay']:g}"
     if st.get("learn_ranges"):
         recipe += ", learned ranges (LSQ)"
     if st.get("distill"):
         recipe += f", distillation {st['distill']:g} from the FP32 model"
+    run["recipe"] = recipe
+    run["drop"] = run["fp"] - float(run["evals"][-1][0]) if run["evals"] else float("nan")
+    return run
+
+
+def resnet50_224_section(rels):
+    """The ResNet-50 v1.5 224 x 224 INT4 runs on a GPU (bench/qat_resnet50.sh), from their saved
+    outputs in the comma-separated directories `rels`: the first in detail, then every one in a table."""
+    runs = [r for r in (_r50_run(rel.strip().rstrip("/")) for rel in rels.split(",") if rel.strip()) if r]
+    if not runs:
+        return []
+    main = runs[0]
+    rel, d, fp32, ft, agree, evals = (main[k] for k in ("rel", "dir", "fp32", "ft", "agree", "evals"))
+    device, fp, epochs, drop = main["device"], main["fp"], main["epochs"], main["drop"]
     L = ["## resnet50-224: ResNet-50 v1.5 at 224 x 224 (torchvision widths), INT4 on a GPU", ""]
     L.append(f"One scripted run of `bench/qat_resnet50.sh` on an {device[0].strip()} ({device[1].strip()}): "
              f"train FP32 ({fp32['epochs']} epochs, bf16 autocast), `nibble calibrate --method percentile:99.999` "
              f"(200 training images), `nibble quantize --precision int4` (PTQ), "
-             f"`python3 -m nibble_qat finetune` ({recipe}), quantize, "
+             f"`python3 -m nibble_qat finetune` ({main['recipe']}), quantize, "
              f"and `nibble eval --device cuda` on all 10,000 test images (28 x 28 images resized bilinearly to "
              f"224 x 224). Raw output: `{rel}/resnet50-224.txt`; the command is in `{rel}/README.md`.")
     L.append("")
@@ -373,7 +390,6 @@ def resnet50_224_section(rel):
         for label, (acc, _, _) in zip(["int4 PTQ (percentile:99.999)", f"int4 QAT ({epochs} epochs)"], evals[-2:]):
             L.append(f"| {label} | {float(acc):.2f} | {fp - float(acc):.2f} |")
     L.append("")
-    drop = fp - float(evals[-1][0]) if evals else float("nan")
     if epochs < 15:
         length = (f"Fine-tuning ran for {epochs} epochs, the number that fit the device time of the run (about "
                   f"{ft['history'][-1]['seconds']:.0f} s per epoch); the seed's recipe runs 15. ")
@@ -396,6 +412,19 @@ def resnet50_224_section(rel):
              f"{agree['images']} differ), and the logits of the first {agree['logit_images']} images are "
              f"{'identical' if agree.get('logits_identical') else 'within ' + str(agree['max_logit_diff_steps']) + ' output steps'}.")
     L.append("")
+    if len(runs) > 1:
+        L.append("Every complete run (same script; the FP32 model and its calibration are the same in runs on "
+                 "the same device, the fine-tuning settings differ):")
+        L.append("")
+        L.append("| run | device, date | fine-tuning | fp32 | int4 PTQ | int4 QAT | drop | engine = PyTorch |")
+        L.append("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
+        for r in runs:
+            ptq, qat = (f"{float(r['evals'][i][0]):.2f}" if len(r["evals"]) >= 2 else "" for i in (-2, -1))
+            a = r["agree"]
+            L.append(f"| `{r['rel']}` | {r['device'][0].split(',')[0].strip()}, {r['device'][1].strip()} | "
+                     f"{r['recipe']} | {r['fp']:.2f} | {ptq} | {qat} | {r['drop']:.2f} | "
+                     f"{a['images'] - a['disagreements']}/{a['images']} |")
+        L.append("")
     return L
 
 

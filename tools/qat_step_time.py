@@ -8,9 +8,10 @@
 Variants: `unfused` runs every step after a convolution as its own PyTorch operation, `fused`
 runs them as one autograd node (arith.conv_epilogue) eagerly, `compiled` compiles that node's
 forward and backward with torch.compile (finetune --step-mode compiled), `graphed` also
-replays each step's forward and backward as one CUDA graph (finetune --step-mode graphed), and
-`model-compile` compiles the whole model's step (slow: kept as a measurement). The default is
-unfused,fused,compiled,graphed on CUDA and unfused,fused on the CPU.
+replays each step's forward and backward as one CUDA graph (finetune --step-mode graphed),
+`graphed-eager-teacher` is graphed with the distillation teacher run eagerly (to measure what
+the teacher's graph saves), and `model-compile` compiles the whole model's step (slow: kept as a
+measurement). The default is unfused,fused,compiled,graphed on CUDA and unfused,fused on the CPU.
 
 Each variant builds a fresh fake-quantized model, runs --warmup steps (including any compiling),
 then --steps timed steps (forward, backward, SGD) on the same random batch, synchronizing the
@@ -48,7 +49,8 @@ def _variant(name, model, example):
     if name == "model-compile":
         arith.KERNELS.compile = False
         return torch.compile(model, dynamic=False)
-    return train.step_function(model, "eager" if name in ("unfused", "fused") else name, example)
+    mode = {"unfused": "eager", "fused": "eager", "graphed-eager-teacher": "graphed"}.get(name, name)
+    return train.step_function(model, mode, example)
 
 
 def _teacher(args, device, name, example):
@@ -130,7 +132,7 @@ def time_steps(args, name, ref):
     return row
 
 
-VARIANTS = ("unfused", "fused", "compiled", "graphed", "model-compile")
+VARIANTS = ("unfused", "fused", "compiled", "graphed", "graphed-eager-teacher", "model-compile")
 
 
 def main():
@@ -157,7 +159,7 @@ def main():
     for v in args.variants:
         if v not in VARIANTS:
             ap.error(f"--variants: unknown variant '{v}' (choose from {', '.join(VARIANTS)})")
-        if v in ("compiled", "graphed", "model-compile") and not hasattr(torch, "compile"):
+        if v not in ("unfused", "fused") and not hasattr(torch, "compile"):
             ap.error(f"--variants {v} needs PyTorch 2; this is {torch.__version__}")
     ref = _reference(args, train.training_device(args.device))
     rows = []

@@ -70,6 +70,9 @@ def main(argv=None):
                         "one CUDA graph: about 5x faster than eager on ResNet-50). compiled and graphed need "
                         "CUDA and PyTorch 2. Default auto: graphed where they are there, else eager "
                         "(docs/qat.md, \"Training speed\")")
+    f.add_argument("--eager-teacher", action="store_true",
+                   help="with --distill in step mode graphed, run the FP32 teacher's forward pass eagerly "
+                        "(by default it is replayed as a CUDA graph there; same logits either way)")
     f.add_argument("--threads", type=int, default=0, help="CPU threads for PyTorch (0: its default)")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
@@ -123,7 +126,8 @@ def _finetune(args):
                    weight_decay=args.weight_decay, range_lr=args.range_lr, data_dir=args.data_dir,
                    device=args.device, seed=args.seed, limit_train=args.limit_train, limit_test=args.limit_test,
                    max_steps=args.max_steps, resume=args.resume, settings=settings,
-                   teacher=teacher, distill=args.distill, step_mode=args.step_mode)
+                   teacher=teacher, distill=args.distill, step_mode=args.step_mode,
+                   teacher_graph=not args.eager_teacher)
     flags = "" if not args.all_layers else " --all-layers"
     if args.layer_precision:
         flags += " --layer-precision " + ",".join(f"{k}:{v}" for k, v in args.layer_precision.items())

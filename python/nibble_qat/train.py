@@ -201,13 +201,15 @@ def write_outputs(model, out_dir, note):
 
 def finetune(model, out_dir, epochs=15, batch_size=128, lr=0.005, weight_decay=5e-4, range_lr=None,
              data_dir=data_io.DEFAULT_DIR, device="cpu", seed=0, limit_train=0, limit_test=0, max_steps=0,
-             resume=False, log=print, settings=None, teacher=None, distill=0.0, step_mode="auto"):
+             resume=False, log=print, settings=None, teacher=None, distill=0.0, step_mode="auto",
+             teacher_graph=True):
     """Fine-tunes `model` (a QatModel) and writes OUT/{model.onnx, model.calib, checkpoint.pt,
     finetune.json}. Returns the history (one dict per epoch). `settings` (a dict) is stored in
     the checkpoint; a resumed run must have the same. With a `teacher` (a module giving logits, such as
     the FP32 model) and `distill` in (0, 1], the loss is (1 - distill) * cross-entropy + distill *
     KL(teacher || model), at temperature 1. `step_mode` is one of STEP_MODES (step_function;
-    docs/qat.md, "Training speed")."""
+    docs/qat.md, "Training speed"); in step mode graphed the teacher's forward pass is a CUDA graph
+    too unless `teacher_graph` is False (teacher_function)."""
     if not 0.0 <= distill <= 1.0:
         raise ValueError(f"--distill must be between 0 and 1, got {distill}")
     if distill > 0 and teacher is None:
@@ -274,7 +276,7 @@ def finetune(model, out_dir, epochs=15, batch_size=128, lr=0.005, weight_decay=5
         t0 = time.time()
         example = torch.zeros((batch_size,) + model.input_shape, device=dev)
         run = step_function(model, step_mode, example)
-        if distill > 0:
+        if distill > 0 and teacher_graph:
             teacher_run = teacher_function(teacher, step_mode, example)
         captured = "the training step" + (" and the teacher's forward pass" if teacher_run is not teacher else "")
         log(f"step mode {step_mode}" + (f": captured {captured} as CUDA graphs ({time.time() - t0:.0f} s)"

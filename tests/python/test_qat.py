@@ -494,3 +494,12 @@ def test_graphed_teacher_matches_eager_on_cuda(work, r18_calib):
     assert proc.returncode == 0, proc.stderr
     assert "step mode graphed: captured the training step and the teacher's forward pass" in proc.stdout
     assert (out / "model.onnx").exists() and (out / "model.calib").exists()
+    # --eager-teacher keeps the teacher out of the graphs: the same steps from the same start.
+    eager_out = work / "kd_graphed_eager_teacher"
+    proc = qat_cli("finetune", RESNET18, "--calib", r18_calib, "--precision", "int4", "--epochs", 1, "--max-steps", 20,
+                   "--limit-train", 2048, "--limit-test", 200, "--distill", 0.5, "--device", "cuda", "--eager-teacher",
+                   "-o", eager_out)
+    assert proc.returncode == 0, proc.stderr
+    assert "step mode graphed: captured the training step as CUDA graphs" in proc.stdout
+    losses = [json.loads((d / "finetune.json").read_text())["history"][-1]["train_loss"] for d in (out, eager_out)]
+    assert abs(losses[0] - losses[1]) <= 1e-3 * abs(losses[1]), losses

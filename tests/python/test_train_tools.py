@@ -245,3 +245,39 @@ def test_committed_model_summary(stem, arch):
         import gzip
         labels = np.frombuffer(gzip.decompress(labels_path.read_bytes())[8:], dtype=np.uint8)
         assert int((preds == labels).sum()) == meta["correct"]
+
+
+def _r50_outputs(d, qat_top1, lr, weight_decay):
+    """A directory of saved bench/qat_resnet50.sh outputs with FP32 at 90.00 and PTQ at 50.00."""
+    d.mkdir()
+    (d / "resnet50-224.fp32.json").write_text(json.dumps({"pytorch_top1": 0.9, "epochs": 5}))
+    history = [{"epoch": 0, "test_top1": 0.5}] + [{"epoch": e, "test_top1": 0.8, "seconds": 60.0} for e in (1, 2)]
+    settings = {"batch_size": 64, "lr": lr, "weight_decay": weight_decay, "learn_ranges": True, "distill": 0.5}
+    (d / "resnet50-224.finetune.json").write_text(json.dumps({"settings": settings, "history": history}))
+    (d / "resnet50-224.agreement.json").write_text(json.dumps(
+        {"top1_agreement": 0.999, "disagreements": 10, "images": 10000, "logit_images": 100,
+         "logits_identical": False, "max_logit_diff_steps": 1}))
+    (d / "resnet50-224.txt").write_text(f"top-1: 50.00% (5000/10000)\ntop-1: {qat_top1:.2f}% "
+                                        f"({round(100 * qat_top1)}/10000)\n")
+    (d / "resnet50-224.device.txt").write_text("NVIDIA H200, 580, 143771 MiB\nSun Nov 29 2026\n")
+
+
+def test_accuracy_report_resnet50_section_reads_every_run(tmp_path):
+    spec = importlib.util.spec_from_file_location("accuracy_report", REPO / "tools" / "accuracy_report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    _r50_outputs(tmp_path / "a", 89.5, 0.005, 5e-4)
+    _r50_outputs(tmp_path / "b", 88.0, 0.01, 5e-5)
+    text = "\n".join(report.resnet50_224_section(f"{tmp_path / 'a'},{tmp_path / 'missing'},{tmp_path / 'b'}"))
+    # The first run in detail: its drop against FP32 and the target.
+    assert "| int4 QAT (2 epochs) | 89.50 | 0.50 |" in text
+    assert "Target: int4 within 1.0 point: met (0.50)" in text
+    assert "10 of 10000 differ" in text and "within 1 output steps" in text
+    # Every run that has its files gets a row, with its settings; the missing one is left out.
+    rows = [line for line in text.splitlines() if line.startswith(f"| `{tmp_path}")]
+    assert len(rows) == 2
+    assert "lr 0.005, learned ranges" in rows[0] and "| 89.50 | 0.50 | 9990/10000 |" in rows[0]
+    assert "lr 0.01, weight decay 5e-05" in rows[1] and "| 88.00 | 2.00 |" in rows[1]
+    # A single run has no table of runs; no run at all gives no section.
+    assert "Every complete run" not in "\n".join(report.resnet50_224_section(str(tmp_path / "a")))
+    assert report.resnet50_224_section(str(tmp_path / "missing")) == []
