@@ -413,8 +413,8 @@ def resnet50_224_section(rels):
              f"{'identical' if agree.get('logits_identical') else 'within ' + str(agree['max_logit_diff_steps']) + ' output steps'}.")
     L.append("")
     if len(runs) > 1:
-        L.append("Every complete run (same script; the FP32 model and its calibration are the same in runs on "
-                 "the same device, the fine-tuning settings differ):")
+        L.append("Every complete run of the script (each trains, calibrates and quantizes its own FP32 model "
+                 "with the same settings; the fine-tuning settings differ):")
         L.append("")
         L.append("| run | device, date | fine-tuning | fp32 | int4 PTQ | int4 QAT | drop | engine = PyTorch |")
         L.append("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
