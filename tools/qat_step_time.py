@@ -53,12 +53,12 @@ def _variant(name, model, example):
     return train.step_function(model, mode, example)
 
 
-def _teacher(args, device, name, example):
-    """The distillation teacher's callable for variant `name` (None without --distill)."""
-    if not args.distill:
+def _teacher(ref, name, example):
+    """The distillation teacher's callable for variant `name` (None without --distill): the FP32
+    model loaded once by _reference, graphed as finetune graphs it in the graphed variant."""
+    if ref["teacher"] is None:
         return None
-    teacher = nibble_qat.load(args.onnx, args.calib, "float").to(device).eval().requires_grad_(False)
-    return train.teacher_function(teacher, "graphed" if name == "graphed" else "eager", example)
+    return train.teacher_function(ref["teacher"], "graphed" if name == "graphed" else "eager", example)
 
 
 def _reference(args, device):
@@ -68,10 +68,12 @@ def _reference(args, device):
     model = nibble_qat.load(args.onnx, args.calib, args.precision, learn_ranges=args.learn_ranges).to(device)
     torch.manual_seed(1)
     ref = {"x": torch.rand((args.batch_size,) + model.input_shape, device=device),
-           "y": torch.randint(0, 10, (args.batch_size,), device=device)}
+           "y": torch.randint(0, 10, (args.batch_size,), device=device),
+           "teacher": (nibble_qat.load(args.onnx, args.calib, "float").to(device).eval().requires_grad_(False)
+                       if args.distill else None)}
     name = args.variants[0]
     run = _variant(name, model, ref["x"])
-    ref["logits"], ref["grads"] = _one_step(run, _teacher(args, device, name, ref["x"]), args.distill, model,
+    ref["logits"], ref["grads"] = _one_step(run, _teacher(ref, name, ref["x"]), args.distill, model,
                                             ref["x"], ref["y"])
     return ref
 
@@ -93,7 +95,7 @@ def time_steps(args, name, ref):
     run = _variant(name, model, ref["x"])
     x, y = ref["x"], ref["y"]
     t0 = time.time()
-    teacher = _teacher(args, device, name, x)
+    teacher = _teacher(ref, name, x)
     logits, grads = _one_step(run, teacher, args.distill, model, x, y)  # the first step (and any compiling)
     diff = {"max_logit_difference": float((logits - ref["logits"]).abs().max()),
             "top1_agreement": float((logits.argmax(1) == ref["logits"].argmax(1)).float().mean()),
