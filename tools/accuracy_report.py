@@ -95,7 +95,8 @@ def main():
     p.add_argument("--qat-logs", default="docs/results/h200-2026-11-29-qat,docs/results/h200-2026-11-29b-qat",
                    help="comma-separated directories where the logs of the --qat-dir runs are kept, for the "
                         "report (default: %(default)s)")
-    p.add_argument("--r50-results", default="docs/results/h200-2026-11-29b-qat,docs/results/h200-2026-11-29c-qat",
+    p.add_argument("--r50-results", default="docs/results/h200-2026-11-30-qat,docs/results/h200-2026-11-30b-qat,"
+                   "docs/results/h200-2026-11-29b-qat,docs/results/h200-2026-11-29c-qat",
                    help="comma-separated directories of saved bench/qat_resnet50.sh outputs (resnet50-224.*) for "
                         "the ResNet-50 224 section: the first is described in detail, every one gets a row "
                         "(default: %(default)s)")
