@@ -56,8 +56,9 @@ def main(argv=None):
                         "cross-entropy + W * KL(FP32 || fake-quantized) (default 0: cross-entropy only)")
     f.add_argument("--epochs", type=int, default=15, help="training epochs (default 15)")
     f.add_argument("--batch-size", type=int, default=128, help="images per step (default 128)")
-    f.add_argument("--lr", type=float, default=0.005, help="peak learning rate, cosine decay (default 0.005; lower it, e.g. to 0.0025, for a deep model "
-                        "whose test accuracy after the first epoch stays far below FP32)")
+    f.add_argument("--lr", type=float, default=0.005,
+                   help="peak learning rate, cosine decay (default 0.005; lower it, e.g. to 0.0025, for a deep "
+                        "model whose test accuracy after the first epoch stays far below FP32)")
     f.add_argument("--weight-decay", type=float, default=5e-4, help="on weights only (default 5e-4)")
     f.add_argument("--data", default="fashion-mnist", help="training data: fashion-mnist (the only one so far)")
     f.add_argument("--data-dir", default=data_io.DEFAULT_DIR, help="directory of Fashion-MNIST's IDX files")
