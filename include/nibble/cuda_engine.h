@@ -21,6 +21,10 @@ struct CudaEngineOptions {
   // Independent execution contexts (stream, activation arena, pinned buffers). With two or more,
   // bench() overlaps one context's copies with another's compute.
   int contexts = 1;
+  // Convolution kernel family: "auto" (the fastest that fits each layer on this device),
+  // "wgmma" (Hopper's TMA + warpgroup MMA kernels where they fit, else mma) or "mma" (the
+  // mma.sync kernels everywhere). Every family computes the same outputs.
+  std::string conv_kernels = "auto";
 };
 
 struct CudaBenchOptions {
@@ -62,6 +66,8 @@ class CudaEngine {
   int64_t activation_bytes(int64_t batch) const;  // the arena of one context
   // One line per activation storage kind, e.g. "u4 x52, s8 x4, ...".
   std::string storage_summary() const;
+  // The convolution kernel family chosen per conv layer, counted, e.g. "wgmma x52, mma x2".
+  std::string conv_kernel_summary() const;
 
   // Inputs in graph order (NCHW, as the CPU engine takes them); outputs in graph order.
   std::vector<Tensor> run(const std::vector<Tensor>& inputs);

@@ -28,6 +28,7 @@ struct BenchArgs {
   int min_iterations = 10;
   std::string json;
   bool int8_storage = false;
+  std::string kernels = "auto";
   int contexts = 2;
   bool profile = false;
   int profile_reps = 20;
@@ -171,15 +172,17 @@ void bench(const BenchArgs& args) {
     opts.int8_storage = args.int8_storage;
     opts.max_batch = *std::max_element(batches.begin(), batches.end());
     opts.contexts = single ? 1 : args.contexts;
+    opts.conv_kernels = args.kernels;
     CudaEngine engine(graph, opts);
-    fmt::print("model: {}\ndevice: cuda, {}\nscenario: {}, storage: {} ({}), contexts: {}\n", args.model,
-               engine.device_name(), args.scenario, args.int8_storage ? "int8" : "native", engine.storage_summary(),
-               opts.contexts);
+    fmt::print("model: {}\ndevice: cuda, {}\nscenario: {}, storage: {} ({}), contexts: {}\nconvolution kernels: {}\n",
+               args.model, engine.device_name(), args.scenario, args.int8_storage ? "int8" : "native",
+               engine.storage_summary(), opts.contexts, engine.conv_kernel_summary());
     fmt::print("weights: {:.2f} MB on the device; activations: {:.2f} MB per context at batch {}\n\n",
                static_cast<double>(engine.weight_bytes()) / 1e6,
                static_cast<double>(engine.activation_bytes(opts.max_batch)) / 1e6, opts.max_batch);
     out["device_name"] = engine.device_name();
     out["storage"] = args.int8_storage ? "int8" : "native";
+    out["conv_kernels"] = engine.conv_kernel_summary();
     out["weight_bytes"] = engine.weight_bytes();
     for (int64_t b : batches) {
       CudaBenchOptions bo;
@@ -251,6 +254,11 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("--json", args->json, "Also write the results to this JSON file");
   cmd->add_flag("--int8-storage", args->int8_storage,
                 "cuda: keep 4-bit tensors in bytes (same outputs, 8-bit traffic): the INT8 baseline of a 4-bit model");
+  cmd->add_option("--kernels", args->kernels,
+                  "cuda: convolution kernels: auto (fastest that fits), wgmma (Hopper TMA + warpgroup MMA, "
+                  "mma where it does not fit) or mma (mma.sync everywhere); same outputs")
+      ->default_val("auto")
+      ->check(CLI::IsMember({"auto", "wgmma", "mma"}));
   cmd->add_option("--contexts", args->contexts, "cuda offline: streams with their own buffers, run overlapped")
       ->default_val(2)
       ->check(CLI::Range(1, 8));

@@ -16,6 +16,7 @@ const Graph& CudaEngine::graph() const { fail("", "no CUDA backend"); }
 int64_t CudaEngine::weight_bytes() const { return 0; }
 int64_t CudaEngine::activation_bytes(int64_t) const { return 0; }
 std::string CudaEngine::storage_summary() const { return {}; }
+std::string CudaEngine::conv_kernel_summary() const { return {}; }
 std::vector<Tensor> CudaEngine::run(const std::vector<Tensor>&) { fail("", "no CUDA backend"); }
 CudaBenchResult CudaEngine::bench(const CudaBenchOptions&) { fail("", "no CUDA backend"); }
 std::vector<CudaLayerProfile> CudaEngine::profile(int64_t, int) { fail("", "no CUDA backend"); }

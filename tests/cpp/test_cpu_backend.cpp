@@ -18,6 +18,7 @@
 #include "nibble/model_loader.h"
 #include "nibble/npy.h"
 #include "quant/requant.h"
+#include "test_util.h"
 
 namespace nibble {
 namespace {
@@ -610,7 +611,7 @@ TEST(CpuBackend, MaxPoolMatchesReference) {
 }
 
 const std::string kSeedModelDir =
-    std::string(NIBBLE_SOURCE_DIR) + "/../shared/models/mlperf-v0.5-int4-resnet50";
+    testing_util::source_dir() + "/../shared/models/mlperf-v0.5-int4-resnet50";
 
 TEST(CpuBackend, SeedResNet50LogitsMatchReference) {
   SKIP_WITHOUT_CPU_KERNELS();

@@ -19,6 +19,10 @@
 #include "quant/requant.h"
 #include "test_util.h"
 
+// Convolutions are described with designated initializers of NetBuilder::Conv, whose members
+// all have defaults; GCC 12 still warns about the ones left out.
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+
 namespace nibble {
 namespace {
 
@@ -27,7 +31,7 @@ using testing_util::error_of;
 
 std::string seed_dir() {
   const char* env = std::getenv("NIBBLE_SEED_DIR");
-  return env ? env : std::string(NIBBLE_SOURCE_DIR) + "/../shared/models/mlperf-v0.5-int4-resnet50";
+  return env ? env : testing_util::source_dir() + "/../shared/models/mlperf-v0.5-int4-resnet50";
 }
 
 #define REQUIRE_CUDA()                                                              \
@@ -45,25 +49,74 @@ struct RandomNet {
   Tensor input;
 };
 
-RandomNet random_net(uint32_t seed) {
-  std::mt19937 rng(seed);
-  auto pick = [&](std::initializer_list<int64_t> v) { return *(v.begin() + rng() % v.size()); };
-  auto uni = [&](int lo, int hi) { return lo + static_cast<int>(rng() % static_cast<uint32_t>(hi - lo + 1)); };
-  const bool float_input = seed % 3 == 0;
-  const bool s32_residual = seed % 4 == 1;
-  const int64_t n = uni(1, 4), c0 = pick({1, 3, 16, 64}), h = uni(6, 19), w = uni(6, 19);
-  const int64_t c1 = pick({64, 128}), c2 = pick({64, 96, 256});
-  const int k2 = static_cast<int>(pick({1, 3, 5})), s2 = static_cast<int>(pick({1, 2}));
+// Builds integer graphs of the seed's ops with random initializers.
+struct NetBuilder {
   Graph g;
-  g.source = fmt::format("random_net({})", seed);
-  const DType in_dtype = float_input ? DType::f32 : (seed % 2 ? DType::s8 : DType::u8);
-  g.inputs.push_back({"x", in_dtype, Shape{-1, c0, h, w}, {"N", "", "", ""}});
-  auto tensor = [&](const std::string& name, DType dt, Shape shape, int lo, int hi) {
+  std::mt19937 rng;
+  NetBuilder(uint32_t seed, std::string source) : rng(seed) { g.source = std::move(source); }
+  int uni(int lo, int hi) { return lo + static_cast<int>(rng() % static_cast<uint32_t>(hi - lo + 1)); }
+  int64_t pick(std::initializer_list<int64_t> v) { return *(v.begin() + rng() % v.size()); }
+  std::string tensor(const std::string& name, DType dt, Shape shape, int lo, int hi) {
     Tensor t(dt, shape);
     for (int64_t i = 0; i < t.numel(); ++i) t.set(i, uni(lo, hi));
     g.initializers[name] = t;
     return name;
+  }
+  struct Conv {
+    int k = 1, s = 1, d = 1;
+    int p = -1;            // -1: "same" padding, d x (k / 2)
+    DType wt = DType::s4;
+    int wmax = -1;         // weights in [-wmax, wmax]; -1: the dtype's range (0: all zero, with a zero bias)
+    int bits = 0;          // 0: s32 output, no requantization
+    bool sgn = false, relu = false;
+    std::string residual;
   };
+  // A fused conv; factor range chosen so that outputs spread over the clamp range.
+  std::string conv(const std::string& name, const std::string& in, int64_t cin, int64_t cout, const Conv& c) {
+    const int wmax = c.wmax >= 0 ? c.wmax : (c.wt == DType::s4 ? 7 : 127);
+    const int bias = wmax > 0 ? 3000 : 0;
+    Node n{"nibble:IntConvFused", name, {in, tensor(name + ".w", c.wt, {cout, cin, c.k, c.k}, -wmax, wmax),
+                                          tensor(name + ".b", DType::s32, {cout}, -bias, bias), c.residual},
+           {name}, {}};
+    const int64_t p = c.p >= 0 ? c.p : c.d * (c.k / 2);
+    n.attrs["kernel_shape"] = std::vector<int64_t>{c.k, c.k};
+    n.attrs["strides"] = std::vector<int64_t>{c.s, c.s};
+    n.attrs["pads"] = std::vector<int64_t>{p, p, p, p};
+    n.attrs["dilations"] = std::vector<int64_t>{c.d, c.d};
+    n.attrs["group"] = int64_t{1};
+    n.attrs["relu"] = int64_t{c.relu};
+    if (c.bits > 0) {
+      n.inputs.push_back(tensor(name + ".f", DType::u16, {cout}, 20, 900));
+      n.attrs["shift"] = int64_t{16};
+      n.attrs["bits"] = int64_t{c.bits};
+      n.attrs["signed"] = int64_t{c.sgn};
+    }
+    n.opset = 1;
+    g.nodes.push_back(n);
+    return name;
+  }
+  // A nibble:Requantize of a narrow value to 31 bits (how the seed's shortcuts reach a residual).
+  std::string requantize_31(const std::string& name, const std::string& in, int64_t channels) {
+    Node r{"nibble:Requantize", name, {in, tensor(name + ".f", DType::u16, {channels}, 100, 5000)}, {name}, {}};
+    r.attrs["shift"] = int64_t{1};
+    r.attrs["bits"] = int64_t{31};
+    r.attrs["signed"] = int64_t{1};
+    r.opset = 1;
+    g.nodes.push_back(r);
+    return name;
+  }
+};
+
+RandomNet random_net(uint32_t seed) {
+  NetBuilder b(seed, fmt::format("random_net({})", seed));
+  Graph& g = b.g;
+  const bool float_input = seed % 3 == 0;
+  const bool s32_residual = seed % 4 == 1;
+  const int64_t n = b.uni(1, 4), c0 = b.pick({1, 3, 16, 64}), h = b.uni(6, 19), w = b.uni(6, 19);
+  const int64_t c1 = b.pick({64, 128}), c2 = b.pick({64, 96, 256});
+  const int k2 = static_cast<int>(b.pick({1, 3, 5})), s2 = static_cast<int>(b.pick({1, 2}));
+  const DType in_dtype = float_input ? DType::f32 : (seed % 2 ? DType::s8 : DType::u8);
+  g.inputs.push_back({"x", in_dtype, Shape{-1, c0, h, w}, {"N", "", "", ""}});
   std::string x = "x";
   if (float_input) {
     Node q{"nibble:QuantizeFloat", "quant_in", {"x", "in_scale"}, {"xq"}, {}};
@@ -75,45 +128,16 @@ RandomNet random_net(uint32_t seed) {
     g.nodes.push_back(q);
     x = "xq";
   }
-  // A fused conv; factor range chosen so that outputs spread over the clamp range.
-  auto conv = [&](const std::string& name, const std::string& in, int64_t cin, int64_t cout, int k, int s, DType wt,
-                  int bits, bool sgn, bool relu, const std::string& residual) {
-    const int wmax = wt == DType::s4 ? 7 : 127;
-    Node c{"nibble:IntConvFused", name, {in, tensor(name + ".w", wt, {cout, cin, k, k}, -wmax, wmax),
-                                          tensor(name + ".b", DType::s32, {cout}, -3000, 3000), residual},
-           {name}, {}};
-    c.attrs["kernel_shape"] = std::vector<int64_t>{k, k};
-    c.attrs["strides"] = std::vector<int64_t>{s, s};
-    const int64_t p = k / 2;
-    c.attrs["pads"] = std::vector<int64_t>{p, p, p, p};
-    c.attrs["dilations"] = std::vector<int64_t>{1, 1};
-    c.attrs["group"] = int64_t{1};
-    c.attrs["relu"] = int64_t{relu};
-    if (bits > 0) {
-      c.inputs.push_back(tensor(name + ".f", DType::u16, {cout}, 20, 900));
-      c.attrs["shift"] = int64_t{16};
-      c.attrs["bits"] = int64_t{bits};
-      c.attrs["signed"] = int64_t{sgn};
-    }
-    g.nodes.push_back(c);
-    return name;
-  };
-  const std::string a = conv("conv1", x, c0, c1, 3, 1, DType::s8, 4, false, true, "");
-  const std::string b = conv("conv2", a, c1, c1, k2, s2, DType::s4, 4, false, true, "");
+  const std::string a = b.conv("conv1", x, c0, c1, {.k = 3, .wt = DType::s8, .bits = 4, .relu = true});
+  const std::string c = b.conv("conv2", a, c1, c1, {.k = k2, .s = s2, .bits = 4, .relu = true});
   std::string res;
   if (s32_residual) {
-    res = conv("down", a, c1, c2, 1, s2, DType::s4, 0, true, false, "");
+    res = b.conv("down", a, c1, c2, {.s = s2, .sgn = true});
   } else {
-    const std::string d = conv("down", a, c1, c2, 1, s2, DType::s4, 7, true, false, "");
-    Node r{"nibble:Requantize", "down_rq", {d, tensor("down_rq.f", DType::u16, {c2}, 100, 5000)}, {"down_rq"}, {}};
-    r.attrs["shift"] = int64_t{1};
-    r.attrs["bits"] = int64_t{31};
-    r.attrs["signed"] = int64_t{1};
-    g.nodes.push_back(r);
-    res = "down_rq";
+    res = b.requantize_31("down_rq", b.conv("down", a, c1, c2, {.s = s2, .bits = 7, .sgn = true}), c2);
   }
-  const std::string c = conv("conv3", b, c1, c2, 1, 1, DType::s4, 4, false, true, res);
-  Node mp{"MaxPool", "pool", {c}, {"pool"}, {}};
+  const std::string d = b.conv("conv3", c, c1, c2, {.bits = 4, .relu = true, .residual = res});
+  Node mp{"MaxPool", "pool", {d}, {"pool"}, {}};
   mp.attrs["kernel_shape"] = std::vector<int64_t>{3, 3};
   mp.attrs["strides"] = std::vector<int64_t>{2, 2};
   mp.attrs["pads"] = std::vector<int64_t>{1, 1, 1, 1};
@@ -126,9 +150,9 @@ RandomNet random_net(uint32_t seed) {
   Node fl{"Flatten", "flat", {"avg"}, {"flat"}, {}};
   fl.attrs["axis"] = int64_t{1};
   g.nodes.push_back(fl);
-  const int64_t classes = pick({10, 37});
-  g.nodes.push_back(Node{"nibble:IntLinear", "fc", {"flat", tensor("fc.w", DType::s8, {classes, c2}, -127, 127),
-                                                     tensor("fc.b", DType::s32, {classes}, -500, 500)},
+  const int64_t classes = b.pick({10, 37});
+  g.nodes.push_back(Node{"nibble:IntLinear", "fc", {"flat", b.tensor("fc.w", DType::s8, {classes, c2}, -127, 127),
+                                                     b.tensor("fc.b", DType::s32, {classes}, -500, 500)},
                          {"logits"}, {}});
   Tensor sc(DType::f32, {classes});
   for (int64_t i = 0; i < classes; ++i) sc.set(i, 0.5 + 0.01 * static_cast<double>(i));
@@ -140,7 +164,7 @@ RandomNet random_net(uint32_t seed) {
 
   Tensor in(in_dtype, {n, c0, h, w});
   for (int64_t i = 0; i < in.numel(); ++i) {
-    in.set(i, float_input ? std::uniform_real_distribution<double>(-0.2, 1.4)(rng) : uni(in_dtype == DType::s8 ? -127 : 0, 127));
+    in.set(i, float_input ? std::uniform_real_distribution<double>(-0.2, 1.4)(b.rng) : b.uni(in_dtype == DType::s8 ? -127 : 0, 127));
   }
   return {g, in};
 }
@@ -181,6 +205,28 @@ TEST(CudaPlan, RandomNetStorageAndArena) {
       if (&a == &b || a.def < 0 || b.def < 0 || a.def > b.last || b.def > a.last) continue;
       const bool apart = a.arena_offset + a.image_bytes() <= b.arena_offset || b.arena_offset + b.image_bytes() <= a.arena_offset;
       EXPECT_TRUE(apart) << a.name << " and " << b.name;
+    }
+  }
+}
+
+// Signed values of b bits span [-(2^b - 1), 2^b - 1]: a signed 4-bit activation does not fit a
+// nibble and must stay in bytes, a signed 3-bit one packs.
+TEST(CudaPlan, SignedFourBitValuesStayInBytes) {
+  for (int bits : {3, 4}) {
+    NetBuilder b(1, "signed");
+    b.g.inputs.push_back({"x", DType::u8, Shape{-1, 64, 4, 4}, {"N", "", "", ""}});
+    b.conv("a", "x", 64, 64, {.bits = 4, .relu = true});
+    b.requantize_31("rq", b.conv("side", "a", 64, 64, {.bits = bits, .sgn = true}), 64);
+    b.conv("out", "a", 64, 64, {.bits = 8, .relu = true, .residual = "rq"});
+    b.g.outputs.push_back({"out", DType::u8, std::nullopt, {}});
+    const cuda::Plan p = cuda::make_plan(b.g, cuda::StorageMode::native);
+    for (const auto& v : p.values) {
+      if (v.name == "a") {
+        EXPECT_EQ(v.storage, cuda::Storage::u4);
+      }
+      if (v.name == "side") {
+        EXPECT_EQ(v.storage, bits == 3 ? cuda::Storage::s4 : cuda::Storage::s8) << bits << " bits";
+      }
     }
   }
 }
@@ -234,6 +280,55 @@ TEST(CudaPlan, SeedModelPacksFourBitTensors) {
   EXPECT_LT(static_cast<double>(p.arena_bytes_per_image), 0.75 * static_cast<double>(q.arena_bytes_per_image));
 }
 
+// The wgmma kernels widen packed activations in registers: lane (g, t) of a warp loads packed
+// words with ldmatrix (bytes 4t..4t+3 of the 16-byte halves of its rows), and the low nibbles
+// of a word fill k slots 4t..4t+3 of the MMA's A fragment, the high nibbles 16+4t..16+4t+3.
+// Emulating that on the host, the widened weights must give every pixel the plain dot product.
+TEST(CudaPlan, WgmmaWeightsFollowTheWideningOrder) {
+  std::mt19937 rng(21);
+  cuda::ConvStep c;
+  c.kh = 3;
+  c.kw = 3;
+  c.m = 5;
+  c.m_pad = 8;
+  cuda::Value x;
+  x.storage = cuda::Storage::u4;
+  x.c = 128;
+  x.row = 64;  // 128 channels, two per byte
+  c.load = cuda::ConvLoad::vec;
+  c.k_bytes = c.kh * c.kw * x.row;
+  c.k_pad = c.k_bytes;
+  c.weights.assign(static_cast<size_t>(c.m_pad * c.k_pad), 0);
+  for (auto& b : c.weights) b = static_cast<int8_t>(rng());
+  const std::vector<int8_t> wide = cuda::wgmma_weights(c, x);
+  const int64_t taps = 9, wide_k = taps * 2 * x.row;
+  ASSERT_EQ(wide.size(), static_cast<size_t>(c.m_pad * wide_k));
+  std::vector<uint8_t> act(static_cast<size_t>(taps * x.row));
+  for (auto& b : act) b = static_cast<uint8_t>(rng());
+  for (int64_t m = 0; m < c.m_pad; ++m) {
+    const uint8_t* wp = reinterpret_cast<const uint8_t*>(c.weights.data()) + m * c.k_pad;
+    int64_t want = 0, got = 0;
+    for (int64_t tap = 0; tap < taps; ++tap) {
+      for (int64_t ch = 0; ch < x.c; ++ch) want += unpack_u4(act.data() + tap * x.row, ch) * unpack_s4(wp + tap * x.row, ch);
+      for (int64_t cc = 0; cc < x.row / 32; ++cc) {
+        const uint8_t* row = act.data() + tap * x.row + cc * 32;  // this chunk's 32 packed bytes
+        for (int half = 0; half < 2; ++half) {
+          for (int t = 0; t < 4; ++t) {
+            uint32_t word = 0;  // ldmatrix: bytes 16 x half + 4t .. + 3 of the row
+            for (int j = 0; j < 4; ++j) word |= uint32_t{row[16 * half + 4 * t + j]} << (8 * j);
+            for (int j = 0; j < 4; ++j) {
+              const int lo = (word >> (8 * j)) & 0xF, hi = (word >> (8 * j + 4)) & 0xF;
+              const int8_t* wk = wide.data() + m * wide_k + (tap * (x.row / 32) + cc) * 64 + 32 * half;
+              got += lo * wk[4 * t + j] + hi * wk[16 + 4 * t + j];
+            }
+          }
+        }
+      }
+    }
+    EXPECT_EQ(got, want) << "map " << m;
+  }
+}
+
 // ---- bit-exact parity on the GPU ----
 
 TEST(CudaEngine, RandomNetsMatchTheCpuEngineExactly) {
@@ -251,6 +346,114 @@ TEST(CudaEngine, RandomNetsMatchTheCpuEngineExactly) {
   }
 }
 
+// One convolution of random shape fed by a 1x1 conv (so that 4-bit inputs are stored packed),
+// with an optional residual from a third conv: every kernel family must match the CPU engine.
+RandomNet random_conv(uint32_t seed) {
+  NetBuilder b(seed * 7919 + 13, "");
+  Graph& g = b.g;
+  const bool big = seed % 8 == 7;  // more tiles than multiprocessors: the persistent loop
+  const int64_t n = big ? 12 : b.uni(1, 5), c0 = b.pick({3, 16, 64});
+  const int64_t h = big ? 28 : b.uni(3, 30), w = big ? 28 : b.uni(3, 30);
+  // big: 74 pixel tiles x 2 map tiles of 256, more than the 132 multiprocessors of an H100.
+  const int64_t cin = big ? 64 : b.pick({64, 128, 192, 256}), cout = big ? 512 : b.pick({8, 64, 72, 128, 200, 256, 320, 512});
+  const int k = static_cast<int>(big ? b.pick({1, 3}) : b.pick({1, 1, 3, 3, 5, 7}));
+  const int s = static_cast<int>(big ? 1 : b.pick({1, 1, 2}));
+  const int d = k > 1 && seed % 5 == 0 ? 2 : 1;
+  const int p = seed % 6 == 0 ? 0 : d * (k / 2);
+  const bool four = seed % 2 == 0;  // 4-bit input and weights
+  const int out_bits = static_cast<int>(b.pick({0, 4, 8}));
+  const int res_kind = static_cast<int>(b.rng() % 3);  // 0 none, 1 narrow, 2 s32
+  // Narrow residuals: signed 3 bits (packed s4 where the input is 4-bit), 4 or 7 bits (bytes).
+  const int res_bits = four ? (seed % 3 == 0 ? 3 : 4) : 7;
+  g.source = fmt::format("random_conv({}: {}x{}x{}x{} -> {} ch, {}x{} conv to {} maps, stride {}, pad {}, dilation {}, {}-bit, "
+                         "out {} bits, residual {})",
+                         seed, n, c0, h, w, cin, k, k, cout, s, p, d, four ? 4 : 8, out_bits,
+                         res_kind == 0 ? "none" : (res_kind == 2 ? "s32" : fmt::format("{} bits", res_bits)));
+  g.inputs.push_back({"x", DType::u8, Shape{-1, c0, h, w}, {"N", "", "", ""}});
+  const DType wt = four ? DType::s4 : DType::s8;
+  const std::string a = b.conv("feed", "x", c0, cin, {.wt = DType::s8, .bits = four ? 4 : 8, .relu = true});
+  const int64_t oh = (h + 2 * p - d * (k - 1) - 1) / s + 1, ow = (w + 2 * p - d * (k - 1) - 1) / s + 1;
+  if (oh < 1 || ow < 1) return random_conv(seed + 1000);
+  const NetBuilder::Conv shape{.k = k, .s = s, .d = d, .p = p, .wt = wt};
+  std::string res;
+  if (res_kind == 2) {
+    NetBuilder::Conv side = shape;
+    side.sgn = true;
+    res = b.conv("side", a, cin, cout, side);  // s32, added as it is
+  } else if (res_kind == 1) {
+    // A narrow signed output, requantized to 31 bits inside the subject's epilogue.
+    NetBuilder::Conv side = shape;
+    side.bits = res_bits;
+    side.sgn = true;
+    res = b.requantize_31("side_rq", b.conv("side", a, cin, cout, side), cout);
+  }
+  const bool out_signed = out_bits == 8 && seed % 3 == 0;
+  NetBuilder::Conv subject = shape;
+  subject.bits = out_bits;
+  subject.sgn = out_signed;
+  subject.relu = seed % 4 != 3;
+  subject.residual = res;
+  b.conv("subject", a, cin, cout, subject);
+  g.outputs.push_back({"subject", out_bits == 0 ? DType::s32 : (out_signed ? DType::s8 : DType::u8), std::nullopt, {}});
+  Tensor in(DType::u8, {n, c0, h, w});
+  for (int64_t i = 0; i < in.numel(); ++i) in.set(i, b.uni(0, 255));
+  return {g, in};
+}
+
+TEST(CudaEngine, ConvKernelFamiliesMatchTheCpuEngineOnRandomShapes) {
+  REQUIRE_CUDA();
+  int wgmma_steps = 0;
+  for (uint32_t seed = 0; seed < 48; ++seed) {
+    const RandomNet net = random_conv(seed);
+    const auto want = Engine(net.graph, Backend::cpu).run({net.input});
+    for (const char* family : {"wgmma", "mma"}) {
+      for (bool int8 : {false, true}) {
+        CudaEngineOptions o;
+        o.int8_storage = int8;
+        o.max_batch = 16;
+        o.conv_kernels = family;
+        CudaEngine gpu(net.graph, o);
+        const std::string what = fmt::format("{} {} {} ({})", net.graph.source, family, int8 ? "int8" : "native", gpu.conv_kernel_summary());
+        wgmma_steps += gpu.conv_kernel_summary().find("wgmma") != std::string::npos;
+        expect_identical(want, gpu.run({net.input}), what);
+      }
+    }
+  }
+  // On an sm_90 device the wgmma family must have run (elsewhere every step falls back to mma).
+  if (cuda_device_description()->find("sm_90") != std::string::npos) {
+    EXPECT_GT(wgmma_steps, 48);
+  }
+}
+
+// A narrow residual (4 bits, stored packed, or 7 bits) folded through a Requantize into a conv
+// of zero weights: the output is the requantized residual itself, so a wrong pack, unpack or
+// requantization shows directly.
+TEST(CudaEngine, NarrowResidualsMatchTheCpuEngine) {
+  REQUIRE_CUDA();
+  for (int bits : {3, 4, 7}) {
+    for (int64_t maps : {64, 256}) {
+      NetBuilder b(static_cast<uint32_t>(bits * 100 + maps), fmt::format("narrow residual {} bits {} maps", bits, maps));
+      b.g.inputs.push_back({"x", DType::u8, Shape{-1, 64, 9, 7}, {"N", "", "", ""}});
+      b.conv("feed", "x", 64, 64, {.wt = DType::s8, .bits = 4, .relu = true});
+      b.requantize_31("side_rq", b.conv("side", "feed", 64, maps, {.bits = bits, .sgn = true}), maps);
+      b.conv("probe", "feed", 64, maps, {.wmax = 0, .sgn = true, .residual = "side_rq"});
+      b.g.outputs.push_back({"probe", DType::s32, std::nullopt, {}});
+      Tensor in(DType::u8, {3, 64, 9, 7});
+      for (int64_t i = 0; i < in.numel(); ++i) in.set(i, b.uni(0, 255));
+      const auto want = Engine(b.g, Backend::cpu).run({in});
+      for (const char* family : {"wgmma", "mma"}) {
+        for (bool int8 : {false, true}) {
+          CudaEngineOptions o;
+          o.int8_storage = int8;
+          o.conv_kernels = family;
+          CudaEngine gpu(b.g, o);
+          expect_identical(want, gpu.run({in}), fmt::format("{} {} {}", b.g.source, family, int8 ? "int8" : "native"));
+        }
+      }
+    }
+  }
+}
+
 TEST(CudaEngine, SeedModelGoldenLogitsAndRandomInputs) {
   REQUIRE_CUDA();
   if (!fs::exists(seed_dir() + "/model/model")) GTEST_SKIP() << "seed model not found at " << seed_dir();
@@ -263,19 +466,22 @@ TEST(CudaEngine, SeedModelGoldenLogitsAndRandomInputs) {
   std::mt19937 rng(9);
   for (size_t i = 2 * a.nbytes(); i < x.nbytes(); ++i) x.bytes()[i] = static_cast<uint8_t>(static_cast<int>(rng() % 255) - 127);
   const auto want = Engine(g, Backend::cpu).run({x});
+  for (const char* family : {"auto", "wgmma", "mma"}) {
   for (bool int8 : {false, true}) {
     CudaEngineOptions o;
     o.int8_storage = int8;
     o.max_batch = 4;
+    o.conv_kernels = family;
     CudaEngine gpu(g, o);
     const auto got = gpu.run({x});
-    expect_identical(want, got, int8 ? "seed int8 storage" : "seed native");
+    expect_identical(want, got, fmt::format("seed {} storage, {} kernels ({})", int8 ? "int8" : "native", family, gpu.conv_kernel_summary()));
     const Tensor ga = read_npy(seed_dir() + "/golden/image_a_logits_s32.npy");
     const Tensor gb = read_npy(seed_dir() + "/golden/image_b_logits_s32.npy");
     for (int64_t k = 0; k < 1000; ++k) {
       ASSERT_EQ(got[0].get(k), ga.get(k)) << "golden image a, class " << k;
       ASSERT_EQ(got[0].get(1000 + k), gb.get(k)) << "golden image b, class " << k;
     }
+  }
   }
 }
 
@@ -287,7 +493,7 @@ TEST(CudaEngine, PtqModelsMatchTheCpuEngineExactly) {
   Tensor x(DType::f32, {40, 1, 28, 28});
   for (int64_t i = 0; i < x.numel(); ++i) x.data<float>()[i] = std::uniform_real_distribution<float>(0, 1)(rng);
   for (const char* model : {"fmnist_resnet.onnx", "fmnist_resnet50.onnx"}) {
-    const Graph fp32 = load_model(std::string(NIBBLE_SOURCE_DIR) + "/models/" + model);
+    const Graph fp32 = load_model(testing_util::source_dir() + "/models/" + model);
     quant::RangeObserver obs(fp32);
     obs.observe_ranges(x);
     obs.start_histograms();

@@ -23,9 +23,9 @@ namespace {
 namespace fs = std::filesystem;
 
 // Debian's python3-skimage sample photographs (data/README.md); tests that need them skip without.
-const std::string kSkimageData = std::string(NIBBLE_SOURCE_DIR) + "/data/images/";
+const std::string kSkimageData = testing_util::source_dir() + "/data/images/";
 const std::string kGolden =
-    std::string(NIBBLE_SOURCE_DIR) + "/../shared/models/mlperf-v0.5-int4-resnet50/golden/";
+    testing_util::source_dir() + "/../shared/models/mlperf-v0.5-int4-resnet50/golden/";
 
 
 using testing_util::error_of;
@@ -408,7 +408,7 @@ TEST(ImagePreprocess, MatchesTheSeedModelGoldenInputs) {
 
 TEST_F(ImageClassNames, ReadsTheImagenetList) {
   const std::vector<std::string> names =
-      read_class_names(std::string(NIBBLE_SOURCE_DIR) + "/data/imagenet_classes.txt");
+      read_class_names(testing_util::source_dir() + "/data/imagenet_classes.txt");
   ASSERT_EQ(names.size(), 1000u);
   EXPECT_EQ(names[0], "tench");
   EXPECT_EQ(names[285], "Egyptian cat");

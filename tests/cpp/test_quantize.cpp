@@ -23,7 +23,7 @@ namespace {
 
 using testing_util::error_of;
 
-const std::string kModel = std::string(NIBBLE_SOURCE_DIR) + "/models/fmnist_resnet.onnx";
+const std::string kModel = testing_util::source_dir() + "/models/fmnist_resnet.onnx";
 
 // The first `n` Fashion-MNIST images of a split, N x 1 x 28 x 28 in [0, 1].
 Tensor images(int64_t n, const std::string& split) {

@@ -10,6 +10,7 @@
 
 #include "quant/quantize.h"
 #include "quant/requant.h"
+#include "test_util.h"
 
 namespace nibble {
 namespace {
@@ -22,7 +23,7 @@ std::vector<double> split_doubles(const std::string& text) {
 }
 
 TEST(RequantCases, EngineMatchesTheSharedVectors) {
-  std::ifstream in(std::string(NIBBLE_SOURCE_DIR) + "/tests/data/requant_cases.txt");
+  std::ifstream in(testing_util::source_dir() + "/tests/data/requant_cases.txt");
   ASSERT_TRUE(in) << "tests/data/requant_cases.txt is missing";
   int requant = 0, choose = 0;
   for (std::string line; std::getline(in, line);) {

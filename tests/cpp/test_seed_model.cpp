@@ -8,13 +8,14 @@
 #include "nibble/engine.h"
 #include "nibble/model_loader.h"
 #include "nibble/npy.h"
+#include "test_util.h"
 
 namespace nibble {
 namespace {
 
 namespace fs = std::filesystem;
 
-const std::string kSeedDir = std::string(NIBBLE_SOURCE_DIR) + "/../shared/models/mlperf-v0.5-int4-resnet50";
+const std::string kSeedDir = testing_util::source_dir() + "/../shared/models/mlperf-v0.5-int4-resnet50";
 
 class SeedModel : public ::testing::Test {
  protected:

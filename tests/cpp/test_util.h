@@ -3,12 +3,20 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 
 #include "nibble/error.h"
 
 namespace nibble::testing_util {
+
+// The source tree: $NIBBLE_SOURCE_DIR when set (a binary copied to another machine), else the
+// tree the tests were built from.
+inline std::string source_dir() {
+  const char* env = std::getenv("NIBBLE_SOURCE_DIR");
+  return env && *env ? env : NIBBLE_SOURCE_DIR;
+}
 
 // The message of the nibble::Error that `f` throws; every message must be a single line.
 template <typename F>

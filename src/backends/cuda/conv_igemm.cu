@@ -16,6 +16,7 @@
 #include <algorithm>
 
 #include "backends/cuda/common.cuh"
+#include "backends/cuda/epilogue.cuh"
 #include "backends/cuda/kernels.cuh"
 
 namespace nibble::cuda {
@@ -80,10 +81,6 @@ __device__ __forceinline__ uint32_t widen_hi(uint32_t v) {
   return kA == Storage::s4 ? sext4(hi_u4(v)) : hi_u4(v);
 }
 
-__device__ __forceinline__ int32_t wrap_add(int32_t a, int32_t b) {
-  return static_cast<int32_t>(static_cast<uint32_t>(a) + static_cast<uint32_t>(b));
-}
-
 template <int BM, int BN, Storage kA, ConvLoad kLoad>
 struct Tile {
   static constexpr bool kPacked = kA == Storage::u4 || kA == Storage::s4;
@@ -106,54 +103,6 @@ struct Tile {
   static constexpr int kBCopies = BN * kBPerRow / kThreads;
   static_assert(BM * kAPerRow % kThreads == 0 && BN * kBPerRow % kThreads == 0, "copies must divide evenly");
 };
-
-// Stores eight consecutive elements as `s` (values already in range).
-__device__ __forceinline__ void store8(uint8_t* row, int c0, Storage s, const int32_t (&v)[8]) {
-  switch (s) {
-    case Storage::u4:
-    case Storage::s4: {
-      uint32_t w = 0;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) w |= (static_cast<uint32_t>(v[j]) & 0xFu) << (4 * j);
-      *reinterpret_cast<uint32_t*>(row + c0 / 2) = w;
-      break;
-    }
-    case Storage::u8:
-    case Storage::s8: {
-      uint32_t w0 = 0, w1 = 0;
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        w0 |= (static_cast<uint32_t>(v[j]) & 0xFFu) << (8 * j);
-        w1 |= (static_cast<uint32_t>(v[j + 4]) & 0xFFu) << (8 * j);
-      }
-      *reinterpret_cast<uint32_t*>(row + c0) = w0;
-      *reinterpret_cast<uint32_t*>(row + c0 + 4) = w1;
-      break;
-    }
-    default: {
-      int32_t* p = reinterpret_cast<int32_t*>(row) + c0;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) p[j] = v[j];
-      break;
-    }
-  }
-}
-
-// One element of an NHWC row as `s` (the tail of a map range that is not a multiple of 8).
-__device__ __forceinline__ void store1(uint8_t* row, int c, Storage s, int32_t v) {
-  switch (s) {
-    case Storage::u4:
-    case Storage::s4: {
-      uint8_t& b = row[c >> 1];
-      const int sh = (c & 1) * 4;
-      b = static_cast<uint8_t>((b & ~(0xF << sh)) | ((v & 0xF) << sh));
-      break;
-    }
-    case Storage::u8:
-    case Storage::s8: row[c] = static_cast<uint8_t>(v); break;
-    default: reinterpret_cast<int32_t*>(row)[c] = v; break;
-  }
-}
 
 template <int BM, int BN, Storage kA, ConvLoad kLoad>
 __global__ void __launch_bounds__(Tile<BM, BN, kA, kLoad>::kThreads, Tile<BM, BN, kA, kLoad>::kMinBlocks)
@@ -373,49 +322,16 @@ __global__ void __launch_bounds__(Tile<BM, BN, kA, kLoad>::kThreads, Tile<BM, BN
   const int c0 = n0 + c8;
   if (c0 >= a.m) return;
   const bool full = c0 + 8 <= a.m;
-  // Bias and factors are padded to whole map blocks: 8 entries from c0 are always readable.
-  int32_t bias[8];
-  uint32_t fac[8], rfac[8];
-  {
-    const int4 b0 = *reinterpret_cast<const int4*>(a.bias + c0), b1 = *reinterpret_cast<const int4*>(a.bias + c0 + 4);
-    bias[0] = b0.x; bias[1] = b0.y; bias[2] = b0.z; bias[3] = b0.w;
-    bias[4] = b1.x; bias[5] = b1.y; bias[6] = b1.z; bias[7] = b1.w;
-    const uint4 f = a.factor ? *reinterpret_cast<const uint4*>(a.factor + c0) : make_uint4(0, 0, 0, 0);
-    const uint4 rf = a.res_factor ? *reinterpret_cast<const uint4*>(a.res_factor + c0) : make_uint4(0, 0, 0, 0);
-    const uint32_t fw[4] = {f.x, f.y, f.z, f.w}, rw[4] = {rf.x, rf.y, rf.z, rf.w};
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      fac[j] = (fw[j / 2] >> (16 * (j & 1))) & 0xFFFF;
-      rfac[j] = (rw[j / 2] >> (16 * (j & 1))) & 0xFFFF;
-    }
-  }
-  uint32_t sat[8];
-  if (a.sat) {
-    const uint4 t0 = *reinterpret_cast<const uint4*>(a.sat + c0), t1 = *reinterpret_cast<const uint4*>(a.sat + c0 + 4);
-    sat[0] = t0.x; sat[1] = t0.y; sat[2] = t0.z; sat[3] = t0.w;
-    sat[4] = t1.x; sat[5] = t1.y; sat[6] = t1.z; sat[7] = t1.w;
-  }
-  const int32_t lo = static_cast<int32_t>(a.lo), hi = static_cast<int32_t>(a.hi);
-  const int32_t rlo = static_cast<int32_t>(a.res_lo), rhi = static_cast<int32_t>(a.res_hi);
-  const uint32_t round = a.shift > 0 ? 1u << (a.shift - 1) : 0u;
-  const uint32_t res_round = a.res_shift > 0 ? 1u << (a.res_shift - 1) : 0u;
-  // Narrow residuals (4 or 8 bits) come as raw words, fetched for every unit up front.
-  const bool narrow_res = a.res && full && a.res_storage != Storage::s32;
+  MapGroup g;
+  load_map_group(a, c0, g);
+  const bool narrow_res = narrow_residual(a, full);
   uint32_t rw[kUnits][2];
 #pragma unroll
   for (int i = 0; i < kUnits; ++i) {
     const int row = tid / kGroups + i * (T::kThreads / kGroups);
     const int64_t p = m0 + row;
     rw[i][0] = rw[i][1] = 0;
-    if (narrow_res && p < a.pixels) {
-      const uint8_t* rrow = a.res + p * a.res_row;
-      if (a.res_storage == Storage::u4 || a.res_storage == Storage::s4) {
-        rw[i][0] = __ldg(reinterpret_cast<const uint32_t*>(rrow + c0 / 2));
-      } else {
-        rw[i][0] = __ldg(reinterpret_cast<const uint32_t*>(rrow + c0));
-        rw[i][1] = __ldg(reinterpret_cast<const uint32_t*>(rrow + c0 + 4));
-      }
-    }
+    if (narrow_res && p < a.pixels) load_residual_words(a, p, c0, rw[i]);
   }
 #pragma unroll
   for (int i = 0; i < kUnits; ++i) {
@@ -427,81 +343,7 @@ __global__ void __launch_bounds__(Tile<BM, BN, kA, kLoad>::kThreads, Tile<BM, BN
     const int4 hi4 = *reinterpret_cast<const int4*>(ctile + row * T::kCRow + c8 + 4);
     v[0] = lo4.x; v[1] = lo4.y; v[2] = lo4.z; v[3] = lo4.w;
     v[4] = hi4.x; v[5] = hi4.y; v[6] = hi4.z; v[7] = hi4.w;
-    // Each stage loops over the 8 maps with its condition tested once (uniform across the block).
-#pragma unroll
-    for (int j = 0; j < 8; ++j) v[j] = wrap_add(v[j], bias[j]);
-    if (a.res) {
-      int32_t r[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-      if (narrow_res) {
-        switch (a.res_storage) {
-          case Storage::u4:
-#pragma unroll
-            for (int j = 0; j < 8; ++j) r[j] = (rw[i][0] >> (4 * j)) & 0xF;
-            break;
-          case Storage::s4:
-#pragma unroll
-            for (int j = 0; j < 8; ++j) r[j] = static_cast<int32_t>(rw[i][0] << (28 - 4 * j)) >> 28;
-            break;
-          case Storage::u8:
-#pragma unroll
-            for (int j = 0; j < 8; ++j) r[j] = (rw[i][j / 4] >> (8 * (j & 3))) & 0xFF;
-            break;
-          default:
-#pragma unroll
-            for (int j = 0; j < 8; ++j) r[j] = static_cast<int32_t>(rw[i][j / 4] << (24 - 8 * (j & 3))) >> 24;
-            break;
-        }
-        // |narrow residual| <= 255 and factor < 2^16: the product fits 32 bits.
-        if (a.res_factor) {
-          if (a.res_storage == Storage::u4 || a.res_storage == Storage::u8) {
-            // Unsigned and below 2^8: (r x factor + round) >> shift fits 32 bits and is >= 0.
-#pragma unroll
-            for (int j = 0; j < 8; ++j) {
-              r[j] = static_cast<int32_t>(min((static_cast<uint32_t>(r[j]) * rfac[j] + res_round) >> a.res_shift,
-                                              static_cast<uint32_t>(rhi)));
-            }
-          } else {
-#pragma unroll
-            for (int j = 0; j < 8; ++j) r[j] = requantize_narrow(r[j], rfac[j], a.res_shift, rlo, rhi);
-          }
-        }
-      } else {
-        const uint8_t* rrow = a.res + p * a.res_row;
-        for (int j = 0; j < 8 && c0 + j < a.m; ++j) r[j] = load_element(rrow, c0 + j, a.res_storage);
-        if (a.res_factor) {
-#pragma unroll
-          for (int j = 0; j < 8; ++j) r[j] = requantize32(r[j], rfac[j], a.res_shift, rlo, rhi);
-        }
-      }
-#pragma unroll
-      for (int j = 0; j < 8; ++j) v[j] = wrap_add(v[j], r[j]);
-    }
-    if (a.relu) {
-#pragma unroll
-      for (int j = 0; j < 8; ++j) v[j] = v[j] > 0 ? v[j] : 0;
-    }
-    if (a.factor) {
-      if (a.sat && a.relu) {
-        // After ReLU nothing is negative: clamp, one multiply-add, shift, clamp.
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          const uint32_t x = min(static_cast<uint32_t>(v[j]), sat[j]);
-          v[j] = static_cast<int32_t>(min((x * fac[j] + round) >> a.shift, static_cast<uint32_t>(hi)));
-        }
-      } else if (a.sat) {
-#pragma unroll
-        for (int j = 0; j < 8; ++j) v[j] = requantize_saturating(v[j], fac[j], sat[j], a.shift, lo, hi);
-      } else {
-#pragma unroll
-        for (int j = 0; j < 8; ++j) v[j] = requantize32(v[j], fac[j], a.shift, lo, hi);
-      }
-    }
-    uint8_t* yrow = a.y + p * a.y_row;
-    if (full) {
-      store8(yrow, c0, a.y_storage, v);
-    } else {
-      for (int j = 0; j < 8 && c0 + j < a.m; ++j) store1(yrow, c0 + j, a.y_storage, v[j]);
-    }
+    finish_group(a, g, p, c0, full, narrow_res, rw[i], v);
   }
 }
 
@@ -551,7 +393,7 @@ const char* launch_storage(const ConvArgs& a, cudaStream_t stream) {
 
 }  // namespace
 
-const char* launch_conv(const ConvArgs& a, cudaStream_t stream) {
+const char* launch_conv_mma(const ConvArgs& a, cudaStream_t stream) {
   // Tile choice: the largest tile that still gives every multiprocessor work (132 on H100/H200).
   static int sms = [] {
     int dev = 0, n = 0;

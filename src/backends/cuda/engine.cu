@@ -26,6 +26,9 @@ namespace {
 // Device constants of one conv step.
 struct DevConv {
   const int8_t* weights = nullptr;
+  const int8_t* wide_weights = nullptr;  // the wgmma kernels' weights (nullptr: not uploaded)
+  int64_t wide_k = 0;
+  int kernel = -1;                       // index into the conv kernel table
   const int32_t* bias = nullptr;
   const uint16_t* factor = nullptr;
   const uint16_t* res_factor = nullptr;
@@ -66,6 +69,7 @@ struct CudaEngine::Impl {
   CudaEngineOptions options;
   Plan plan;
   std::string device;
+  int sm = 0;  // compute capability, major x 10 + minor
   uint8_t* constants = nullptr;
   std::vector<DevConv> convs;       // per step (unused entries for other steps)
   std::vector<float*> step_floats;  // per step: input scales or Scale's divisors
@@ -83,9 +87,14 @@ struct CudaEngine::Impl {
     NIBBLE_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     if (prop.major < 8) fail(graph.source, "{} (sm_{}{}) is too old: the CUDA backend needs sm_80 or newer", prop.name, prop.major, prop.minor);
     device = fmt::format("{} (sm_{}{})", prop.name, prop.major, prop.minor);
+    sm = prop.major * 10 + prop.minor;
+    if (options.conv_kernels != "auto" && options.conv_kernels != "wgmma" && options.conv_kernels != "mma") {
+      fail(graph.source, "unknown convolution kernel family '{}' (auto, wgmma or mma)", options.conv_kernels);
+    }
     NIBBLE_CUDA_CHECK(cudaSetDevice(0));
     plan = cuda::make_plan(graph, options.int8_storage ? cuda::StorageMode::int8 : cuda::StorageMode::native);
     upload_constants();
+    choose_kernels();
     const Value& in = plan.values[static_cast<size_t>(plan.input_value)];
     input_bytes_per_image = in.c * in.h * in.w * static_cast<int64_t>(dtype_storage_bytes(plan.input_dtype, 1));
     contexts.resize(static_cast<size_t>(std::max(1, options.contexts)));
@@ -114,7 +123,9 @@ struct CudaEngine::Impl {
       if (bytes) std::memcpy(host.data() + off, data, bytes);
       return off;
     };
-    struct Offsets { size_t w = 0, b = 0, f = SIZE_MAX, rf = SIZE_MAX, fl = SIZE_MAX, sat = SIZE_MAX; };
+    struct Offsets { size_t w = 0, b = 0, f = SIZE_MAX, rf = SIZE_MAX, fl = SIZE_MAX, sat = SIZE_MAX, wide = SIZE_MAX; };
+    // The wgmma kernels run on sm_90 only: elsewhere their weights are not uploaded.
+    const bool wgmma = sm == 90 && options.conv_kernels != "mma";
     std::vector<Offsets> offs(plan.steps.size());
     for (size_t s = 0; s < plan.steps.size(); ++s) {
       const Step& st = plan.steps[s];
@@ -122,6 +133,10 @@ struct CudaEngine::Impl {
       if (st.kind == StepKind::conv) {
         const auto& c = st.conv;
         o.w = put(c.weights.data(), c.weights.size());
+        if (wgmma) {
+          const std::vector<int8_t> wide = cuda::wgmma_weights(c, plan.values[static_cast<size_t>(st.x)]);
+          if (!wide.empty()) o.wide = put(wide.data(), wide.size());
+        }
         o.b = put(c.bias.data(), c.bias.size() * 4);
         if (!c.factor.empty()) o.f = put(c.factor.data(), c.factor.size() * 2);
         if (!c.res_factor.empty()) o.rf = put(c.res_factor.data(), c.res_factor.size() * 2);
@@ -143,6 +158,14 @@ struct CudaEngine::Impl {
       if (o.f != SIZE_MAX) convs[s].factor = reinterpret_cast<const uint16_t*>(constants + o.f);
       if (plan.steps[s].kind == StepKind::conv) {
         convs[s].weights = reinterpret_cast<const int8_t*>(constants + o.w);
+        const Value& x = plan.values[static_cast<size_t>(plan.steps[s].x)];
+        if (o.wide != SIZE_MAX) {
+          convs[s].wide_weights = reinterpret_cast<const int8_t*>(constants + o.wide);
+          convs[s].wide_k = plan.steps[s].conv.kh * plan.steps[s].conv.kw * x.row * 2;
+        } else if (wgmma && !cuda::is_packed(x.storage)) {
+          convs[s].wide_weights = convs[s].weights;  // 8-bit inputs: the same layout
+          convs[s].wide_k = plan.steps[s].conv.k_pad;
+        }
         convs[s].bias = reinterpret_cast<const int32_t*>(constants + o.b);
         if (o.sat != SIZE_MAX) convs[s].sat = reinterpret_cast<const uint32_t*>(constants + o.sat);
         if (o.rf != SIZE_MAX) convs[s].res_factor = reinterpret_cast<const uint16_t*>(constants + o.rf);
@@ -167,8 +190,67 @@ struct CudaEngine::Impl {
     for (cudaEvent_t& e : c.ev) NIBBLE_CUDA_CHECK(cudaEventCreate(&e));
   }
 
-  uint8_t* value_ptr(const Context& c, int v, int64_t batch) const {
-    return c.arena + plan.values[static_cast<size_t>(v)].arena_offset * batch;
+  uint8_t* value_ptr(const Context& c, int v, int64_t batch) const { return value_ptr(c.arena, v, batch); }
+  uint8_t* value_ptr(uint8_t* arena, int v, int64_t batch) const {
+    return arena + plan.values[static_cast<size_t>(v)].arena_offset * batch;
+  }
+
+  // The kernel arguments of conv step `s` for `batch` images in `arena`.
+  cuda::ConvArgs conv_args(uint8_t* arena, size_t s, int64_t batch) const {
+    const Step& st = plan.steps[s];
+    const Value& x = plan.values[static_cast<size_t>(st.x)];
+    const Value& y = plan.values[static_cast<size_t>(st.y)];
+    const auto& k = st.conv;
+    cuda::ConvArgs a;
+    a.x = value_ptr(arena, st.x, batch);
+    a.x_storage = x.storage;
+    a.x_row = x.row;
+    a.h = static_cast<int>(x.h);
+    a.w = static_cast<int>(x.w);
+    a.oh = static_cast<int>(y.h);
+    a.ow = static_cast<int>(y.w);
+    a.pixels = batch * y.h * y.w;
+    a.kh = k.kh; a.kw = k.kw; a.sh = k.sh; a.sw = k.sw; a.ph = k.ph; a.pw = k.pw; a.dh = k.dh; a.dw = k.dw;
+    a.weights = convs[s].weights;
+    a.k_bytes = k.k_bytes;
+    a.k_pad = k.k_pad;
+    a.m = static_cast<int>(k.m);
+    a.m_pad = k.m_pad;
+    a.wide_weights = convs[s].wide_weights;
+    a.wide_k = convs[s].wide_k;
+    a.load = k.load;
+    a.bias = convs[s].bias;
+    a.relu = k.relu;
+    a.factor = convs[s].factor;
+    a.sat = convs[s].sat;
+    a.shift = k.shift;
+    a.lo = k.lo;
+    a.hi = k.hi;
+    a.y = value_ptr(arena, st.y, batch);
+    a.y_storage = y.storage;
+    a.y_row = y.row;
+    if (k.res >= 0) {
+      const Value& r = plan.values[static_cast<size_t>(k.res)];
+      a.res = value_ptr(arena, k.res, batch);
+      a.res_storage = r.storage;
+      a.res_row = r.row;
+      a.res_factor = convs[s].res_factor;
+      a.res_shift = k.res_shift;
+      a.res_lo = k.res_lo;
+      a.res_hi = k.res_hi;
+    }
+    return a;
+  }
+
+  // One kernel per conv step from the table, for the largest batch (the choice depends on the
+  // layer, the device and the requested family, not on the batch).
+  void choose_kernels() {
+    for (size_t s = 0; s < plan.steps.size(); ++s) {
+      if (plan.steps[s].kind != StepKind::conv) continue;
+      const cuda::ConvArgs a = conv_args(nullptr, s, options.max_batch);
+      convs[s].kernel = cuda::choose_conv_kernel(a, sm, options.conv_kernels.c_str());
+      if (convs[s].kernel < 0) fail(graph.source, "no convolution kernel takes {} on {}", plan.steps[s].name, device);
+    }
   }
 
   // Launches step `s` for `batch` images on the context's stream; returns the kernel's name.
@@ -182,44 +264,9 @@ struct CudaEngine::Impl {
                            value_ptr(c, st.y, batch), y.storage, y.row, c.stream);
         return "input_nchw_to_nhwc";
       case StepKind::conv: {
-        const Value& x = plan.values[static_cast<size_t>(st.x)];
-        const auto& k = st.conv;
-        cuda::ConvArgs a;
-        a.x = value_ptr(c, st.x, batch);
-        a.x_storage = x.storage;
-        a.x_row = x.row;
-        a.h = static_cast<int>(x.h);
-        a.w = static_cast<int>(x.w);
-        a.oh = static_cast<int>(y.h);
-        a.ow = static_cast<int>(y.w);
-        a.pixels = batch * y.h * y.w;
-        a.kh = k.kh; a.kw = k.kw; a.sh = k.sh; a.sw = k.sw; a.ph = k.ph; a.pw = k.pw; a.dh = k.dh; a.dw = k.dw;
-        a.weights = convs[s].weights;
-        a.k_bytes = k.k_bytes;
-        a.k_pad = k.k_pad;
-        a.m = static_cast<int>(k.m);
-        a.load = k.load;
-        a.bias = convs[s].bias;
-        a.relu = k.relu;
-        a.factor = convs[s].factor;
-        a.sat = convs[s].sat;
-        a.shift = k.shift;
-        a.lo = k.lo;
-        a.hi = k.hi;
-        a.y = value_ptr(c, st.y, batch);
-        a.y_storage = y.storage;
-        a.y_row = y.row;
-        if (k.res >= 0) {
-          const Value& r = plan.values[static_cast<size_t>(k.res)];
-          a.res = value_ptr(c, k.res, batch);
-          a.res_storage = r.storage;
-          a.res_row = r.row;
-          a.res_factor = convs[s].res_factor;
-          a.res_shift = k.res_shift;
-          a.res_lo = k.res_lo;
-          a.res_hi = k.res_hi;
-        }
-        return cuda::launch_conv(a, c.stream);
+        int count = 0;
+        const cuda::ConvKernel* table = cuda::conv_kernels(&count);
+        return table[convs[s].kernel].launch(conv_args(c.arena, s, batch), c.stream);
       }
       case StepKind::max_pool: {
         const Value& x = plan.values[static_cast<size_t>(st.x)];
@@ -428,6 +475,17 @@ std::string CudaEngine::storage_summary() const {
   std::map<std::string, int> counts;
   for (const Value& v : impl_->plan.values) {
     if (v.def >= 0) counts[cuda::storage_name(v.storage)] += 1;
+  }
+  std::string s;
+  for (const auto& [k, n] : counts) s += fmt::format("{}{} x{}", s.empty() ? "" : ", ", k, n);
+  return s;
+}
+std::string CudaEngine::conv_kernel_summary() const {
+  int count = 0;
+  const cuda::ConvKernel* table = cuda::conv_kernels(&count);
+  std::map<std::string, int> counts;
+  for (const DevConv& c : impl_->convs) {
+    if (c.kernel >= 0) counts[table[c.kernel].family] += 1;
   }
   std::string s;
   for (const auto& [k, n] : counts) s += fmt::format("{}{} x{}", s.empty() ? "" : ", ", k, n);

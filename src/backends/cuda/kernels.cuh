@@ -21,6 +21,11 @@ struct ConvArgs {
   const int8_t* weights = nullptr;  // m_pad x k_pad
   int64_t k_bytes = 0, k_pad = 0;
   int m = 0;
+  int64_t m_pad = 0;
+  // The wgmma kernels' s8 weights (m_pad x wide_k): the same as `weights` for 8-bit inputs,
+  // widened and permuted for 4-bit ones (wgmma_weights in plan.h); nullptr where not uploaded.
+  const int8_t* wide_weights = nullptr;
+  int64_t wide_k = 0;
   ConvLoad load = ConvLoad::vec;
   const int32_t* bias = nullptr;
   bool relu = false;
@@ -39,8 +44,33 @@ struct ConvArgs {
   int64_t res_lo = 0, res_hi = 0;
 };
 
-// Launches the implicit-GEMM tensor-core kernel that fits the problem; returns its name.
-const char* launch_conv(const ConvArgs& a, cudaStream_t stream);
+// ---- the convolution kernel table ----
+// One entry per kernel family, in order of preference. An entry is keyed by what it reads (the
+// input storages it takes, the load mode) and the compute capabilities it runs on; `fits`
+// checks the shape limits beyond the key. Every family computes the same function exactly:
+// bias, residual, ReLU and requantization fused, any output storage. Adding a variant is one
+// entry here and its .cu file.
+struct ConvKernel {
+  const char* family;  // "wgmma" (sm_90a: TMA + warpgroup MMA), "mma" (mma.sync, sm_80 and newer)
+  ConvLoad load;
+  uint32_t x_storages;  // bit (1 << Storage) per input storage taken
+  int min_sm, max_sm;   // compute capability as major x 10 + minor
+  bool needs_wide_weights;
+  bool (*fits)(const ConvArgs&);
+  bool (*preferred)(const ConvArgs&);  // "auto" takes the entry only where this holds (nullptr: always)
+  const char* (*launch)(const ConvArgs&, cudaStream_t);  // returns the variant's name
+};
+const ConvKernel* conv_kernels(int* count);
+// The first kernel of the table that takes `a` on a device of compute capability `sm`;
+// `family` "auto" takes any where it is also preferred, otherwise only that family wherever it
+// fits (with "mma" as the fallback). Returns the table index.
+int choose_conv_kernel(const ConvArgs& a, int sm, const char* family);
+
+// The families' launchers (conv_igemm.cu, conv_wgmma.cu).
+const char* launch_conv_mma(const ConvArgs& a, cudaStream_t stream);
+bool wgmma_conv_fits(const ConvArgs& a);
+bool wgmma_conv_preferred(const ConvArgs& a);
+const char* launch_conv_wgmma(const ConvArgs& a, cudaStream_t stream);
 
 // NCHW host dtype (u8, s8 or f32 quantized by `scale`) to NHWC `storage` rows (u8 or s8).
 void launch_input(const void* src, DType src_dtype, int64_t batch, int64_t c, int64_t h, int64_t w,

@@ -427,7 +427,7 @@ class Planner {
     plan_.steps.push_back(std::move(st));
   }
 
-  // Packs 4-bit activations where every reader takes them: convs with s4 weights whose input
+  // Packs 4-bit activations (unsigned 4-bit, signed 3-bit) where every reader takes them: convs with s4 weights whose input
   // channels fill whole K tiles, max pools (whose output then packs too) and residual reads.
   void choose_storage() {
     const size_t nv = plan_.values.size();
@@ -439,7 +439,10 @@ class Planner {
         const int def = producer(static_cast<int>(v));
         const bool writer = def >= 0 && (plan_.steps[static_cast<size_t>(def)].kind == StepKind::conv ||
                                          plan_.steps[static_cast<size_t>(def)].kind == StepKind::max_pool);
-        packed[v] = writer && val.bits <= 4 && (val.storage == Storage::u8 || val.storage == Storage::s8);
+        // A nibble holds unsigned values of up to 4 bits and signed ones of up to 3 (a signed
+        // b-bit value spans [-(2^b - 1), 2^b - 1]: signed 4-bit needs 5 bits).
+        const bool fits = val.storage == Storage::u8 ? val.bits <= 4 : (val.storage == Storage::s8 && val.bits <= 3);
+        packed[v] = writer && fits;
       }
       for (const ValueInfo& o : g_.outputs) packed[static_cast<size_t>(names_.at(o.name))] = 0;
       for (bool changed = true; changed;) {
@@ -609,6 +612,25 @@ class Planner {
 }  // namespace
 
 Plan make_plan(const Graph& graph, StorageMode mode) { return Planner(graph, mode).run(); }
+
+std::vector<int8_t> wgmma_weights(const ConvStep& c, const Value& x) {
+  if (!is_packed(x.storage) || c.load != ConvLoad::vec || x.row % 32 != 0) return {};
+  const int64_t taps = int64_t{c.kh} * c.kw, chunks = x.row / 32, wide_k = taps * chunks * 64;
+  std::vector<int8_t> out(static_cast<size_t>(c.m_pad * wide_k), 0);
+  for (int64_t m = 0; m < c.m_pad; ++m) {
+    const uint8_t* src = reinterpret_cast<const uint8_t*>(c.weights.data()) + m * c.k_pad;
+    int8_t* dst = out.data() + m * wide_k;
+    for (int64_t tap = 0; tap < taps; ++tap) {
+      for (int64_t cc = 0; cc < chunks; ++cc) {
+        for (int slot = 0; slot < 64; ++slot) {
+          const int64_t ch = cc * 64 + wgmma_channel(slot);
+          dst[(tap * chunks + cc) * 64 + slot] = static_cast<int8_t>(unpack_s4(src + tap * x.row, ch));
+        }
+      }
+    }
+  }
+  return out;
+}
 
 std::vector<uint32_t> saturation_thresholds(const std::vector<uint16_t>& factor, int shift, int64_t lo, int64_t hi) {
   const uint64_t top = static_cast<uint64_t>(std::max(hi, -lo));

@@ -132,6 +132,18 @@ Plan make_plan(const Graph& graph, StorageMode mode);
 // empty when some map's product would not fit 32 bits.
 std::vector<uint32_t> saturation_thresholds(const std::vector<uint16_t>& factor, int shift, int64_t lo, int64_t hi);
 
+// The wgmma kernels' weights of a vec-mode conv with a 4-bit input (ConvArgs::wide_weights):
+// s8, m_pad x (kh x kw x 2 x row) bytes, per tap 64-channel chunks whose 64 k slots follow the
+// order in which the kernel widens packed activations (wgmma_channel). Empty for 8-bit inputs,
+// whose weights the kernels read as they are.
+std::vector<int8_t> wgmma_weights(const ConvStep& conv, const Value& x);
+// The input channel (within its 64-channel chunk) of k slot `slot` (0..63) of that layout: slot
+// 32 x half + 16 x nibble + 4 x t + j holds channel 32 x half + 8 x t + 2 x j + nibble.
+inline int wgmma_channel(int slot) {
+  const int half = slot / 32, q = slot % 32, nibble = q / 16, t = (q % 16) / 4, j = q % 4;
+  return 32 * half + 8 * t + 2 * j + nibble;
+}
+
 // Host-side layout conversions (the device kernels follow the same layouts):
 // `t` (N x C [x H x W] of integer dtype) to NHWC rows of `storage`.
 std::vector<uint8_t> to_device_layout(const Tensor& t, Storage storage);

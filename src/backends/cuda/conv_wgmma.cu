@@ -1,0 +1,588 @@
+// The fused integer convolution on Hopper's warpgroup MMA (wgmma, sm_90a), NHWC, as an implicit
+// GEMM: rows are output pixels (batch x OH x OW), columns output maps, the reduction runs over
+// (kh, kw, input channels).
+//
+// Block: three warpgroups. Warpgroup 0 is the producer: one thread drives the tensor memory
+// accelerator, which gathers each activation tile in im2col mode (128 consecutive output pixels,
+// one filter tap, 64 channels; padding and image borders read zeros) and each weight tile in
+// tiled mode, into a ring of shared-memory stages guarded by mbarriers. Warpgroups 1 and 2 are
+// the consumers: each multiplies its 64 pixel rows of the stage by the BN maps with wgmma
+// (m64 x BN x k32, s32 accumulators in registers), then runs the fused epilogue. The grid is
+// persistent: every block walks tiles blockIdx.x, + gridDim.x, ..., maps fastest, so the producer
+// fetches the next tile while the consumers finish the current one.
+//
+// 8-bit activations go to the tensor cores straight from shared memory (64-byte swizzle). 4-bit
+// activations are copied as stored (32 bytes per 64 channels, 32-byte swizzle); each consumer
+// loads its fragment with ldmatrix and widens it to 8 bits in registers (wgmma with A from
+// registers). A fragment register of 4 packed bytes holds 8 channels: its low nibbles feed k
+// slots [4t, 4t+4) and its high nibbles [16+4t, 16+4t+4). The weights of a 4-bit input are
+// stored widened to s8 with the same permutation of k (wgmma_weights in plan.cpp), so the dot
+// product is unchanged: exact.
+//
+// Epilogue: per 64-map chunk each consumer stages its s32 accumulators in shared memory, then
+// every thread handles 8 consecutive maps of one pixel (epilogue.cuh), coalesced across the
+// warp. Where the residual is narrow (or absent) the producer also copies each tile's residual
+// tile and per-map constants (bias, thresholds, factors) into a double buffer ahead of the
+// epilogue (`prefetch`); otherwise the epilogue reads them from global memory (`staged`).
+// The 4-bit path waits for its MMAs before the next stage's A fragments are loaded: the
+// tensor cores read them from registers until they complete.
+#include <cuda.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <mutex>
+#include <string>
+
+#include "backends/cuda/common.cuh"
+#include "backends/cuda/epilogue.cuh"
+#include "backends/cuda/kernels.cuh"
+#include "backends/cuda/wgmma.cuh"
+
+// The sm_80 pass compiles the kernels' bodies away (they need sm_90a): their tile constants
+// are then unreferenced, which is expected.
+#pragma nv_diag_suppress 177
+
+namespace nibble::cuda {
+
+namespace {
+
+constexpr int kBM = 128;       // pixels per tile: two consumer warpgroups of 64 rows
+constexpr int kThreads = 384;  // producer + two consumers
+constexpr int kEpiCols = 64;   // maps per chunk of the staged epilogue
+constexpr int kEpiRow = kEpiCols + 8;  // its s32 row, padded: conflict-free fragment stores
+constexpr int kSmemLimit = 232448;     // the largest dynamic shared memory of a Hopper block
+
+// Epilogue modes. Both stage each 64-map chunk of s32 accumulators in shared memory and run the
+// 8-maps-per-thread epilogue of epilogue.cuh on it. `prefetch` (narrow or no residuals, 8- or
+// 4-bit outputs in rows of whole 16 bytes) has the producer copy each tile's residual tile and
+// per-map constants into a double buffer ahead of time; `staged` (anything else) reads them
+// from global memory.
+enum class Epi { staged, prefetch };
+
+template <int BN, Storage kA, Epi kE>
+struct WgTile {
+  static constexpr bool kPacked = kA == Storage::u4 || kA == Storage::s4;
+  static constexpr bool kUnsignedA = kA == Storage::u8 || kA == Storage::u4;
+  static constexpr int kARow = kPacked ? 32 : 64;  // bytes of one pixel's 64 channels
+  static constexpr int kABytes = kBM * kARow;
+  static constexpr int kBBytes = BN * 64;          // 64 s8 weights per map
+  static constexpr int kStageBytes = kABytes + kBBytes;
+  // Staging of the accumulators (64 rows x 64 maps per consumer); prefetch: two residual tiles
+  // (128 rows, up to BN bytes) and two sets of per-map constants (bias s32, sat u32, factor u16,
+  // residual factor u16).
+  static constexpr int kStageEpi = 2 * 64 * kEpiRow * 4;
+  static constexpr int kResBytes = kE == Epi::prefetch ? 2 * kBM * BN : 0;
+  static constexpr int kParBytes = kE == Epi::prefetch ? 2 * 12 * BN : 0;
+  static constexpr int kEpiBytes = kStageEpi + kResBytes + kParBytes;
+  static constexpr int kFixed = kEpiBytes + 1024 + 512;  // + alignment slack + barriers
+  static constexpr int kStagesFit = (kSmemLimit - kFixed) / kStageBytes;
+  static constexpr int kStages = kStagesFit > 8 ? 8 : kStagesFit;
+  static constexpr int kEpiOffset = kStages * kStageBytes;
+  static constexpr int kResOffset = kEpiOffset + kStageEpi;
+  static constexpr int kParOffset = kResOffset + kResBytes;
+  static constexpr int kBarOffset = kEpiOffset + kEpiBytes;
+  static constexpr int kSmem = kBarOffset + 512 + 1024;
+  static_assert(kABytes % 1024 == 0 && kBBytes % 1024 == 0, "stages must keep the swizzle alignment");
+  static_assert(kStages >= 3, "too few pipeline stages");
+  static_assert(kResOffset % 1024 == 0, "residual tiles keep the swizzle alignment");
+  static_assert(kSmem <= kSmemLimit, "shared memory");
+};
+
+// 4 packed bytes -> their low and their high nibbles as 4 bytes, zero- or sign-extended.
+template <bool kSigned>
+__device__ __forceinline__ uint32_t widen_lo(uint32_t v) {
+  const uint32_t b = v & 0x0F0F0F0Fu;
+  return kSigned ? __vsub4(b ^ 0x08080808u, 0x08080808u) : b;
+}
+template <bool kSigned>
+__device__ __forceinline__ uint32_t widen_hi(uint32_t v) {
+  const uint32_t b = (v >> 4) & 0x0F0F0F0Fu;
+  return kSigned ? __vsub4(b ^ 0x08080808u, 0x08080808u) : b;
+}
+
+struct WgShape {
+  int k_iters;   // kh x kw x channel chunks
+  int c_chunks;  // 64-channel chunks of the input row
+  int n_tiles;   // map tiles
+  int tiles;     // pixel tiles x map tiles
+  int res_bytes, res_width, res_lw;  // prefetch: residual bytes of a map tile, of one box, log2 of that (0: none)
+  int par_bytes[4];                  // prefetch: bytes per map of bias, sat, factor, residual factor (0: none)
+};
+
+// Byte `c` (< BN bytes) of row `r` of a tile of `rows` rows stored as boxes of 2^lw bytes under
+// the copy engine's swizzle of that width; `x` is the row's swizzle pattern (swizzle_of).
+__device__ __forceinline__ uint32_t box_offset(int r, int c, int rows, int lw, int x) {
+  const int width = 1 << lw;
+  const int cc = c & (width - 1);
+  return static_cast<uint32_t>((((c >> lw) * rows + r) << lw) + ((((cc >> 4) ^ x)) << 4) + (cc & 15));
+}
+// The swizzle pattern of rows r with r & 7 == g (the copy engine XORs the 16-byte chunk index with the row bits above the span), for boxes of 2^lw bytes.
+__device__ __forceinline__ int swizzle_of(int g, int lw) { return lw == 7 ? g : (lw == 6 ? (g >> 1) & 3 : (g >> 2) & 1); }
+
+// The epilogue of one staged 64-map chunk (from map `cmap` of the tile) of one consumer's 64
+// rows: each thread takes maps (tid % 8) x 8.. of 4 rows. prefetch: the tile's residual and
+// constants (BN maps) are in shared memory.
+template <bool kPre>
+__device__ __forceinline__ void epilogue_chunk(const ConvArgs& a, const WgShape& shape, const int32_t* epi, int64_t row0,
+                                               int tile_map0, int cmap, int bn, int tid, int cw, const uint8_t* res,
+                                               const uint8_t* par) {
+  const int grp = tid & 7;
+  const int cl = cmap + grp * 8;  // within the tile
+  const int c0 = tile_map0 + cl;
+  if (c0 >= a.m) return;
+  const bool full = c0 + 8 <= a.m;
+  MapGroup mg;
+  if (kPre) {
+    const int4 b0 = *reinterpret_cast<const int4*>(par + 4 * cl), b1 = *reinterpret_cast<const int4*>(par + 4 * cl + 16);
+    mg.bias[0] = b0.x; mg.bias[1] = b0.y; mg.bias[2] = b0.z; mg.bias[3] = b0.w;
+    mg.bias[4] = b1.x; mg.bias[5] = b1.y; mg.bias[6] = b1.z; mg.bias[7] = b1.w;
+    if (a.sat) {
+      const uint4 t0 = *reinterpret_cast<const uint4*>(par + 4 * bn + 4 * cl), t1 = *reinterpret_cast<const uint4*>(par + 4 * bn + 4 * cl + 16);
+      mg.sat[0] = t0.x; mg.sat[1] = t0.y; mg.sat[2] = t0.z; mg.sat[3] = t0.w;
+      mg.sat[4] = t1.x; mg.sat[5] = t1.y; mg.sat[6] = t1.z; mg.sat[7] = t1.w;
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) mg.sat[j] = 0;
+    }
+    const uint4 f = *reinterpret_cast<const uint4*>(par + 8 * bn + 2 * cl);
+    const uint4 rf = shape.par_bytes[3] ? *reinterpret_cast<const uint4*>(par + 10 * bn + 2 * cl) : make_uint4(0, 0, 0, 0);
+    const uint32_t fw[4] = {f.x, f.y, f.z, f.w}, rwd[4] = {rf.x, rf.y, rf.z, rf.w};
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      mg.fac[j] = (fw[j / 2] >> (16 * (j & 1))) & 0xFFFF;
+      mg.rfac[j] = (rwd[j / 2] >> (16 * (j & 1))) & 0xFFFF;
+    }
+  } else {
+    load_map_group(a, c0, mg);
+  }
+  const bool narrow_res = narrow_residual(a, full);
+  const bool four = a.res_storage == Storage::u4 || a.res_storage == Storage::s4;
+  uint32_t rw[4][2];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int row = (tid >> 3) + 16 * i;
+    const int64_t p = row0 + row;
+    rw[i][0] = rw[i][1] = 0;
+    if (narrow_res && p < a.pixels) {
+      if (kPre) {
+        const int r = cw * 64 + row;
+        const uint8_t* src = res + box_offset(r, four ? cl / 2 : cl, kBM, shape.res_lw, swizzle_of(r & 7, shape.res_lw));
+        rw[i][0] = *reinterpret_cast<const uint32_t*>(src);
+        if (!four) rw[i][1] = *reinterpret_cast<const uint32_t*>(src + 4);
+      } else {
+        load_residual_words(a, p, c0, rw[i]);
+      }
+    }
+  }
+  // The 8 threads of a row read their two halves in an order that spreads them over all banks.
+  const int h0 = (grp >> 2) & 1;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int row = (tid >> 3) + 16 * i;
+    const int64_t p = row0 + row;
+    if (p >= a.pixels) continue;
+    const int32_t* src = epi + row * kEpiRow + grp * 8;
+    const int4 first = *reinterpret_cast<const int4*>(src + 4 * h0);
+    const int4 second = *reinterpret_cast<const int4*>(src + 4 * (1 - h0));
+    const int4 lo4 = h0 ? second : first, hi4 = h0 ? first : second;
+    int32_t v[8] = {lo4.x, lo4.y, lo4.z, lo4.w, hi4.x, hi4.y, hi4.z, hi4.w};
+    finish_group(a, mg, p, c0, full, narrow_res, rw[i], v);
+  }
+}
+
+// The same as a call: the kernels of 256-map tiles run it four times per tile, and one copy of
+// this branchy code keeps the instruction cache warm (inlined four times, the warps stalled on
+// instruction fetch half of the time).
+template <bool kPre>
+__device__ __noinline__ void epilogue_chunk_call(const ConvArgs& a, const WgShape& shape, const int32_t* epi,
+                                                 int64_t row0, int tile_map0, int cmap, int bn, int tid, int cw,
+                                                 const uint8_t* res, const uint8_t* par) {
+  epilogue_chunk<kPre>(a, shape, epi, row0, tile_map0, cmap, bn, tid, cw, res, par);
+}
+
+template <int BN, Storage kA, Epi kE>
+__global__ void __launch_bounds__(kThreads, 1)
+    conv_wgmma_kernel(const __grid_constant__ CUtensorMap tma_x, const __grid_constant__ CUtensorMap tma_w,
+                      const __grid_constant__ CUtensorMap tma_r, const __grid_constant__ ConvArgs a,
+                      const __grid_constant__ WgShape shape) {
+#if NIBBLE_SM90A
+  using namespace sm90;
+  using T = WgTile<BN, kA, kE>;
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + T::kBarOffset);
+  uint64_t* empty = full + T::kStages;
+  uint64_t* rfull = empty + T::kStages;  // prefetch: residual tile and constants of a tile arrived
+  uint64_t* rempty = rfull + 2;          // prefetch: both consumers are done with them
+  const int wg = threadIdx.x / 128;
+  const int tid = threadIdx.x % 128;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < T::kStages; ++s) {
+      mbar_init(&full[s], 1);   // the producer's arrive (plus the copies' bytes)
+      mbar_init(&empty[s], 2);  // one arrive per consumer warpgroup
+    }
+    for (int b = 0; b < 2; ++b) {
+      mbar_init(&rfull[b], 1);
+      mbar_init(&rempty[b], 2);
+    }
+    mbar_fence_init();
+  }
+  __syncthreads();
+  const int plane = a.oh * a.ow;
+
+  if (wg == 0) {
+    setmaxnreg_dec<40>();
+    if (tid == 0) {
+      tma_prefetch_map(&tma_x);
+      tma_prefetch_map(&tma_w);
+      int stage = 0, local = 0;
+      uint32_t phase = 0;
+      for (int tile = blockIdx.x; tile < shape.tiles; tile += gridDim.x, ++local) {
+        const int mt = tile / shape.n_tiles, nt = tile - mt * shape.n_tiles;
+        if constexpr (kE == Epi::prefetch) {
+          // The epilogue's inputs first: they are needed last but must not wait behind the mainloop.
+          const int b = local & 1;
+          mbar_wait(&rempty[b], ((local >> 1) & 1) ^ 1);
+          uint8_t* res = smem + T::kResOffset + b * kBM * BN;
+          uint8_t* par = smem + T::kParOffset + b * 12 * BN;
+          // The constants are padded to whole 128-map blocks: the last map tile may copy fewer.
+          const uint32_t maps = static_cast<uint32_t>(min(static_cast<int64_t>(BN), a.m_pad - static_cast<int64_t>(nt) * BN));
+          uint32_t bytes = maps * (shape.par_bytes[0] + shape.par_bytes[1] + shape.par_bytes[2] + shape.par_bytes[3]);
+          if (shape.res_bytes) bytes += kBM * shape.res_bytes;
+          mbar_arrive_expect_tx(&rfull[b], bytes);
+          if (shape.res_bytes) {
+            for (int c = 0; c < shape.res_bytes; c += shape.res_width) {
+              tma_load_2d(res + c * kBM, &tma_r, &rfull[b], nt * shape.res_bytes + c, mt * kBM);
+            }
+          }
+          const void* src[4] = {a.bias + nt * BN, a.sat + nt * BN, a.factor + nt * BN, a.res_factor + nt * BN};
+          const int off[4] = {0, 4 * BN, 8 * BN, 10 * BN};
+          for (int i = 0; i < 4; ++i) {
+            if (shape.par_bytes[i]) bulk_load(par + off[i], src[i], maps * shape.par_bytes[i], &rfull[b]);
+          }
+        }
+        const int64_t p0 = static_cast<int64_t>(mt) * kBM;
+        const int64_t img = p0 / plane;
+        const int rem = static_cast<int>(p0 - img * plane);
+        const int oy = rem / a.ow, ox = rem - (rem / a.ow) * a.ow;
+        const int bw = ox * a.sw - a.pw, bh = oy * a.sh - a.ph;
+        for (int kt = 0; kt < shape.k_iters; ++kt) {
+          const int tap = kt / shape.c_chunks, cc = kt - tap * shape.c_chunks;
+          const int r = tap / a.kw, s = tap - r * a.kw;
+          mbar_wait(&empty[stage], phase ^ 1);
+          uint8_t* sa = smem + stage * T::kStageBytes;
+          mbar_arrive_expect_tx(&full[stage], T::kStageBytes);
+          tma_load_im2col(sa, &tma_x, &full[stage], cc * T::kARow, bw, bh, static_cast<int>(img),
+                          static_cast<uint16_t>(s * a.dw), static_cast<uint16_t>(r * a.dh));
+          tma_load_2d(sa + T::kABytes, &tma_w, &full[stage], kt * 64, nt * BN);
+          if (++stage == T::kStages) {
+            stage = 0;
+            phase ^= 1;
+          }
+        }
+      }
+    }
+  } else {
+    setmaxnreg_inc<232>();
+    const int cw = wg - 1;  // this consumer's 64 rows of the tile
+    const int warp = tid / 32, lane = tid % 32;
+    const int g = lane >> 2, t = lane & 3;
+    int stage = 0, local = 0;
+    uint32_t phase = 0;
+    int32_t acc[BN / 2];
+    // ldmatrix lane address of the 4-bit path: rows (lane & 7) + 8 x bit 3 of the warp's 16,
+    // 16-byte chunk lane >> 4, under the 32-byte swizzle (chunk ^= bit 2 of the row).
+    const int lrow = cw * 64 + warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+    const int lchunk = (lane >> 4) ^ ((lrow >> 2) & 1);
+    const int a_lane_off = lrow * 32 + lchunk * 16;
+    for (int tile = blockIdx.x; tile < shape.tiles; tile += gridDim.x, ++local) {
+      const int mt = tile / shape.n_tiles, nt = tile - mt * shape.n_tiles;
+      int prev = 0;
+#pragma unroll 1
+      for (int kt = 0; kt < shape.k_iters; ++kt) {
+        mbar_wait(&full[stage], phase);
+        const uint8_t* sa = smem + stage * T::kStageBytes;
+        const uint8_t* sb = sa + T::kABytes;
+        if constexpr (!T::kPacked) {
+          wgmma_fence();
+          const uint8_t* mine = sa + cw * 64 * T::kARow;
+          wgmma_ss<BN, T::kUnsignedA>(acc, smem_desc<64>(mine), smem_desc<64>(sb), kt > 0);
+          wgmma_ss<BN, T::kUnsignedA>(acc, smem_desc<64>(mine + 32), smem_desc<64>(sb + 32), 1);
+          wgmma_commit();
+          wgmma_wait<1>();  // the previous stage's MMAs are done: it can be refilled
+          if (kt > 0 && tid == 0) mbar_arrive(&empty[prev]);
+        } else {
+          uint32_t r[4];
+          ldmatrix_x4(smem_u32(sa) + a_lane_off, r);
+          constexpr bool kS = !T::kUnsignedA;
+          const uint32_t f0[4] = {widen_lo<kS>(r[0]), widen_lo<kS>(r[1]), widen_hi<kS>(r[0]), widen_hi<kS>(r[1])};
+          const uint32_t f1[4] = {widen_lo<kS>(r[2]), widen_lo<kS>(r[3]), widen_hi<kS>(r[2]), widen_hi<kS>(r[3])};
+          wgmma_fence();
+          wgmma_rs<BN, T::kUnsignedA>(acc, f0, smem_desc<64>(sb), kt > 0);
+          wgmma_rs<BN, T::kUnsignedA>(acc, f1, smem_desc<64>(sb + 32), 1);
+          wgmma_commit();
+          // The MMAs read their A fragments from registers until they complete, and the next
+          // stage's fragments may take the same registers: wait for them here.
+          wgmma_wait<0>();
+          if (tid == 0) mbar_arrive(&empty[stage]);
+        }
+        prev = stage;
+        if (++stage == T::kStages) {
+          stage = 0;
+          phase ^= 1;
+        }
+      }
+      wgmma_wait<0>();
+      fence_operands(acc);
+      if (!T::kPacked && tid == 0) mbar_arrive(&empty[prev]);
+
+      // Fragment element (j, e): row 16 x warp + lane / 4 (+ 8 for e >= 2), map 8j + 2 (lane % 4) + (e & 1).
+      const int64_t row0 = static_cast<int64_t>(mt) * kBM + cw * 64;
+      int32_t* epi = reinterpret_cast<int32_t*>(smem + T::kEpiOffset) + cw * 64 * kEpiRow;
+      const uint8_t* res = nullptr;
+      const uint8_t* par = nullptr;
+      const int b = local & 1;
+      if constexpr (kE == Epi::prefetch) {
+        mbar_wait(&rfull[b], (local >> 1) & 1);
+        res = smem + T::kResOffset + b * kBM * BN;
+        par = smem + T::kParOffset + b * 12 * BN;
+      }
+#pragma unroll
+      for (int cb = 0; cb < BN / kEpiCols; ++cb) {
+        named_barrier(1 + cw, 128);  // the previous chunk's readers are done
+#pragma unroll
+        for (int jj = 0; jj < 8; ++jj) {
+          const int j = cb * 8 + jj;
+          int32_t* dst = epi + (warp * 16 + g) * kEpiRow + jj * 8 + 2 * t;
+          *reinterpret_cast<int2*>(dst) = make_int2(acc[4 * j], acc[4 * j + 1]);
+          *reinterpret_cast<int2*>(dst + 8 * kEpiRow) = make_int2(acc[4 * j + 2], acc[4 * j + 3]);
+        }
+        named_barrier(1 + cw, 128);
+        if constexpr (BN / kEpiCols > 2) {
+          epilogue_chunk_call<kE == Epi::prefetch>(a, shape, epi, row0, nt * BN, cb * kEpiCols, BN, tid, cw, res, par);
+        } else {
+          epilogue_chunk<kE == Epi::prefetch>(a, shape, epi, row0, nt * BN, cb * kEpiCols, BN, tid, cw, res, par);
+        }
+      }
+      if constexpr (kE == Epi::prefetch) {
+        named_barrier(1 + cw, 128);
+        if (tid == 0) mbar_arrive(&rempty[b]);  // this consumer no longer reads the tile's residual or constants
+      }
+    }
+  }
+#endif
+}
+
+// ---- host side: tensor maps ----
+
+using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                 const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                 CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+using EncodeIm2col = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                  const cuuint64_t*, const int*, const int*, cuuint32_t, cuuint32_t, const cuuint32_t*,
+                                  CUtensorMapInterleave, CUtensorMapSwizzle, CUtensorMapL2promotion,
+                                  CUtensorMapFloatOOBfill);
+
+struct Encoders {
+  EncodeTiled tiled = nullptr;
+  EncodeIm2col im2col = nullptr;
+  int driver = 0;
+};
+
+const Encoders& encoders() {
+  static Encoders e;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    NIBBLE_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q));
+    if (q == cudaDriverEntryPointSuccess) e.tiled = reinterpret_cast<EncodeTiled>(fn);
+    fn = nullptr;
+    NIBBLE_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeIm2col", &fn, 12000, cudaEnableDefault, &q));
+    if (q == cudaDriverEntryPointSuccess) e.im2col = reinterpret_cast<EncodeIm2col>(fn);
+    NIBBLE_CUDA_CHECK(cudaDriverGetVersion(&e.driver));
+  });
+  if (!e.tiled || !e.im2col) {
+    throw_cuda_error(cudaErrorNotSupported, "the driver has no tensor-map encoder", __FILE__, __LINE__);
+  }
+  return e;
+}
+
+void check_encode(CUresult r, const char* what) {
+  if (r != CUDA_SUCCESS) throw_cuda_error(cudaErrorInvalidValue, what, __FILE__, __LINE__);
+}
+
+// The activation as an NHWC byte tensor read in im2col columns of 128 pixels x `chunk` bytes.
+CUtensorMap activation_map(const ConvArgs& a, int chunk) {
+  const Encoders& e = encoders();
+  const int64_t batch = a.pixels / (int64_t{a.oh} * a.ow);
+  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(a.x_row), static_cast<cuuint64_t>(a.w),
+                              static_cast<cuuint64_t>(a.h), static_cast<cuuint64_t>(batch)};
+  const cuuint64_t strides[3] = {static_cast<cuuint64_t>(a.x_row), static_cast<cuuint64_t>(a.x_row * a.w),
+                                 static_cast<cuuint64_t>(a.x_row * a.w * a.h)};
+  // Corners (W, H): the base positions of the filter's top-left tap run from -pad to
+  // extent - 1 + pad - (k - 1) x dilation.
+  const int lower[2] = {-a.pw, -a.ph};
+  const int upper[2] = {a.pw - (a.kw - 1) * a.dw, a.ph - (a.kh - 1) * a.dh};
+  const cuuint32_t estrides[4] = {1, static_cast<cuuint32_t>(a.sw), static_cast<cuuint32_t>(a.sh), 1};
+  CUtensorMap m;
+  check_encode(e.im2col(&m, CU_TENSOR_MAP_DATA_TYPE_UINT8, 4, const_cast<uint8_t*>(a.x), dims, strides, lower, upper,
+                        static_cast<cuuint32_t>(chunk), kBM, estrides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                        chunk == 64 ? CU_TENSOR_MAP_SWIZZLE_64B : CU_TENSOR_MAP_SWIZZLE_32B,
+                        CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
+               "cuTensorMapEncodeIm2col");
+  // Drivers up to 13.1 mis-handle im2col maps of tensors under 128 KiB unless bit 21 of the
+  // descriptor's second word is cleared (the same correction CUTLASS applies).
+  const int64_t bytes = a.x_row * a.w * a.h * batch;
+  if (e.driver <= 13010 && bytes < 131072) reinterpret_cast<uint64_t*>(&m)[1] &= ~(uint64_t{1} << 21);
+  return m;
+}
+
+// A 2-D byte matrix (`rows` x `cols`, rows `stride` bytes apart) read or written in boxes of
+// `box_cols` x `box_rows` with the swizzle of the box width (32, 64 or 128 bytes; none for others).
+CUtensorMap matrix_map(const void* base, int64_t cols, int64_t rows, int64_t stride, int box_cols, int box_rows,
+                       CUtensorMapL2promotion promo) {
+  const Encoders& e = encoders();
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(stride)};
+  const cuuint32_t box[2] = {static_cast<cuuint32_t>(box_cols), static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t estrides[2] = {1, 1};
+  const CUtensorMapSwizzle sw = box_cols == 128  ? CU_TENSOR_MAP_SWIZZLE_128B
+                                : box_cols == 64 ? CU_TENSOR_MAP_SWIZZLE_64B
+                                : box_cols == 32 ? CU_TENSOR_MAP_SWIZZLE_32B
+                                                 : CU_TENSOR_MAP_SWIZZLE_NONE;
+  CUtensorMap m;
+  check_encode(e.tiled(&m, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, const_cast<void*>(base), dims, strides, box, estrides,
+                       CU_TENSOR_MAP_INTERLEAVE_NONE, sw, promo, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
+               "cuTensorMapEncodeTiled");
+  return m;
+}
+
+int multiprocessors() {
+  static int sms = [] {
+    int dev = 0, n = 0;
+    NIBBLE_CUDA_CHECK(cudaGetDevice(&dev));
+    NIBBLE_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+    return n;
+  }();
+  return sms;
+}
+
+bool narrow(Storage s) { return s == Storage::u8 || s == Storage::s8 || s == Storage::u4 || s == Storage::s4; }
+int storage_bits(Storage s) { return s == Storage::u4 || s == Storage::s4 ? 4 : 8; }
+
+// The prefetch epilogue, for narrow folded residuals in rows the copy engine can address
+// (multiples of 16 bytes). Without a residual the staged epilogue measured as fast or faster
+// (its smaller shared memory leaves room for more pipeline stages).
+bool prefetch_epilogue(const ConvArgs& a) {
+  return a.res && narrow(a.res_storage) && a.res_factor && a.res_row % 16 == 0;
+}
+
+template <int BN, Storage kA, Epi kE>
+void launch_wg(const ConvArgs& a, cudaStream_t stream) {
+  using T = WgTile<BN, kA, kE>;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    NIBBLE_CUDA_CHECK(
+        cudaFuncSetAttribute(conv_wgmma_kernel<BN, kA, kE>, cudaFuncAttributeMaxDynamicSharedMemorySize, T::kSmem));
+  });
+  WgShape s{};
+  s.c_chunks = static_cast<int>(a.x_row / T::kARow);
+  s.k_iters = a.kh * a.kw * s.c_chunks;
+  s.n_tiles = (a.m + BN - 1) / BN;
+  const int64_t m_tiles = (a.pixels + kBM - 1) / kBM;
+  s.tiles = static_cast<int>(m_tiles * s.n_tiles);
+  const CUtensorMap tx = activation_map(a, T::kARow);
+  const CUtensorMap tw = matrix_map(a.wide_weights, a.wide_k, a.m_pad, a.wide_k, 64, BN, CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
+  CUtensorMap tr = tw;  // a placeholder where unused
+  if constexpr (kE == Epi::prefetch) {
+    if (a.res) {
+      s.res_bytes = BN * storage_bits(a.res_storage) / 8;
+      s.res_width = std::min(128, s.res_bytes);
+      s.res_lw = s.res_width == 128 ? 7 : (s.res_width == 64 ? 6 : 5);
+      tr = matrix_map(a.res, a.res_row, a.pixels, a.res_row, s.res_width, kBM, CU_TENSOR_MAP_L2_PROMOTION_L2_128B);
+    }
+    // Bytes per map of bias, sat, factor and residual factor (0: not copied).
+    s.par_bytes[0] = 4;
+    s.par_bytes[1] = a.sat ? 4 : 0;
+    s.par_bytes[2] = a.factor ? 2 : 0;
+    s.par_bytes[3] = a.res ? 2 : 0;
+  }
+  const int grid = std::min(s.tiles, multiprocessors());
+  conv_wgmma_kernel<BN, kA, kE><<<grid, kThreads, T::kSmem, stream>>>(tx, tw, tr, a, s);
+  NIBBLE_CUDA_LAUNCHED();
+}
+
+// NIBBLE_WGMMA_EPILOGUE=staged forces the staged epilogue everywhere (for measurements).
+bool staged_forced() {
+  static const bool forced = [] {
+    const char* e = std::getenv("NIBBLE_WGMMA_EPILOGUE");
+    return e && std::string(e) == "staged";
+  }();
+  return forced;
+}
+
+template <int BN, Storage kA>
+void launch_epi(const ConvArgs& a, cudaStream_t stream) {
+  if (!staged_forced() && prefetch_epilogue(a)) {
+    launch_wg<BN, kA, Epi::prefetch>(a, stream);
+  } else {
+    launch_wg<BN, kA, Epi::staged>(a, stream);
+  }
+}
+
+template <Storage kA>
+const char* launch_bn(const ConvArgs& a, cudaStream_t stream, const char* n64, const char* n128, const char* n256) {
+  if (a.m <= 64) {
+    launch_epi<64, kA>(a, stream);
+    return n64;
+  }
+  if (a.m <= 128) {
+    launch_epi<128, kA>(a, stream);
+    return n128;
+  }
+  launch_epi<256, kA>(a, stream);
+  return n256;
+}
+
+}  // namespace
+
+bool wgmma_conv_fits(const ConvArgs& a) {
+  if (a.load != ConvLoad::vec || !a.wide_weights) return false;
+  const bool packed = a.x_storage == Storage::u4 || a.x_storage == Storage::s4;
+  if (!packed && a.x_storage != Storage::u8 && a.x_storage != Storage::s8) return false;
+  if (a.x_row % (packed ? 32 : 64) != 0) return false;
+  // im2col limits of a 4-D tensor map: corners within [-128, 127], traversal strides 1..8,
+  // tap offsets below 256.
+  const int corners[4] = {-a.pw, -a.ph, a.pw - (a.kw - 1) * a.dw, a.ph - (a.kh - 1) * a.dh};
+  for (int c : corners) {
+    if (c < -128 || c > 127) return false;
+  }
+  if (a.sh < 1 || a.sh > 8 || a.sw < 1 || a.sw > 8) return false;
+  if ((a.kh - 1) * a.dh > 255 || (a.kw - 1) * a.dw > 255) return false;
+  const int64_t tiles = (a.pixels + kBM - 1) / kBM * ((a.m + 63) / 64);
+  return tiles < (int64_t{1} << 31);
+}
+
+// Measured on an H200 (docs/performance.md): the wgmma kernels are faster on k x k convolutions
+// and on 1x1 convolutions that reduce or keep the channel count, and slower on the expanding 1x1
+// ones (the bottlenecks' conv3 and the downsampling shortcuts), whose short reduction leaves
+// the epilogue of 4 x as many outputs per multiply to the two consumer warpgroups.
+bool wgmma_conv_preferred(const ConvArgs& a) {
+  if (a.kh * a.kw > 1) return true;
+  const int64_t channels = a.x_storage == Storage::u4 || a.x_storage == Storage::s4 ? 2 * a.x_row : a.x_row;
+  return a.m <= channels;
+}
+
+const char* launch_conv_wgmma(const ConvArgs& a, cudaStream_t stream) {
+  switch (a.x_storage) {
+    case Storage::u8: return launch_bn<Storage::u8>(a, stream, "wgmma_u8s8_n64", "wgmma_u8s8_n128", "wgmma_u8s8_n256");
+    case Storage::s8: return launch_bn<Storage::s8>(a, stream, "wgmma_s8s8_n64", "wgmma_s8s8_n128", "wgmma_s8s8_n256");
+    case Storage::u4: return launch_bn<Storage::u4>(a, stream, "wgmma_u4s4_n64", "wgmma_u4s4_n128", "wgmma_u4s4_n256");
+    case Storage::s4: return launch_bn<Storage::s4>(a, stream, "wgmma_s4s4_n64", "wgmma_s4s4_n128", "wgmma_s4s4_n256");
+    default: break;
+  }
+  throw_cuda_error(cudaErrorInvalidValue, "launch_conv_wgmma: unsupported input storage", __FILE__, __LINE__);
+}
+
+}  // namespace nibble::cuda
