@@ -568,7 +568,13 @@ bool wgmma_conv_fits(const ConvArgs& a) {
 // and on 1x1 convolutions that reduce or keep the channel count, and slower on the expanding 1x1
 // ones (the bottlenecks' conv3 and the downsampling shortcuts), whose short reduction leaves
 // the epilogue of 4 x as many outputs per multiply to the two consumer warpgroups.
+// Small problems (a batch of one, say) keep the mma kernels too: their smaller tiles give more
+// blocks, where the wgmma kernels' 128-pixel tiles would leave most multiprocessors idle
+// (SingleStream on the seed model, 2026-12-03: p90 0.835 ms with mma, 0.871 ms with wgmma).
 bool wgmma_conv_preferred(const ConvArgs& a) {
+  const int64_t bn = a.m <= 64 ? 64 : (a.m <= 128 ? 128 : 256);
+  const int64_t tiles = (a.pixels + kBM - 1) / kBM * ((a.m + bn - 1) / bn);
+  if (tiles < multiprocessors()) return false;
   if (a.kh * a.kw > 1) return true;
   const int64_t channels = a.x_storage == Storage::u4 || a.x_storage == Storage::s4 ? 2 * a.x_row : a.x_row;
   return a.m <= channels;
