@@ -6,7 +6,7 @@ JOBS ?= $(shell nproc)
 MODEL ?= models/fmnist_resnet.onnx
 SEED_MODEL ?= ../shared/models/mlperf-v0.5-int4-resnet50/model
 
-.PHONY: all setup build demo test test-cpp test-python test-sanitize clean
+.PHONY: all setup build demo test test-cpp test-python test-sanitize fuzz-build test-fuzz clean
 
 all: build
 
@@ -36,11 +36,24 @@ test: build
 	$(BUILD_DIR)/tests/cpp/nibble_conformance
 	NIBBLE_BIN=$(abspath $(BUILD_DIR))/nibble $(PYTHON) -m pytest -q tests/python
 
-# The C++ tests again under AddressSanitizer and UndefinedBehaviorSanitizer.
+# The C++ tests (the fuzz corpus and its kept crash inputs among them) and the command-line
+# tests again under AddressSanitizer and UndefinedBehaviorSanitizer.
 test-sanitize: setup
 	cmake -S . -B $(BUILD_DIR)-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNIBBLE_SANITIZE=ON -DNIBBLE_CUDA=OFF
 	cmake --build $(BUILD_DIR)-asan -j $(JOBS)
 	cd $(BUILD_DIR)-asan && ctest --output-on-failure -j $(JOBS)
+	NIBBLE_BIN=$(abspath $(BUILD_DIR))-asan/nibble $(PYTHON) -m pytest -q tests/python
+
+# The libFuzzer targets (clang), and a short run of each from the seed corpus
+# (FUZZ_SECONDS each; docs/reliability.md runs them longer).
+FUZZ_SECONDS ?= 30
+fuzz-build: setup
+	CC=clang CXX=clang++ cmake -S . -B $(BUILD_DIR)-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNIBBLE_FUZZ=ON \
+	  -DNIBBLE_BUILD_TESTS=OFF -DNIBBLE_WERROR=OFF
+	cmake --build $(BUILD_DIR)-fuzz -j $(JOBS)
+
+test-fuzz: fuzz-build
+	bash tests/fuzz/run.sh $(BUILD_DIR)-fuzz $(FUZZ_SECONDS)
 
 clean:
-	rm -rf $(BUILD_DIR) $(BUILD_DIR)-asan
+	rm -rf $(BUILD_DIR) $(BUILD_DIR)-asan $(BUILD_DIR)-fuzz

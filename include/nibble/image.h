@@ -11,13 +11,14 @@
 namespace nibble {
 
 // Larger images are refused before decoding: a corrupt or hostile header must not exhaust memory.
-inline constexpr int64_t kMaxImagePixels = int64_t{1} << 28;
+inline constexpr int64_t kMaxImagePixels = int64_t{1} << 26;
 
-// Decodes PNG, JPEG, BMP, GIF (first frame), TGA, PSD, HDR (gamma 2.2 to 8 bits), PIC and PNM
-// with stb_image into u8 H x W x 3 (HWC). Grey becomes three equal channels and alpha is dropped,
-// as PIL's convert("RGB") does. 16-bit PNGs are reduced to 8 bits. Throws nibble::Error naming
-// `path` when the file is missing, not an image, corrupt or larger than kMaxImagePixels.
-// JPEGs decode close to, not bit-exactly like, libjpeg (PIL): stb has its own IDCT and upsampling.
+// Decodes JPEG (libjpeg-turbo, as PIL does: accurate IDCT, smooth upsampling), PNG (libpng,
+// samples as stored, no gamma conversion), BMP, GIF (first frame), TGA and PNM (stb_image) into
+// u8 H x W x 3 (HWC). Grey becomes three equal
+// channels and alpha is dropped, as PIL's convert("RGB") does. 16-bit PNGs are reduced to 8
+// bits. Throws nibble::Error naming `path` when the file is missing, not an image, corrupt,
+// larger than kMaxImagePixels or claiming more pixels than its data can hold.
 Tensor read_image_rgb(const std::string& path);
 
 // Antialiased bilinear resize of u8 H x W x 3 to f32 out_h x out_w x 3, in exact arithmetic.

@@ -12,7 +12,19 @@ namespace nibble {
 
 using Shape = std::vector<int64_t>;
 
+// The most elements a tensor may have: 2^56, so that every byte count of one (at up to 64 bits
+// an element) fits in 63 bits. Shapes read from files are checked against it before anything is
+// allocated.
+inline constexpr int64_t kMaxElements = int64_t{1} << 56;
+
+// The element count of `s`: -1 when a dimension is negative (unknown); throws nibble::Error
+// when the count exceeds kMaxElements.
 int64_t shape_numel(const Shape& s);
+// The same for a shape that must be concrete: throws nibble::Error naming `where` for a
+// negative dimension or a count past kMaxElements.
+int64_t checked_numel(const Shape& s, const std::string& where);
+// a x b for non-negative sizes, throwing nibble::Error naming `where` past kMaxElements.
+int64_t checked_size_mul(int64_t a, int64_t b, const std::string& where);
 std::string shape_str(const Shape& s);  // "[1, 3, 224, 224]"
 
 class Tensor {

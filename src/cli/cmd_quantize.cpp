@@ -1,6 +1,8 @@
 // `nibble quantize MODEL.onnx --calib X.calib --precision P -o OUT.nbl/`: PTQ to a model directory.
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cmath>
 #include <set>
 #include <sstream>
 
@@ -49,6 +51,14 @@ void quantize(const QuantizeArgs& args) {
   } else {
     if (args.calib.empty()) fail("--calib", "give the calibration table made by `nibble calibrate`");
     const quant::CalibTable calib = quant::read_calib(args.calib);
+    // A range far beyond any activation (a corrupt or hand-edited table) leaves a quantization
+    // step larger than every value: the layer's outputs would all round to zero.
+    for (const auto& e : calib.entries) {
+      if (std::max(std::fabs(e.lo), std::fabs(e.hi)) > 1e6) {
+        fmt::print(stderr, "nibble: warning: {}: the range of '{}' is [{:g}, {:g}], far beyond any activation\n",
+                   args.calib, e.tensor, e.lo, e.hi);
+      }
+    }
     if (args.gptq) opt.hessians = collect_hessians(fp32, args.data, args.model);
     result = quant::quantize_model(fp32, calib, opt);
   }

@@ -11,10 +11,43 @@
 
 namespace nibble {
 
-int64_t shape_numel(const Shape& s) {
+int64_t checked_size_mul(int64_t a, int64_t b, const std::string& where) {
+  if (a < 0 || b < 0) fail(where, "negative size in a size computation ({} x {})", a, b);
+  if (a != 0 && b > kMaxElements / a) {
+    fail(where, "size {} x {} exceeds the limit of 2^56 elements", a, b);
+  }
+  return a * b;
+}
+
+namespace {
+
+// The count of a shape without negative dimensions; a zero dimension makes it 0 whatever the others.
+int64_t count(const Shape& s, const std::string& where) {
+  for (int64_t d : s) {
+    if (d == 0) return 0;
+  }
   int64_t n = 1;
-  for (int64_t d : s) n *= d;
+  for (int64_t d : s) {
+    if (d > kMaxElements / n) fail(where, "shape {} has more than 2^56 elements", shape_str(s));
+    n *= d;
+  }
   return n;
+}
+
+}  // namespace
+
+int64_t shape_numel(const Shape& s) {
+  for (int64_t d : s) {
+    if (d < 0) return -1;
+  }
+  return count(s, "");
+}
+
+int64_t checked_numel(const Shape& s, const std::string& where) {
+  for (int64_t d : s) {
+    if (d < 0) fail(where, "shape {} has a negative dimension", shape_str(s));
+  }
+  return count(s, where);
 }
 
 std::string shape_str(const Shape& s) { return fmt::format("[{}]", fmt::join(s, ", ")); }
@@ -23,6 +56,7 @@ Tensor::Tensor(DType dtype, Shape shape) : dtype_(dtype), shape_(std::move(shape
   for (int64_t d : shape_) {
     if (d < 0) throw std::invalid_argument("negative tensor dimension in " + shape_str(shape_));
   }
+  checked_numel(shape_, "");
   storage_ = std::make_shared<std::vector<uint8_t>>(nbytes(), 0);
 }
 

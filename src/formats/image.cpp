@@ -4,8 +4,11 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cctype>
 #include <climits>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <stdexcept>
@@ -16,9 +19,20 @@
 // stb_image is compiled into this file with every function static: nibble then needs no stb library
 // at link time and cannot clash with another copy of stb in the program. <stb/...> is a system header,
 // so the compiler keeps its warnings to itself.
+// Only the formats nibble decodes with it are compiled in (JPEG goes to libjpeg-turbo, PNG to
+// libpng, PNM to the few lines below).
 #define STB_IMAGE_STATIC
 #define STB_IMAGE_IMPLEMENTATION
+#define STBI_ONLY_BMP
+#define STBI_ONLY_GIF
+#define STBI_ONLY_TGA
+#define STBI_NO_STDIO
+#define STBI_MAX_DIMENSIONS (1 << 16)
+#include <png.h>
 #include <stb/stb_image.h>
+#include <turbojpeg.h>
+
+#include <csetjmp>
 
 namespace nibble {
 namespace {
@@ -197,11 +211,218 @@ Tensor resize_window_pil_u8(const Tensor& img, int64_t out_h, int64_t out_w, int
 
 }  // namespace
 
+namespace {
+
+bool is_jpeg(const std::string& bytes) {
+  return bytes.size() >= 3 && static_cast<unsigned char>(bytes[0]) == 0xFF && static_cast<unsigned char>(bytes[1]) == 0xD8 &&
+         static_cast<unsigned char>(bytes[2]) == 0xFF;
+}
+
+void check_pixels(const std::string& path, int64_t w, int64_t h) {
+  if (w < 1 || h < 1) fail(path, "image of {} x {} pixels is empty", w, h);
+  if (w > kMaxImagePixels || h > kMaxImagePixels || w * h > kMaxImagePixels) {
+    fail(path, "image of {} x {} pixels exceeds the limit of {} pixels", w, h, kMaxImagePixels);
+  }
+}
+
+// ---- JPEG through libjpeg-turbo, as PIL decodes it (accurate integer IDCT, smooth upsampling).
+Tensor decode_jpeg(const std::string& path, const std::string& bytes) {
+  std::unique_ptr<void, int (*)(tjhandle)> tj(tjInitDecompress(), tjDestroy);
+  if (!tj) fail(path, "cannot start the JPEG decoder");
+  const auto* data = reinterpret_cast<const unsigned char*>(bytes.data());
+  const auto len = static_cast<unsigned long>(bytes.size());
+  int w = 0, h = 0, subsamp = 0, colorspace = 0;
+  if (tjDecompressHeader3(tj.get(), data, len, &w, &h, &subsamp, &colorspace) != 0) {
+    fail(path, "not a readable JPEG: {}", tjGetErrorStr2(tj.get()));
+  }
+  check_pixels(path, w, h);
+  // Compressed data can cover at most about 1000 pixels per byte: a header that claims more
+  // than that much image for the file is a decompression bomb, refused before decoding.
+  if (w * static_cast<int64_t>(h) > 1024 * static_cast<int64_t>(bytes.size()) + (1 << 20)) {
+    fail(path, "JPEG header claims {} x {} pixels, far more than {} bytes of data can hold", w, h, bytes.size());
+  }
+  Tensor out(DType::u8, {h, w, 3});
+  if (tjDecompress2(tj.get(), data, len, out.bytes(), w, w * 3, h, TJPF_RGB, TJFLAG_ACCURATEDCT | TJFLAG_STOPONWARNING) != 0) {
+    fail(path, "cannot decode JPEG: {}", tjGetErrorStr2(tj.get()));
+  }
+  return out;
+}
+
+// ---- PNG through libpng ----
+// libpng reports errors by longjmp: the decoder below keeps no C++ object alive across it.
+
+struct PngSource {
+  const unsigned char* data;
+  size_t size;
+  size_t pos;
+  int64_t max_pixels;  // the most pixels the header may claim for this file
+  char message[200];
+  bool own_message;    // message holds the whole error, not one of libpng's
+};
+
+void png_read_bytes(png_structp png, png_bytep out, png_size_t n) {
+  auto* src = static_cast<PngSource*>(png_get_io_ptr(png));
+  if (n > src->size - src->pos) png_error(png, "truncated file");
+  std::memcpy(out, src->data + src->pos, n);
+  src->pos += n;
+}
+
+void png_fail(png_structp png, png_const_charp msg) {
+  auto* src = static_cast<PngSource*>(png_get_error_ptr(png));
+  if (!src->own_message) std::snprintf(src->message, sizeof(src->message), "cannot decode PNG: %s", msg);
+  std::longjmp(png_jmpbuf(png), 1);
+}
+
+void png_ignore_warning(png_structp, png_const_charp) {}
+
+// Decodes to malloc'ed 8-bit RGB rows (the caller frees), or returns nullptr with src->message
+// set. Samples are taken as stored, as stb_image and PIL do: no gamma conversion, 16-bit
+// samples keep their high byte, palettes and grey expand to RGB, alpha is dropped.
+unsigned char* png_decode_rgb(PngSource* src, png_uint_32* w, png_uint_32* h) {
+  png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, src, png_fail, png_ignore_warning);
+  if (!png) {
+    std::snprintf(src->message, sizeof(src->message), "cannot start the PNG decoder");
+    return nullptr;
+  }
+  png_infop info = png_create_info_struct(png);
+  unsigned char* volatile pixels = nullptr;
+  png_bytep* volatile rows = nullptr;
+  if (setjmp(png_jmpbuf(png))) {
+    png_destroy_read_struct(&png, info ? &info : nullptr, nullptr);
+    std::free(pixels);
+    std::free(rows);
+    return nullptr;
+  }
+  if (!info) png_error(png, "out of memory");
+  png_set_read_fn(png, src, png_read_bytes);
+  png_set_user_limits(png, 1 << 16, 1 << 16);
+  png_set_chunk_malloc_max(png, 16 << 20);  // ancillary chunks (text, ICC profiles) beyond this are refused
+  png_read_info(png, info);
+  *w = png_get_image_width(png, info);
+  *h = png_get_image_height(png, info);
+  const int64_t pixels_claimed = int64_t{*w} * *h;
+  if (pixels_claimed > kMaxImagePixels || pixels_claimed > src->max_pixels) {
+    std::snprintf(src->message, sizeof(src->message),
+                  pixels_claimed > kMaxImagePixels ? "image of %u x %u pixels exceeds the limit of %lld pixels"
+                                                   : "PNG header claims %u x %u pixels, more than the %lld its data can hold",
+                  static_cast<unsigned>(*w), static_cast<unsigned>(*h),
+                  static_cast<long long>(pixels_claimed > kMaxImagePixels ? kMaxImagePixels : src->max_pixels));
+    src->own_message = true;
+    png_error(png, "");
+  }
+  png_set_expand(png);
+  png_set_strip_16(png);
+  png_set_strip_alpha(png);
+  png_set_gray_to_rgb(png);
+  png_set_interlace_handling(png);
+  png_read_update_info(png, info);
+  const size_t row = png_get_rowbytes(png, info);
+  if (row != size_t{*w} * 3) png_error(png, "unexpected row layout");
+  pixels = static_cast<unsigned char*>(std::malloc(row * *h));
+  rows = static_cast<png_bytep*>(std::malloc(sizeof(png_bytep) * *h));
+  if (!pixels || !rows) png_error(png, "out of memory");
+  for (png_uint_32 y = 0; y < *h; ++y) rows[y] = pixels + y * row;
+  png_read_image(png, rows);
+  png_destroy_read_struct(&png, &info, nullptr);
+  std::free(rows);
+  return pixels;
+}
+
+bool is_png(const std::string& bytes) { return bytes.size() >= 8 && png_sig_cmp(reinterpret_cast<png_const_bytep>(bytes.data()), 0, 8) == 0; }
+
+Tensor decode_png(const std::string& path, const std::string& bytes) {
+  PngSource src{reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), 0, 0, {0}, false};
+  // Deflate expands a byte to at most 1032; 1-bit pixels pack 8 to a byte.
+  src.max_pixels = 8256 * static_cast<int64_t>(bytes.size()) + (1 << 20);
+  // IHDR comes first: its size is checked before libpng reads further.
+  if (bytes.size() >= 24 && bytes.compare(12, 4, "IHDR") == 0) {
+    const auto be32 = [&](size_t i) {
+      return int64_t{static_cast<unsigned char>(bytes[i])} << 24 | int64_t{static_cast<unsigned char>(bytes[i + 1])} << 16 |
+             int64_t{static_cast<unsigned char>(bytes[i + 2])} << 8 | int64_t{static_cast<unsigned char>(bytes[i + 3])};
+    };
+    const int64_t hw = be32(16), hh = be32(20);
+    if (hw > 0 && hh > 0) check_pixels(path, hw, hh);
+  }
+  png_uint_32 w = 0, h = 0;
+  std::unique_ptr<unsigned char, void (*)(void*)> pixels(png_decode_rgb(&src, &w, &h), std::free);
+  if (!pixels) fail(path, "{}", src.message);
+  check_pixels(path, w, h);
+  Tensor out(DType::u8, {static_cast<int64_t>(h), static_cast<int64_t>(w), 3});
+  std::memcpy(out.bytes(), pixels.get(), out.nbytes());
+  return out;
+}
+
+// ---- PNM: binary greymap (P5) and pixmap (P6) ----
+
+bool is_pnm(const std::string& bytes) { return bytes.size() >= 2 && bytes[0] == 'P' && (bytes[1] == '5' || bytes[1] == '6'); }
+
+// Samples as stored (maxval is not rescaled, as stb_image and PIL leave 8-bit files); 16-bit
+// files (maxval > 255) keep each sample's high byte.
+Tensor decode_pnm(const std::string& path, const std::string& bytes) {
+  const int channels = bytes[1] == '6' ? 3 : 1;
+  size_t pos = 2;
+  int64_t field[3] = {0, 0, 0};  // width, height, maxval
+  for (int64_t& v : field) {
+    // Whitespace and comments, then decimal digits.
+    for (;;) {
+      while (pos < bytes.size() && std::isspace(static_cast<unsigned char>(bytes[pos]))) ++pos;
+      if (pos < bytes.size() && bytes[pos] == '#') {
+        while (pos < bytes.size() && bytes[pos] != '\n') ++pos;
+        continue;
+      }
+      break;
+    }
+    const size_t start = pos;
+    while (pos < bytes.size() && std::isdigit(static_cast<unsigned char>(bytes[pos])) && pos - start < 9) {
+      v = v * 10 + (bytes[pos] - '0');
+      ++pos;
+    }
+    if (pos == start || (pos < bytes.size() && std::isdigit(static_cast<unsigned char>(bytes[pos])))) {
+      fail(path, "malformed PNM header");
+    }
+  }
+  if (pos >= bytes.size() || !std::isspace(static_cast<unsigned char>(bytes[pos]))) fail(path, "malformed PNM header");
+  ++pos;  // the single whitespace before the samples
+  const int64_t w = field[0], h = field[1], maxval = field[2];
+  if (maxval < 1 || maxval > 65535) fail(path, "PNM maximum value {} is outside 1 to 65535", maxval);
+  check_pixels(path, w, h);
+  const int64_t sample_bytes = maxval > 255 ? 2 : 1;
+  const int64_t need = w * h * channels * sample_bytes;
+  if (static_cast<int64_t>(bytes.size() - pos) < need) fail(path, "truncated PNM: {} x {} pixels need {} bytes", w, h, need);
+  Tensor out(DType::u8, {h, w, 3});
+  const auto* src = reinterpret_cast<const unsigned char*>(bytes.data()) + pos;
+  uint8_t* dst = out.bytes();
+  for (int64_t i = 0; i < w * h; ++i) {
+    for (int c = 0; c < 3; ++c) dst[i * 3 + c] = src[(i * channels + (channels == 3 ? c : 0)) * sample_bytes];
+  }
+  return out;
+}
+
+// Uncompressed BMP pixel rows must be in the file: a header may not claim more.
+void check_bmp_size(const std::string& path, const std::string& bytes, int64_t w, int64_t h) {
+  if (bytes.size() < 34 || bytes[0] != 'B' || bytes[1] != 'M') return;
+  const auto u16 = [&](size_t i) { return static_cast<uint32_t>(static_cast<unsigned char>(bytes[i])) |
+                                          static_cast<uint32_t>(static_cast<unsigned char>(bytes[i + 1])) << 8; };
+  const auto u32 = [&](size_t i) { return u16(i) | u16(i + 2) << 16; };
+  const uint32_t compression = u32(30);
+  const uint32_t bpp = u16(28);
+  if (compression != 0 && compression != 3) return;  // RLE: stb refuses it
+  const int64_t row = (w * bpp + 31) / 32 * 4;
+  if (row * h > static_cast<int64_t>(bytes.size())) {
+    fail(path, "BMP header claims {} x {} pixels of {} bits, more than the file's {} bytes", w, h, bpp, bytes.size());
+  }
+}
+
+}  // namespace
+
 Tensor read_image_rgb(const std::string& path) {
   const std::string bytes = read_file(path);
   if (bytes.size() > static_cast<size_t>(INT_MAX)) {
     fail(path, "file of {} bytes is too large to decode", bytes.size());
   }
+  if (is_jpeg(bytes)) return decode_jpeg(path, bytes);
+  if (is_png(bytes)) return decode_png(path, bytes);
+  if (is_pnm(bytes)) return decode_pnm(path, bytes);
   const auto* data = reinterpret_cast<const stbi_uc*>(bytes.data());
   const int len = static_cast<int>(bytes.size());
   int w = 0, h = 0, channels = 0;
@@ -209,13 +430,17 @@ Tensor read_image_rgb(const std::string& path) {
   if (!stbi_info_from_memory(data, len, &w, &h, &channels)) {
     fail(path, "not a readable image: {}", stbi_failure_reason());
   }
-  if (int64_t{w} * h > kMaxImagePixels) {
-    fail(path, "image of {} x {} pixels exceeds the limit of {} pixels", w, h, kMaxImagePixels);
+  check_pixels(path, w, h);
+  check_bmp_size(path, bytes, w, h);
+  // Run-length (TGA) and LZW (GIF) data expand far less than 1024 pixels a byte in any real
+  // file; a header claiming more is a decompression bomb.
+  if (int64_t{w} * h > 1024 * static_cast<int64_t>(bytes.size()) + (1 << 20)) {
+    fail(path, "header claims {} x {} pixels, far more than {} bytes of data can hold", w, h, bytes.size());
   }
   std::unique_ptr<stbi_uc, void (*)(void*)> pixels(stbi_load_from_memory(data, len, &w, &h, &channels, 3),
                                                    stbi_image_free);
   if (!pixels) fail(path, "cannot decode image: {}", stbi_failure_reason());
-  if (w < 1 || h < 1 || int64_t{w} * h > kMaxImagePixels) fail(path, "decoded to a bad size {} x {}", w, h);
+  check_pixels(path, w, h);
   Tensor out(DType::u8, {h, w, 3});
   std::memcpy(out.bytes(), pixels.get(), out.nbytes());
   return out;

@@ -180,7 +180,21 @@ fs::path data_path_in_dir(const std::string& ref, const std::string& where) {
   return rest;
 }
 
-Tensor load_tensor(const fs::path& file, const TensorDecl& decl, const std::string& key,
+// Refuses `file` when it resolves (through symbolic links) to a place outside `root`: the
+// path checks of the data references are only lexical.
+void check_inside(const fs::path& root, const fs::path& file, const std::string& where) {
+  std::error_code ec;
+  const fs::path r = fs::canonical(root, ec);
+  if (ec) fail(root.string(), "cannot resolve the directory: {}", ec.message());
+  const fs::path f = fs::canonical(file, ec);
+  if (ec) fail(where, "cannot resolve the path: {}", ec.message());
+  auto ri = r.begin(), fi = f.begin();
+  for (; ri != r.end(); ++ri, ++fi) {
+    if (fi == f.end() || *ri != *fi) fail(where, "is a link to {}, outside the model directory", excerpt(f.string()));
+  }
+}
+
+Tensor load_tensor(const fs::path& root, const fs::path& file, const TensorDecl& decl, const std::string& key,
                    const std::string& ref_where) {
   const std::string where = file.string();
   std::error_code ec;
@@ -188,9 +202,10 @@ Tensor load_tensor(const fs::path& file, const TensorDecl& decl, const std::stri
   if (!fs::exists(st)) fail(where, "no such file (the data of tensor '{}' declared at {})", key, ref_where);
   if (!fs::is_regular_file(st))
     fail(where, "not a regular file (the data of tensor '{}' declared at {})", key, ref_where);
+  check_inside(root, file, where);
   const uintmax_t size = fs::file_size(file, ec);
   if (ec) fail(where, "cannot read its size: {}", ec.message());
-  const size_t need = dtype_storage_bytes(decl.dtype, shape_numel(decl.shape));
+  const size_t need = dtype_storage_bytes(decl.dtype, checked_numel(decl.shape, where));
   if (size != need) {
     fail(where, "holds {} bytes but {} {} needs {}", size, dtype_name(decl.dtype), shape_str(decl.shape),
          need);
@@ -210,6 +225,7 @@ LayerFile read_layer_file(const fs::path& dir, const std::string& name) {
   layer.name = name;
   layer.path = (dir / name).string();
   const std::string& file = layer.path;
+  check_inside(dir, dir / name, file);
   const std::string text = read_file(file);
   if (text.empty()) fail(file, "empty file, expected the layer type on line 1");
 
@@ -271,7 +287,7 @@ LayerFile read_layer_file(const fs::path& dir, const std::string& name) {
       ++i;
       const std::string ref_where = at_line(file, lineno + 1);
       const fs::path rel = data_path_in_dir(field.data_ref, ref_where);
-      field.tensor = load_tensor(dir / rel, decl, field.key, ref_where);
+      field.tensor = load_tensor(dir, dir / rel, decl, field.key, ref_where);
     } else {
       check_plain_value(field.key, field.value, where);
     }

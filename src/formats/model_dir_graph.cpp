@@ -14,6 +14,21 @@ namespace nibble {
 
 namespace {
 
+// Kernel sizes, strides, dilations and paddings beyond this are not geometry but corruption.
+constexpr int64_t kMaxGeometry = int64_t{1} << 20;
+
+// A sliding window along one axis of `extent`: kernel, stride and dilation >= 1, padding >= 0,
+// all below kMaxGeometry, and at least one output position.
+void check_window(const std::string& where, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation, int64_t extent) {
+  if (kernel < 1 || kernel > kMaxGeometry) fail(where, "kernel size {} must be between 1 and 2^20", kernel);
+  if (stride < 1 || stride > kMaxGeometry) fail(where, "stride {} must be between 1 and 2^20", stride);
+  if (dilation < 1 || dilation > kMaxGeometry) fail(where, "dilation {} must be between 1 and 2^20", dilation);
+  if (pad < 0 || pad > kMaxGeometry) fail(where, "padding {} must be between 0 and 2^20", pad);
+  if (extent >= 0 && extent + 2 * pad < dilation * (kernel - 1) + 1) {
+    fail(where, "a window of {} (dilation {}) does not fit an input of {} with padding {}", kernel, dilation, extent, pad);
+  }
+}
+
 class Builder {
  public:
   Builder(const ModelDir& m, std::optional<int64_t> batch) : m_(m), batch_(batch.value_or(-1)) {
@@ -31,6 +46,13 @@ class Builder {
 
   std::string input(const std::string& name, Shape shape) { return typed_input(name, DType::s8, shape); }
 
+  // Spatial extent d (0: height, 1: width) of value x, read by the sliding-window layer `layer`.
+  int64_t spatial(const std::string& layer, const std::string& x, int d) const {
+    const Shape& s = shapes_.at(x);
+    if (s.size() != 4) fail(file_of(layer), "expects an N x C x H x W input, '{}' is {}", x, shape_str(s));
+    return s[static_cast<size_t>(2 + d)];
+  }
+
   // Conv2d: s32 accumulators of x * weight + bias.
   std::string conv(const std::string& layer, const std::string& x) {
     const LayerFile& f = expect(layer, "Conv2d");
@@ -46,6 +68,8 @@ class Builder {
     if (kernel.size() != 2 || stride.size() != 2 || pad.size() != 2 || dilation.size() != 2) {
       fail(where, "kernel_size, stride, padding and dilation must be 2-D tuples");
     }
+    if (groups < 1 || groups > kMaxGeometry) fail(where, "groups={} is not a positive count", groups);
+    for (int d = 0; d < 2; ++d) check_window(where, kernel[d], stride[d], pad[d], dilation[d], spatial(layer, x, d));
     if (w.rank() != 4 || w.dim(0) != cout || w.dim(1) * groups != cin || w.dim(2) != kernel[0] ||
         w.dim(3) != kernel[1]) {
       fail(where, "weight {} does not match in_channels={} out_channels={} kernel_size={}x{} groups={}",
@@ -127,6 +151,7 @@ class Builder {
     const LayerFile& f = expect(layer, "MaxPool2d");
     const int64_t k = f.get_int("kernel_size"), s = f.get_int("stride"), p = f.get_int("padding");
     if (f.get_int("dilation") != 1 || f.get_bool("ceil_mode")) fail(file_of(layer), "only dilation=1 without ceil_mode is supported");
+    for (int d = 0; d < 2; ++d) check_window(file_of(layer), k, s, p, 1, spatial(layer, x, d));
     Node n = node("MaxPool", layer, {x});
     n.attrs["kernel_shape"] = std::vector<int64_t>{k, k};
     n.attrs["strides"] = std::vector<int64_t>{s, s};
@@ -140,6 +165,7 @@ class Builder {
     const LayerFile& f = expect(layer, "AvgPool2d");
     const int64_t k = f.get_int("kernel_size"), s = f.get_int("stride");
     if (f.get_int("padding") != 0 || f.get_bool("ceil_mode")) fail(file_of(layer), "only padding=0 without ceil_mode is supported");
+    for (int d = 0; d < 2; ++d) check_window(file_of(layer), k, s, 0, 1, spatial(layer, x, d));
     // Integer pooling rounds as the seed does; f32 values (layers kept in float) use ONNX's.
     const bool is_float = node_dtype(x) == DType::f32;
     Node n = node(is_float ? "AveragePool" : "nibble:IntAvgPool", layer, {x});

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <charconv>
 #include <cstring>
 #include <regex>
 
@@ -86,20 +87,28 @@ Tensor read_npy(const std::string& path) {
   size_t consumed = 0;
   for (; it != std::sregex_iterator(); ++it) {
     if (static_cast<size_t>(it->position()) != consumed) fail(path, "malformed .npy header: bad shape {}", shape_text);
-    shape.push_back(std::stoll((*it)[1].str()));
+    const std::string digits = (*it)[1].str();
+    int64_t d = 0;
+    const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), d);
+    if (ec != std::errc() || end != digits.data() + digits.size()) {
+      fail(path, "malformed .npy header: dimension {} is too large", digits);
+    }
+    shape.push_back(d);
     consumed += static_cast<size_t>(it->length());
   }
   if (inner.find_first_not_of(' ', consumed) != std::string::npos) {
     fail(path, "malformed .npy header: bad shape {}", shape_text);
   }
 
-  Tensor t(type->dtype, shape);
+  // The shape must describe the bytes the file holds before anything is allocated for it.
+  const size_t need = dtype_storage_bytes(type->dtype, checked_numel(shape, path));
   const size_t data_start = header_start + header_len;
   const size_t have = bytes.size() - data_start;
-  if (have != t.nbytes()) {
-    fail(path, "{} array of shape {} needs {} data bytes, the file has {}{}", dtype_name(t.dtype()), shape_str(shape),
-         t.nbytes(), have, have < t.nbytes() ? " (truncated)" : "");
+  if (have != need) {
+    fail(path, "{} array of shape {} needs {} data bytes, the file has {}{}", dtype_name(type->dtype), shape_str(shape),
+         need, have, have < need ? " (truncated)" : "");
   }
+  Tensor t(type->dtype, shape);
   if (have > 0) std::memcpy(t.bytes(), bytes.data() + data_start, have);
   return t;
 }

@@ -76,6 +76,36 @@ Node convert_node(const onnx::NodeProto& np, int opset, const std::string& path)
   return n;
 }
 
+// ONNX's own shape inference divides by strides, dilations, groups and block sizes without
+// checking them: refuse values below 1 (and absurd sizes) first, in every (sub)graph.
+void check_sizes(const onnx::GraphProto& g, const std::string& path) {
+  constexpr int64_t kMaxGeometry = int64_t{1} << 20;
+  for (const auto& n : g.node()) {
+    const std::string label = n.name().empty() ? n.op_type() : fmt::format("{} ({})", n.name(), n.op_type());
+    for (const auto& a : n.attribute()) {
+      if (a.type() == onnx::AttributeProto::GRAPH) check_sizes(a.g(), path);
+      for (const auto& sub : a.graphs()) check_sizes(sub, path);
+      const std::string& k = a.name();
+      const bool window = k == "strides" || k == "dilations" || k == "kernel_shape";
+      const bool count = k == "group" || k == "blocksize";
+      if (!window && !count) continue;
+      std::vector<int64_t> values(a.ints().begin(), a.ints().end());
+      if (a.has_i()) values.push_back(a.i());
+      for (int64_t v : values) {
+        if (v < 1 || v > kMaxGeometry) fail(path, "node {}: attribute {} must be between 1 and 2^20, got {}", label, k, v);
+      }
+    }
+    if (n.op_type() == "Conv" || n.op_type() == "MaxPool" || n.op_type() == "AveragePool" || n.op_type() == "ConvTranspose") {
+      for (const auto& a : n.attribute()) {
+        if (a.name() != "pads" && a.name() != "output_padding") continue;
+        for (int64_t v : a.ints()) {
+          if (v < 0 || v > kMaxGeometry) fail(path, "node {}: attribute {} must be between 0 and 2^20, got {}", label, a.name(), v);
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 
 Graph import_onnx(const std::string& path, const OnnxImportOptions& options) {
@@ -99,6 +129,7 @@ Graph import_onnx(const std::string& path, const OnnxImportOptions& options) {
     fail(path, "ONNX opset {} is not supported (supported: {} to {})", opset, kMinOnnxOpset, kMaxOnnxOpset);
   }
 
+  check_sizes(model.graph(), path);
   try {
     onnx::checker::check_model(model);
   } catch (const std::exception& e) {

@@ -24,32 +24,42 @@ Tensor tensor_from_onnx(const onnx::TensorProto& proto, const std::string& where
     if (d < 0) fail(where, "tensor '{}' has a negative dimension {}", name, d);
     shape.push_back(d);
   }
-  Tensor t(*dtype, shape);
+  // The data must be there before anything is allocated for the declared shape.
+  const int64_t numel = checked_numel(shape, where);
+  const size_t need = dtype_storage_bytes(*dtype, numel);
   if (proto.has_raw_data()) {
     const std::string& raw = proto.raw_data();
-    if (raw.size() != t.nbytes()) {
+    if (raw.size() != need) {
       fail(where, "tensor '{}' of {} {} needs {} bytes but its raw data has {}", name, dtype_name(*dtype),
-           shape_str(shape), t.nbytes(), raw.size());
+           shape_str(shape), need, raw.size());
     }
+    Tensor t(*dtype, shape);
     if (!raw.empty()) std::memcpy(t.bytes(), raw.data(), raw.size());
     return t;
   }
-  auto check = [&](int size, const char* field) {
-    if (size != t.numel()) {
-      fail(where, "tensor '{}' declares {} elements but its {} field holds {}", name, t.numel(), field, size);
-    }
-  };
+  // Without raw data the values come one per element of a typed field.
+  int64_t held = 0;
+  const char* field = "int32_data";
+  switch (*dtype) {
+    case DType::f32: held = proto.float_data_size(); field = "float_data"; break;
+    case DType::f64: held = proto.double_data_size(); field = "double_data"; break;
+    case DType::s64: held = proto.int64_data_size(); field = "int64_data"; break;
+    case DType::s32: case DType::s16: case DType::u16: case DType::s8: case DType::u8: case DType::boolean:
+    case DType::f16: case DType::bf16:
+      held = proto.int32_data_size();
+      break;
+    default: fail(where, "tensor '{}' has dtype {} without raw data", name, dtype_name(*dtype));
+  }
+  if (held != numel) fail(where, "tensor '{}' declares {} elements but its {} field holds {}", name, numel, field, held);
+  Tensor t(*dtype, shape);
   switch (*dtype) {
     case DType::f32:
-      check(proto.float_data_size(), "float_data");
       std::copy(proto.float_data().begin(), proto.float_data().end(), t.data<float>());
       break;
     case DType::f64:
-      check(proto.double_data_size(), "double_data");
       std::copy(proto.double_data().begin(), proto.double_data().end(), t.data<double>());
       break;
     case DType::s64:
-      check(proto.int64_data_size(), "int64_data");
       std::copy(proto.int64_data().begin(), proto.int64_data().end(), t.data<int64_t>());
       break;
     case DType::s32:
@@ -58,19 +68,17 @@ Tensor tensor_from_onnx(const onnx::TensorProto& proto, const std::string& where
     case DType::s8:
     case DType::u8:
     case DType::boolean:
-      check(proto.int32_data_size(), "int32_data");
       for (int64_t i = 0; i < t.numel(); ++i) t.set(i, proto.int32_data(static_cast<int>(i)));
       break;
     case DType::f16:
     case DType::bf16: {
       // Half types travel as their bit patterns in int32_data.
-      check(proto.int32_data_size(), "int32_data");
       auto* bits = reinterpret_cast<uint16_t*>(t.bytes());
       for (int64_t i = 0; i < t.numel(); ++i) bits[i] = static_cast<uint16_t>(proto.int32_data(static_cast<int>(i)));
       break;
     }
     default:
-      fail(where, "tensor '{}' has dtype {} without raw data", name, dtype_name(*dtype));
+      break;  // refused above
   }
   return t;
 }

@@ -31,6 +31,23 @@ void require_zero_point(const Graph& g, const Node& n) {
   }
 }
 
+// The scale of a QuantizeLinear or DequantizeLinear: a constant f32 tensor of finite, positive
+// values (a NaN, infinite, zero or negative scale would quantize into garbage).
+const Tensor& checked_scale(const Graph& g, const Node& n) {
+  if (n.inputs.size() < 2 || n.inputs[1].empty()) fail(g.source, "{}: needs a scale input", n.label());
+  const Tensor* s = constant(g, n.inputs[1]);
+  if (!s) fail(g.source, "{}: the scale must be a constant", n.label());
+  if (s->dtype() != DType::f32) fail(g.source, "{}: the scale must be f32, got {}", n.label(), dtype_name(s->dtype()));
+  if (s->numel() < 1) fail(g.source, "{}: the scale is empty", n.label());
+  for (int64_t i = 0; i < s->numel(); ++i) {
+    const float v = s->data<float>()[i];
+    if (!std::isfinite(v) || !(v > 0.0f)) {
+      fail(g.source, "{}: scale {} (element {}) is not a finite positive number", n.label(), v, i);
+    }
+  }
+  return *s;
+}
+
 }  // namespace
 
 QdqModel import_qdq(const Graph& g) {
@@ -49,9 +66,9 @@ QdqModel import_qdq(const Graph& g) {
   fp.nodes.clear();
   for (const Node& n : g.nodes) {
     if (n.op_type != "DequantizeLinear") continue;
+    if (n.inputs.empty() || n.outputs.empty()) fail(g.source, "{}: needs an input and an output", n.label());
     require_zero_point(g, n);
-    const Tensor* scale = constant(g, n.inputs.at(1));
-    if (!scale) fail(g.source, "{}: the scale must be a constant", n.label());
+    const Tensor* scale = &checked_scale(g, n);
     const std::string& dq_out = n.outputs.at(0);
     if (const Tensor* w = constant(g, n.inputs[0])) {
       // A weight: dequantize it into a float initializer under the DQ output's name.
@@ -84,8 +101,8 @@ QdqModel import_qdq(const Graph& g) {
     }
     const Node& q = *p->second;
     require_zero_point(g, q);
-    const Tensor* qs = constant(g, q.inputs.at(1));
-    if (!qs || qs->numel() != 1 || scale->numel() != 1 || qs->data<float>()[0] != scale->data<float>()[0]) {
+    const Tensor* qs = &checked_scale(g, q);
+    if (qs->numel() != 1 || scale->numel() != 1 || qs->data<float>()[0] != scale->data<float>()[0]) {
       fail(g.source, "{}: activation scales must be one constant shared by the QuantizeLinear and DequantizeLinear", n.label());
     }
     const double s = scale->data<float>()[0];

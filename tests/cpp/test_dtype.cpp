@@ -7,6 +7,8 @@
 #include "nibble/cuda_device.h"
 #include "nibble/dtype.h"
 #include "nibble/tensor.h"
+#include "nibble/error.h"
+#include "test_util.h"
 
 namespace nibble {
 namespace {
@@ -122,6 +124,28 @@ TEST(Cuda, DeviceQuery) {
   const auto dev = cuda_device_description();
   if (!dev) GTEST_SKIP() << "skipped: no CUDA device";
   EXPECT_NE(dev->find("sm_"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace nibble
+
+namespace nibble {
+namespace {
+
+// Sizes computed from file contents: overflow is an error naming the source, never a wrap.
+TEST(ShapeSize, CountsAreCheckedAgainstTheLimit) {
+  EXPECT_EQ(shape_numel({2, 3, 4}), 24);
+  EXPECT_EQ(shape_numel({}), 1);
+  EXPECT_EQ(shape_numel({-1, 3}), -1);  // unknown
+  EXPECT_EQ(shape_numel({int64_t{1} << 62, 0}), 0);
+  EXPECT_EQ(checked_numel({int64_t{1} << 28, int64_t{1} << 28}, "f"), int64_t{1} << 56);
+  const std::string e = testing_util::error_of([] { checked_numel({(int64_t{1} << 60) + 1, 1, 28, 28}, "x.npy"); });
+  EXPECT_NE(e.find("x.npy"), std::string::npos) << e;
+  EXPECT_NE(e.find("2^56"), std::string::npos) << e;
+  EXPECT_NE(testing_util::error_of([] { checked_numel({3, -2}, "w"); }).find("negative"), std::string::npos);
+  EXPECT_NE(testing_util::error_of([] { checked_size_mul(int64_t{1} << 40, int64_t{1} << 20, "m"); }).find("2^56"),
+            std::string::npos);
+  EXPECT_THROW(Tensor(DType::f32, {int64_t{1} << 62, 4}), Error);
 }
 
 }  // namespace

@@ -114,6 +114,27 @@ TEST_F(ImageRead, JpegRoundTripsApproximately) {
   EXPECT_LE(sum_err / static_cast<double>(img.numel()), 2.0);
 }
 
+TEST_F(ImageRead, PnmGreyAndColourDecodeAsStored) {
+  write_bytes(path("g.pgm"), std::string("P5\n# a comment\n3 2\n255\n") + std::string("\x01\x02\x03\x04\x05\xff", 6));
+  const Tensor g = read_image_rgb(path("g.pgm"));
+  ASSERT_EQ(g.shape(), (Shape{2, 3, 3}));
+  for (int c = 0; c < 3; ++c) {
+    EXPECT_EQ(g.bytes()[c], 1);
+    EXPECT_EQ(g.bytes()[5 * 3 + c], 255);
+  }
+  // 16-bit samples keep their high byte.
+  write_bytes(path("c.ppm"), std::string("P6 1 1 65535\n") + std::string("\x12\x34\x56\x78\x9a\xbc", 6));
+  const Tensor c = read_image_rgb(path("c.ppm"));
+  ASSERT_EQ(c.shape(), (Shape{1, 1, 3}));
+  EXPECT_EQ(c.bytes()[0], 0x12);
+  EXPECT_EQ(c.bytes()[1], 0x56);
+  EXPECT_EQ(c.bytes()[2], 0x9a);
+  write_bytes(path("long.ppm"), "P6 6666666666 10 255\n");
+  EXPECT_NE(error_of([&] { read_image_rgb(path("long.ppm")); }).find("malformed PNM header"), std::string::npos);
+  write_bytes(path("short.ppm"), "P6 4 4 255\nabc");
+  EXPECT_NE(error_of([&] { read_image_rgb(path("short.ppm")); }).find("truncated PNM"), std::string::npos);
+}
+
 TEST_F(ImageRead, ErrorsNameTheFile) {
   EXPECT_NE(
       error_of([&] { read_image_rgb(path("missing.png")); }).find(path("missing.png") + ": cannot open"),
@@ -132,7 +153,7 @@ TEST_F(ImageRead, ErrorsNameTheFile) {
   const std::string png = read_file(path("full.png"));
   write_bytes(path("truncated.png"), png.substr(0, png.size() / 2));
   const std::string truncated = error_of([&] { read_image_rgb(path("truncated.png")); });
-  EXPECT_NE(truncated.find(path("truncated.png") + ": cannot decode image: "), std::string::npos)
+  EXPECT_NE(truncated.find(path("truncated.png") + ": cannot decode PNG: "), std::string::npos)
       << truncated;
   EXPECT_EQ(truncated.find('\n'), std::string::npos);
 
@@ -140,14 +161,13 @@ TEST_F(ImageRead, ErrorsNameTheFile) {
 }
 
 TEST_F(ImageRead, RefusesAbsurdSizesBeforeDecoding) {
-  // A PNG signature and an IHDR chunk claiming 16500 x 16500 (2.7e8 pixels > 2^28), then nothing.
-  // (stb itself refuses PNGs over 2^30 bytes, so the size sits between the two limits.)
+  // A PNG signature and an IHDR chunk claiming 16500 x 16500 (2.7e8 pixels > 2^26), then nothing.
   const unsigned char header[] = {
       0x89, 'P', 'N',  'G',  '\r', '\n', 0x1a, '\n',  // signature
       0,    0,   0,    13,   'I',  'H',  'D',  'R',   // chunk length and type
       0,    0,   0x40, 0x74, 0,    0,    0x40, 0x74,  // width, height: 0x4074 = 16500
       8,    2,   0,    0,    0,                       // 8-bit RGB, deflate, no interlace
-      0,    0,   0,    0};                            // CRC (stb does not check it)
+      0x49, 0xbb, 0xed, 0xe6};                        // CRC
   write_bytes(path("huge.png"), std::string(reinterpret_cast<const char*>(header), sizeof(header)));
   const std::string e = error_of([&] { read_image_rgb(path("huge.png")); });
   EXPECT_NE(e.find(path("huge.png") + ": image of 16500 x 16500 pixels exceeds the limit"), std::string::npos)
@@ -168,6 +188,16 @@ TEST(ImageDemoPhotos, DecodeWithTheirKnownSizes) {
     EXPECT_EQ(img.shape(), (Shape{p.h, p.w, 3})) << p.name;
   }
   ASSERT_EQ(found, 3) << "the demo photos in data/images/ are missing";
+}
+
+// The JPEG demo photo decodes to exactly PIL's pixels (libjpeg-turbo, accurate IDCT, smooth
+// upsampling): the FNV-1a digest of Image.open("rocket.jpg").convert("RGB").tobytes() in
+// Pillow 9.4 with Debian's libjpeg-turbo 2.1.5.
+TEST(ImageDemoPhotos, JpegDecodesExactlyAsPil) {
+  const Tensor img = read_image_rgb(kSkimageData + "rocket.jpg");
+  uint64_t h = 1469598103934665603ull;
+  for (size_t i = 0; i < img.nbytes(); ++i) h = (h ^ img.bytes()[i]) * 1099511628211ull;
+  EXPECT_EQ(h, 0xa01e0cba8a35162full);
 }
 
 // ---- resizing ----

@@ -22,6 +22,9 @@ void reshape(const Node& node, const Inputs& in, Outputs& out) {
       shape[i] = x.shape()[i];
     }
     if (shape[i] < 0) kernel_fail("Reshape: invalid dimension {}", shape[i]);
+    if (shape[i] != 0 && known > kMaxElements / shape[i]) {
+      kernel_fail("Reshape: target shape {} has more than 2^56 elements", shape_str(shape));
+    }
     known *= shape[i];
   }
   if (infer >= 0) {
