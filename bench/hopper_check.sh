@@ -8,6 +8,7 @@
 set -uo pipefail
 C=$(cd "$1" && pwd) OUT=$2 BATCHES=${3:-256,1024} TESTS=${4:-Cuda*}
 mkdir -p "$OUT"
+for f in "$C"/bin/*.gz; do [ -e "$f" ] && gunzip -f "$f"; done  # pack_device.sh compresses them
 export LD_LIBRARY_PATH="$C/lib:${LD_LIBRARY_PATH:-}" NIBBLE_SOURCE_DIR="$(pwd)" NIBBLE_SEED_DIR="$C/seed"
 N="$C/bin/nibble"
 {

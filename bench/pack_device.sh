@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Packs what a GPU machine needs to run bench/hopper_check.sh into one folder (git-ignored
-# .device/ by default): the CUDA build's nibble and nibble_tests (stripped), the shared libraries
-# they load that a CUDA image may lack, and the seed model.
+# .device/ by default): the CUDA build's nibble and nibble_tests (stripped and gzipped), the
+# shared libraries they load that a CUDA image may lack, and the seed model.
 #   bench/pack_device.sh [BUILD_DIR] [SEED_DIR] [DEST]
 set -euo pipefail
 BUILD=${1:-build}
@@ -12,9 +12,10 @@ mkdir -p "$DEST/bin" "$DEST/lib" "$DEST/seed"
 strip -o "$DEST/bin/nibble" "$BUILD/nibble"
 strip -o "$DEST/bin/nibble_tests" "$BUILD/tests/cpp/nibble_tests"
 for bin in "$DEST/bin/nibble" "$DEST/bin/nibble_tests"; do
-  ldd "$bin" | awk '/=>/ {print $3}' | grep -E 'libfmt|libonnx|libprotobuf|libz\.|libcudart' | while read -r lib; do
+  ldd "$bin" | awk '/=>/ {print $3}' | grep -E 'libfmt|libonnx|libprotobuf|libz\.|libcudart|libturbojpeg|libpng' | while read -r lib; do
     cp -L "$lib" "$DEST/lib/"
   done
 done
 cp -r "$SEED/model" "$SEED/golden" "$DEST/seed/"
+gzip -9 "$DEST/bin/nibble" "$DEST/bin/nibble_tests"  # the scripts that run them unpack them
 du -sh "$DEST"

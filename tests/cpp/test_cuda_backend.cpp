@@ -368,7 +368,9 @@ RandomNet random_conv(uint32_t seed) {
   g.source = fmt::format("random_conv({}: {}x{}x{}x{} -> {} ch, {}x{} conv to {} maps, stride {}, pad {}, dilation {}, {}-bit, "
                          "out {} bits, residual {})",
                          seed, n, c0, h, w, cin, k, k, cout, s, p, d, four ? 4 : 8, out_bits,
-                         res_kind == 0 ? "none" : (res_kind == 2 ? "s32" : fmt::format("{} bits", res_bits)));
+                         res_kind == 0 ? "none"
+                         : res_kind == 2 ? "s32"
+                                         : fmt::format("{} bits{}", res_bits, seed % 4 == 1 ? " unsigned" : ""));
   g.inputs.push_back({"x", DType::u8, Shape{-1, c0, h, w}, {"N", "", "", ""}});
   const DType wt = four ? DType::s4 : DType::s8;
   const std::string a = b.conv("feed", "x", c0, cin, {.wt = DType::s8, .bits = four ? 4 : 8, .relu = true});
@@ -381,10 +383,12 @@ RandomNet random_conv(uint32_t seed) {
     side.sgn = true;
     res = b.conv("side", a, cin, cout, side);  // s32, added as it is
   } else if (res_kind == 1) {
-    // A narrow signed output, requantized to 31 bits inside the subject's epilogue.
+    // A narrow output, requantized to 31 bits inside the subject's epilogue: signed, or (every
+    // fourth seed) unsigned after a ReLU, as between ResNet blocks.
     NetBuilder::Conv side = shape;
     side.bits = res_bits;
-    side.sgn = true;
+    side.sgn = seed % 4 != 1;
+    side.relu = !side.sgn;
     res = b.requantize_31("side_rq", b.conv("side", a, cin, cout, side), cout);
   }
   const bool out_signed = out_bits == 8 && seed % 3 == 0;
@@ -402,7 +406,7 @@ RandomNet random_conv(uint32_t seed) {
 
 TEST(CudaEngine, ConvKernelFamiliesMatchTheCpuEngineOnRandomShapes) {
   REQUIRE_CUDA();
-  int wgmma_steps = 0;
+  int wgmma_steps = 0, direct_steps = 0, two_block_steps = 0;
   for (uint32_t seed = 0; seed < 48; ++seed) {
     const RandomNet net = random_conv(seed);
     const auto want = Engine(net.graph, Backend::cpu).run({net.input});
@@ -416,13 +420,26 @@ TEST(CudaEngine, ConvKernelFamiliesMatchTheCpuEngineOnRandomShapes) {
         const std::string what = fmt::format("{} {} {} ({})", net.graph.source, family, int8 ? "int8" : "native", gpu.conv_kernel_summary());
         wgmma_steps += gpu.conv_kernel_summary().find("wgmma") != std::string::npos;
         expect_identical(want, gpu.run({net.input}), what);
+        for (const CudaLayerProfile& l : gpu.profile(net.input.shape()[0], 1)) {
+          direct_steps += l.kernel.find("_direct") != std::string::npos;
+          two_block_steps += l.kernel.find("_direct_x2") != std::string::npos;
+        }
       }
     }
   }
   // On an sm_90 device the wgmma family must have run (elsewhere every step falls back to mma).
+  // Unless an epilogue is forced for a measurement, the direct epilogue must have run too.
   if (cuda_device_description()->find("sm_90") != std::string::npos) {
     EXPECT_GT(wgmma_steps, 48);
+    if (!std::getenv("NIBBLE_WGMMA_EPILOGUE")) {
+      EXPECT_GT(direct_steps, 8);
+      if (!std::getenv("NIBBLE_WGMMA_CTAS")) {
+        EXPECT_GT(two_block_steps, 2);
+      }
+    }
   }
+  std::printf("wgmma engines: %d, with the direct epilogue: %d, two blocks per multiprocessor: %d\n", wgmma_steps,
+              direct_steps, two_block_steps);
 }
 
 // A narrow residual (4 bits, stored packed, or 7 bits) folded through a Requantize into a conv

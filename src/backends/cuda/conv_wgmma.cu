@@ -51,15 +51,22 @@ constexpr int kThreads = 384;  // producer + two consumers
 constexpr int kEpiCols = 64;   // maps per chunk of the staged epilogue
 constexpr int kEpiRow = kEpiCols + 8;  // its s32 row, padded: conflict-free fragment stores
 constexpr int kSmemLimit = 232448;     // the largest dynamic shared memory of a Hopper block
+constexpr int kSmemLimit2 = 115712;    // of each of two blocks on one multiprocessor (228 KB, 1 KB each reserved)
 
-// Epilogue modes. Both stage each 64-map chunk of s32 accumulators in shared memory and run the
-// 8-maps-per-thread epilogue of epilogue.cuh on it. `prefetch` (narrow or no residuals, 8- or
-// 4-bit outputs in rows of whole 16 bytes) has the producer copy each tile's residual tile and
-// per-map constants into a double buffer ahead of time; `staged` (anything else) reads them
-// from global memory.
-enum class Epi { staged, prefetch };
+// Epilogue modes. `staged` and `prefetch` stage each 64-map chunk of s32 accumulators in shared
+// memory and run the general 8-maps-per-thread epilogue of epilogue.cuh on it. `prefetch` (narrow
+// residuals, 8- or 4-bit outputs in rows of whole 16 bytes) has the producer copy each tile's
+// residual tile and per-map constants into a double buffer ahead of time; `staged` (anything
+// else) reads them from global memory. `direct` (the common case of a requantized output of the
+// input's width, saturation thresholds, and no residual or a narrow requantized one) takes the
+// constants and residual tile as `prefetch` does, requantizes straight from the accumulator
+// fragments with code specialized at compile time, writes the packed outputs into a swizzled
+// shared-memory tile and stores it with the copy engine.
+enum class Epi { staged, prefetch, direct };
 
-template <int BN, Storage kA, Epi kE>
+// kCtas: blocks per multiprocessor. Two (direct epilogue only) halve the shared memory and
+// registers of each, for twice the warps to run the epilogue of short reductions.
+template <int BN, Storage kA, Epi kE, int kCtas = 1>
 struct WgTile {
   static constexpr bool kPacked = kA == Storage::u4 || kA == Storage::s4;
   static constexpr bool kUnsignedA = kA == Storage::u8 || kA == Storage::u4;
@@ -70,12 +77,23 @@ struct WgTile {
   // Staging of the accumulators (64 rows x 64 maps per consumer); prefetch: two residual tiles
   // (128 rows, up to BN bytes) and two sets of per-map constants (bias s32, sat u32, factor u16,
   // residual factor u16).
-  static constexpr int kStageEpi = 2 * 64 * kEpiRow * 4;
-  static constexpr int kResBytes = kE == Epi::prefetch ? 2 * kBM * BN : 0;
-  static constexpr int kParBytes = kE == Epi::prefetch ? 2 * 12 * BN : 0;
+  static_assert(kCtas == 1 || kE == Epi::direct, "two blocks per multiprocessor only with the direct epilogue");
+  static constexpr int kLimit = kCtas == 2 ? kSmemLimit2 : kSmemLimit;
+  static constexpr int kStageEpi = kCtas == 2 ? 2 * 64 * BN : 2 * 64 * kEpiRow * 4;
+  // One block: the producer warpgroup first, registers rebalanced by setmaxnreg (the producer's
+  // 40, the consumers' 232). Two blocks: the producer is one warp after the consumers (wgmma
+  // needs warpgroups aligned to 4 warps), and every thread has 96 registers: each of the four
+  // schedulers' register files (16K) then holds the 5 warps that 18 warps per multiprocessor need.
+  static constexpr int kThreadsT = kCtas == 2 ? 288 : kThreads;
+  static constexpr bool kPre = kE != Epi::staged;  // the producer copies residual and constants
+  static constexpr int kResBytes = kPre ? 2 * kBM * BN : 0;
+  static constexpr int kParBytes = kPre ? 2 * 12 * BN : 0;
+  // direct: the packed output tile of each consumer (64 rows of BN maps, 4 or 8 bits) in the
+  // staging area, as boxes of up to 128 bytes under the copy engine's swizzle of that width.
+  static constexpr int kOutRow = BN;  // bytes of a row at 8 bits, the widest output
   static constexpr int kEpiBytes = kStageEpi + kResBytes + kParBytes;
   static constexpr int kFixed = kEpiBytes + 1024 + 512;  // + alignment slack + barriers
-  static constexpr int kStagesFit = (kSmemLimit - kFixed) / kStageBytes;
+  static constexpr int kStagesFit = (kLimit - kFixed) / kStageBytes;
   static constexpr int kStages = kStagesFit > 8 ? 8 : kStagesFit;
   static constexpr int kEpiOffset = kStages * kStageBytes;
   static constexpr int kResOffset = kEpiOffset + kStageEpi;
@@ -85,7 +103,8 @@ struct WgTile {
   static_assert(kABytes % 1024 == 0 && kBBytes % 1024 == 0, "stages must keep the swizzle alignment");
   static_assert(kStages >= 3, "too few pipeline stages");
   static_assert(kResOffset % 1024 == 0, "residual tiles keep the swizzle alignment");
-  static_assert(kSmem <= kSmemLimit, "shared memory");
+  static_assert(kSmem <= kLimit, "shared memory");
+  static_assert(2 * 64 * kOutRow <= kStageEpi, "the output tiles fit the staging area");
 };
 
 // 4 packed bytes -> their low and their high nibbles as 4 bytes, zero- or sign-extended.
@@ -107,6 +126,9 @@ struct WgShape {
   int tiles;     // pixel tiles x map tiles
   int res_bytes, res_width, res_lw;  // prefetch: residual bytes of a map tile, of one box, log2 of that (0: none)
   int par_bytes[4];                  // prefetch: bytes per map of bias, sat, factor, residual factor (0: none)
+  int direct_kind;                   // direct: the variant (direct_dispatch)
+  int out_cols;                      // direct: bytes of the output's maps in a row
+  int out_row, out_box;              // direct: bytes of a tile's row, of one store's box
 };
 
 // Byte `c` (< BN bytes) of row `r` of a tile of `rows` rows stored as boxes of 2^lw bytes under
@@ -200,21 +222,134 @@ __device__ __noinline__ void epilogue_chunk_call(const ConvArgs& a, const WgShap
   epilogue_chunk<kPre>(a, shape, epi, row0, tile_map0, cmap, bn, tid, cw, res, par);
 }
 
-template <int BN, Storage kA, Epi kE>
-__global__ void __launch_bounds__(kThreads, 1)
+// Residual kinds of the direct epilogue.
+enum class DRes { none, same_unsigned, s8 };  // none; unsigned at the output's width; s8
+
+// The direct epilogue of one consumer's 64 rows x BN maps: from the accumulator fragments
+// (element (j, e): row 16 x warp + g (+ 8 for e >= 2), map 8j + 2t + (e & 1)) through bias,
+// residual, ReLU and requantization to packed kBits-wide outputs in the shared output tile `out`.
+// The same integer arithmetic as group_math (epilogue.cuh) for these cases, without its
+// runtime branches: kRelu (unsigned outputs; otherwise signed ones), thresholds and factors
+// present, the residual (if any) narrow with a factor.
+template <int BN, int kBits, DRes kRes, bool kRelu>
+__device__ __forceinline__ void direct_epilogue(const ConvArgs& a, const int32_t (&acc)[BN / 2], const uint8_t* res,
+                                                const uint8_t* par, uint8_t* out, int cw, int warp, int g, int t) {
+  constexpr int kResBits = kRes == DRes::s8 ? 8 : kBits;
+  constexpr int kResRow = BN * kResBits / 8, kResBox = kResRow < 128 ? kResRow : 128;
+  constexpr int kResLw = kResBox == 128 ? 7 : (kResBox == 64 ? 6 : (kResBox == 32 ? 5 : 4));
+  constexpr int kOutRow = BN * kBits / 8, kOutBox = kOutRow < 128 ? kOutRow : 128;
+  constexpr int kOutLw = kOutBox == 128 ? 7 : (kOutBox == 64 ? 6 : (kOutBox == 32 ? 5 : 4));
+  const int32_t lo = static_cast<int32_t>(a.lo), hi = static_cast<int32_t>(a.hi);
+  const int32_t rlo = static_cast<int32_t>(a.res_lo), rhi = static_cast<int32_t>(a.res_hi);
+  const uint32_t round = a.shift > 0 ? 1u << (a.shift - 1) : 0u;
+  const uint32_t res_round = a.res_shift > 0 ? 1u << (a.res_shift - 1) : 0u;
+  const int shift = a.shift, res_shift = a.res_shift;
+  // Every row of this thread has r & 7 == g: one swizzle pattern per tile.
+  const int rx = swizzle_of(g, kResLw), ox = swizzle_of(g, kOutLw);
+#pragma unroll
+  for (int j = 0; j < BN / 8; ++j) {
+    const int cl = 8 * j + 2 * t;  // the first of this thread's two maps
+    const int2 bias = *reinterpret_cast<const int2*>(par + 4 * cl);
+    const uint2 sat = *reinterpret_cast<const uint2*>(par + 4 * BN + 4 * cl);
+    const uint32_t fw = *reinterpret_cast<const uint32_t*>(par + 8 * BN + 2 * cl);
+    const uint32_t f0 = fw & 0xFFFF, f1 = fw >> 16;
+    uint32_t q0 = 0, q1 = 0;
+    if constexpr (kRes != DRes::none) {
+      const uint32_t qw = *reinterpret_cast<const uint32_t*>(par + 10 * BN + 2 * cl);
+      q0 = qw & 0xFFFF;
+      q1 = qw >> 16;
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = warp * 16 + g + 8 * h;  // of this consumer's 64
+      int32_t v0 = wrap_add(acc[4 * j + 2 * h], bias.x), v1 = wrap_add(acc[4 * j + 2 * h + 1], bias.y);
+      if constexpr (kRes != DRes::none) {
+        const int r = cw * 64 + row;
+        const uint8_t* rp = res + box_offset(r, cl * kResBits / 8, kBM, kResLw, rx);
+        int32_t r0, r1;
+        if constexpr (kRes == DRes::s8) {
+          const uint32_t w = *reinterpret_cast<const uint16_t*>(rp);
+          r0 = requantize_narrow(static_cast<int32_t>(w << 24) >> 24, q0, res_shift, rlo, rhi);
+          r1 = requantize_narrow(static_cast<int32_t>(w << 16) >> 24, q1, res_shift, rlo, rhi);
+        } else {
+          uint32_t u0, u1;
+          if constexpr (kBits == 8) {
+            const uint32_t w = *reinterpret_cast<const uint16_t*>(rp);
+            u0 = w & 0xFF;
+            u1 = w >> 8;
+          } else {
+            const uint32_t w = *rp;
+            u0 = w & 0xF;
+            u1 = w >> 4;
+          }
+          // Unsigned and below 2^8, factor below 2^16: fits 32 bits and is >= 0.
+          r0 = static_cast<int32_t>(min((u0 * q0 + res_round) >> res_shift, static_cast<uint32_t>(rhi)));
+          r1 = static_cast<int32_t>(min((u1 * q1 + res_round) >> res_shift, static_cast<uint32_t>(rhi)));
+        }
+        v0 = wrap_add(v0, r0);
+        v1 = wrap_add(v1, r1);
+      }
+      if constexpr (kRelu) {
+        // Nothing is negative after ReLU: clamp, one multiply-add, shift, clamp.
+        const uint32_t x0 = min(static_cast<uint32_t>(max(v0, 0)), sat.x), x1 = min(static_cast<uint32_t>(max(v1, 0)), sat.y);
+        v0 = static_cast<int32_t>(min((x0 * f0 + round) >> shift, static_cast<uint32_t>(hi)));
+        v1 = static_cast<int32_t>(min((x1 * f1 + round) >> shift, static_cast<uint32_t>(hi)));
+      } else {
+        v0 = requantize_saturating(v0, f0, sat.x, shift, lo, hi);
+        v1 = requantize_saturating(v1, f1, sat.y, shift, lo, hi);
+      }
+      uint8_t* op = out + box_offset(row, cl * kBits / 8, 64, kOutLw, ox);
+      if constexpr (kBits == 8) {
+        *reinterpret_cast<uint16_t*>(op) = static_cast<uint16_t>((v0 & 0xFF) | ((v1 & 0xFF) << 8));
+      } else {
+        *op = static_cast<uint8_t>((v0 & 0xF) | ((v1 & 0xF) << 4));
+      }
+    }
+  }
+}
+
+// The direct epilogue's variants, chosen per launch (the same for every tile): `kind` as
+// direct_kind returns it (kinds 4 to 7: the variants 0 to 3 with 8-bit outputs of a 4-bit input).
+template <int BN, int kBits>
+__device__ __forceinline__ void direct_variant(int kind, const ConvArgs& a, const int32_t (&acc)[BN / 2],
+                                               const uint8_t* res, const uint8_t* par, uint8_t* out, int cw, int warp,
+                                               int g, int t) {
+  switch (kind) {
+    case 0: direct_epilogue<BN, kBits, DRes::none, true>(a, acc, res, par, out, cw, warp, g, t); break;
+    case 1: direct_epilogue<BN, kBits, DRes::none, false>(a, acc, res, par, out, cw, warp, g, t); break;
+    case 2: direct_epilogue<BN, kBits, DRes::same_unsigned, true>(a, acc, res, par, out, cw, warp, g, t); break;
+    default: direct_epilogue<BN, kBits, DRes::s8, true>(a, acc, res, par, out, cw, warp, g, t); break;
+  }
+}
+template <int BN, bool kPackedInput>
+__device__ __forceinline__ void direct_dispatch(int kind, const ConvArgs& a, const int32_t (&acc)[BN / 2],
+                                                const uint8_t* res, const uint8_t* par, uint8_t* out, int cw, int warp,
+                                                int g, int t) {
+  if constexpr (kPackedInput) {
+    if (kind < 4) {
+      direct_variant<BN, 4>(kind, a, acc, res, par, out, cw, warp, g, t);
+      return;
+    }
+  }
+  direct_variant<BN, 8>(kind & 3, a, acc, res, par, out, cw, warp, g, t);
+}
+
+template <int BN, Storage kA, Epi kE, int kCtas>
+__global__ void __launch_bounds__(WgTile<BN, kA, kE, kCtas>::kThreadsT) __maxnreg__(kCtas == 2 ? 96 : 168)
     conv_wgmma_kernel(const __grid_constant__ CUtensorMap tma_x, const __grid_constant__ CUtensorMap tma_w,
-                      const __grid_constant__ CUtensorMap tma_r, const __grid_constant__ ConvArgs a,
+                      const __grid_constant__ CUtensorMap tma_r, const __grid_constant__ CUtensorMap tma_y,
+                      const __grid_constant__ ConvArgs a,
                       const __grid_constant__ WgShape shape) {
 #if NIBBLE_SM90A
   using namespace sm90;
-  using T = WgTile<BN, kA, kE>;
+  using T = WgTile<BN, kA, kE, kCtas>;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + T::kBarOffset);
   uint64_t* empty = full + T::kStages;
   uint64_t* rfull = empty + T::kStages;  // prefetch: residual tile and constants of a tile arrived
   uint64_t* rempty = rfull + 2;          // prefetch: both consumers are done with them
-  const int wg = threadIdx.x / 128;
+  const bool producer = kCtas == 2 ? threadIdx.x >= 256 : threadIdx.x < 128;
   const int tid = threadIdx.x % 128;
   if (threadIdx.x == 0) {
     for (int s = 0; s < T::kStages; ++s) {
@@ -230,8 +365,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   __syncthreads();
   const int plane = a.oh * a.ow;
 
-  if (wg == 0) {
-    setmaxnreg_dec<40>();
+  if (producer) {
+    if constexpr (kCtas == 1) setmaxnreg_dec<40>();
     if (tid == 0) {
       tma_prefetch_map(&tma_x);
       tma_prefetch_map(&tma_w);
@@ -239,7 +374,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       uint32_t phase = 0;
       for (int tile = blockIdx.x; tile < shape.tiles; tile += gridDim.x, ++local) {
         const int mt = tile / shape.n_tiles, nt = tile - mt * shape.n_tiles;
-        if constexpr (kE == Epi::prefetch) {
+        if constexpr (T::kPre) {
           // The epilogue's inputs first: they are needed last but must not wait behind the mainloop.
           const int b = local & 1;
           mbar_wait(&rempty[b], ((local >> 1) & 1) ^ 1);
@@ -283,8 +418,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
     }
   } else {
-    setmaxnreg_inc<232>();
-    const int cw = wg - 1;  // this consumer's 64 rows of the tile
+    if constexpr (kCtas == 1) setmaxnreg_inc<232>();
+    const int cw = threadIdx.x / 128 - (kCtas == 1 ? 1 : 0);  // this consumer's 64 rows of the tile
     const int warp = tid / 32, lane = tid % 32;
     const int g = lane >> 2, t = lane & 3;
     int stage = 0, local = 0;
@@ -298,12 +433,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int tile = blockIdx.x; tile < shape.tiles; tile += gridDim.x, ++local) {
       const int mt = tile / shape.n_tiles, nt = tile - mt * shape.n_tiles;
       int prev = 0;
+      if constexpr (!T::kPacked) {
 #pragma unroll 1
-      for (int kt = 0; kt < shape.k_iters; ++kt) {
-        mbar_wait(&full[stage], phase);
-        const uint8_t* sa = smem + stage * T::kStageBytes;
-        const uint8_t* sb = sa + T::kABytes;
-        if constexpr (!T::kPacked) {
+        for (int kt = 0; kt < shape.k_iters; ++kt) {
+          mbar_wait(&full[stage], phase);
+          const uint8_t* sa = smem + stage * T::kStageBytes;
+          const uint8_t* sb = sa + T::kABytes;
           wgmma_fence();
           const uint8_t* mine = sa + cw * 64 * T::kARow;
           wgmma_ss<BN, T::kUnsignedA>(acc, smem_desc<64>(mine), smem_desc<64>(sb), kt > 0);
@@ -311,7 +446,18 @@ __global__ void __launch_bounds__(kThreads, 1)
           wgmma_commit();
           wgmma_wait<1>();  // the previous stage's MMAs are done: it can be refilled
           if (kt > 0 && tid == 0) mbar_arrive(&empty[prev]);
-        } else {
+          prev = stage;
+          if (++stage == T::kStages) {
+            stage = 0;
+            phase ^= 1;
+          }
+        }
+      } else {
+#pragma unroll 1
+        for (int kt = 0; kt < shape.k_iters; ++kt) {
+          mbar_wait(&full[stage], phase);
+          const uint8_t* sa = smem + stage * T::kStageBytes;
+          const uint8_t* sb = sa + T::kABytes;
           uint32_t r[4];
           ldmatrix_x4(smem_u32(sa) + a_lane_off, r);
           constexpr bool kS = !T::kUnsignedA;
@@ -322,14 +468,14 @@ __global__ void __launch_bounds__(kThreads, 1)
           wgmma_rs<BN, T::kUnsignedA>(acc, f1, smem_desc<64>(sb + 32), 1);
           wgmma_commit();
           // The MMAs read their A fragments from registers until they complete, and the next
-          // stage's fragments may take the same registers: wait for them here.
+          // stage's fragments may take the same registers: wait for them here. (Two register
+          // sets in turn with one stage in flight measured slower: ptxas serializes such MMAs.)
           wgmma_wait<0>();
           if (tid == 0) mbar_arrive(&empty[stage]);
-        }
-        prev = stage;
-        if (++stage == T::kStages) {
-          stage = 0;
-          phase ^= 1;
+          if (++stage == T::kStages) {
+            stage = 0;
+            phase ^= 1;
+          }
         }
       }
       wgmma_wait<0>();
@@ -342,32 +488,52 @@ __global__ void __launch_bounds__(kThreads, 1)
       const uint8_t* res = nullptr;
       const uint8_t* par = nullptr;
       const int b = local & 1;
-      if constexpr (kE == Epi::prefetch) {
+      if constexpr (T::kPre) {
         mbar_wait(&rfull[b], (local >> 1) & 1);
         res = smem + T::kResOffset + b * kBM * BN;
         par = smem + T::kParOffset + b * 12 * BN;
       }
-#pragma unroll
-      for (int cb = 0; cb < BN / kEpiCols; ++cb) {
-        named_barrier(1 + cw, 128);  // the previous chunk's readers are done
-#pragma unroll
-        for (int jj = 0; jj < 8; ++jj) {
-          const int j = cb * 8 + jj;
-          int32_t* dst = epi + (warp * 16 + g) * kEpiRow + jj * 8 + 2 * t;
-          *reinterpret_cast<int2*>(dst) = make_int2(acc[4 * j], acc[4 * j + 1]);
-          *reinterpret_cast<int2*>(dst + 8 * kEpiRow) = make_int2(acc[4 * j + 2], acc[4 * j + 3]);
-        }
+      if constexpr (kE == Epi::direct) {
+        uint8_t* out = smem + T::kEpiOffset + cw * 64 * T::kOutRow;
+        if (tid == 0) bulk_wait_read();  // the previous tile's stores have read the output tile
         named_barrier(1 + cw, 128);
-        if constexpr (BN / kEpiCols > 2) {
-          epilogue_chunk_call<kE == Epi::prefetch>(a, shape, epi, row0, nt * BN, cb * kEpiCols, BN, tid, cw, res, par);
-        } else {
-          epilogue_chunk<kE == Epi::prefetch>(a, shape, epi, row0, nt * BN, cb * kEpiCols, BN, tid, cw, res, par);
+        direct_dispatch<BN, T::kPacked>(shape.direct_kind, a, acc, res, par, out, cw, warp, g, t);
+        fence_proxy_async();  // the tile's writes, before the copy engine reads them
+        named_barrier(1 + cw, 128);
+        if (tid == 0) {
+          mbar_arrive(&rempty[b]);  // this consumer no longer reads the tile's residual or constants
+          for (int x = 0; x < shape.out_row; x += shape.out_box) {
+            const int col = nt * shape.out_row + x;
+            if (col < shape.out_cols) tma_store_2d(&tma_y, out + x * 64, col, static_cast<int>(row0));
+          }
+          bulk_commit();
+        }
+      } else {
+#pragma unroll
+        for (int cb = 0; cb < BN / kEpiCols; ++cb) {
+          named_barrier(1 + cw, 128);  // the previous chunk's readers are done
+#pragma unroll
+          for (int jj = 0; jj < 8; ++jj) {
+            const int j = cb * 8 + jj;
+            int32_t* dst = epi + (warp * 16 + g) * kEpiRow + jj * 8 + 2 * t;
+            *reinterpret_cast<int2*>(dst) = make_int2(acc[4 * j], acc[4 * j + 1]);
+            *reinterpret_cast<int2*>(dst + 8 * kEpiRow) = make_int2(acc[4 * j + 2], acc[4 * j + 3]);
+          }
+          named_barrier(1 + cw, 128);
+          if constexpr (BN / kEpiCols > 2) {
+            epilogue_chunk_call<kE == Epi::prefetch>(a, shape, epi, row0, nt * BN, cb * kEpiCols, BN, tid, cw, res, par);
+          } else {
+            epilogue_chunk<kE == Epi::prefetch>(a, shape, epi, row0, nt * BN, cb * kEpiCols, BN, tid, cw, res, par);
+          }
+        }
+        if constexpr (kE == Epi::prefetch) {
+          named_barrier(1 + cw, 128);
+          if (tid == 0) mbar_arrive(&rempty[b]);  // this consumer no longer reads the tile's residual or constants
         }
       }
-      if constexpr (kE == Epi::prefetch) {
-        named_barrier(1 + cw, 128);
-        if (tid == 0) mbar_arrive(&rempty[b]);  // this consumer no longer reads the tile's residual or constants
-      }
+    }
+    if constexpr (kE == Epi::direct) {
+      if (tid == 0) bulk_wait();  // the last stores have read the output tile
     }
   }
 #endif
@@ -478,13 +644,39 @@ bool prefetch_epilogue(const ConvArgs& a) {
   return a.res && narrow(a.res_storage) && a.res_factor && a.res_row % 16 == 0;
 }
 
-template <int BN, Storage kA, Epi kE>
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// The direct epilogue's variant for `a`, whose input is `in_bits` wide, or -1 where it does not
+// apply: requantized outputs with thresholds at the input's width (or 8 bits from a 4-bit input:
+// kinds + 4), unsigned after ReLU or signed without it, in rows the copy engine can address; no
+// residual, or one with a factor that is unsigned at the output's width or s8 (ReLU).
+int direct_kind(const ConvArgs& a, int in_bits) {
+  if (!a.factor || !a.sat || a.shift < 0 || a.shift > 31 || a.res_shift < 0 || a.res_shift > 31) return -1;
+  const int bits = storage_bits(a.y_storage);
+  if (bits != in_bits && !(in_bits == 4 && bits == 8)) return -1;
+  const Storage y_unsigned = bits == 8 ? Storage::u8 : Storage::u4, y_signed = bits == 8 ? Storage::s8 : Storage::s4;
+  if (a.y_storage != (a.relu ? y_unsigned : y_signed)) return -1;
+  if (a.y_row % 16 != 0 || !aligned16(a.y) || (int64_t{a.m} * bits) % 8 != 0 || a.pixels >= (int64_t{1} << 31)) {
+    return -1;
+  }
+  const int wide = bits != in_bits ? 4 : 0;
+  if (!a.res) return (a.relu ? 0 : 1) + wide;
+  if (!a.relu || !a.res_factor || a.res_row % 16 != 0 || !aligned16(a.res)) return -1;
+  if (a.res_storage == y_unsigned) return 2 + wide;
+  if (a.res_storage == Storage::s8) return 3 + wide;
+  return -1;
+}
+
+template <int BN, Storage kA, Epi kE, int kCtas = 1>
 void launch_wg(const ConvArgs& a, cudaStream_t stream) {
-  using T = WgTile<BN, kA, kE>;
+  using T = WgTile<BN, kA, kE, kCtas>;
   static std::once_flag once;
   std::call_once(once, [] {
     NIBBLE_CUDA_CHECK(
-        cudaFuncSetAttribute(conv_wgmma_kernel<BN, kA, kE>, cudaFuncAttributeMaxDynamicSharedMemorySize, T::kSmem));
+        cudaFuncSetAttribute(conv_wgmma_kernel<BN, kA, kE, kCtas>, cudaFuncAttributeMaxDynamicSharedMemorySize, T::kSmem));
+    // All of the unified L1/shared storage as shared memory, so that kCtas blocks fit.
+    NIBBLE_CUDA_CHECK(cudaFuncSetAttribute(conv_wgmma_kernel<BN, kA, kE, kCtas>,
+                                           cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
   });
   WgShape s{};
   s.c_chunks = static_cast<int>(a.x_row / T::kARow);
@@ -494,8 +686,16 @@ void launch_wg(const ConvArgs& a, cudaStream_t stream) {
   s.tiles = static_cast<int>(m_tiles * s.n_tiles);
   const CUtensorMap tx = activation_map(a, T::kARow);
   const CUtensorMap tw = matrix_map(a.wide_weights, a.wide_k, a.m_pad, a.wide_k, 64, BN, CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
-  CUtensorMap tr = tw;  // a placeholder where unused
-  if constexpr (kE == Epi::prefetch) {
+  CUtensorMap tr = tw, ty = tw;  // placeholders where unused
+  if constexpr (kE == Epi::direct) {
+    s.direct_kind = direct_kind(a, storage_bits(kA));
+    const int bits = storage_bits(a.y_storage);
+    s.out_cols = static_cast<int>(int64_t{a.m} * bits / 8);
+    s.out_row = BN * bits / 8;
+    s.out_box = std::min(128, s.out_row);
+    ty = matrix_map(a.y, s.out_cols, a.pixels, a.y_row, s.out_box, 64, CU_TENSOR_MAP_L2_PROMOTION_NONE);
+  }
+  if constexpr (T::kPre) {
     if (a.res) {
       s.res_bytes = BN * storage_bits(a.res_storage) / 8;
       s.res_width = std::min(128, s.res_bytes);
@@ -508,41 +708,82 @@ void launch_wg(const ConvArgs& a, cudaStream_t stream) {
     s.par_bytes[2] = a.factor ? 2 : 0;
     s.par_bytes[3] = a.res ? 2 : 0;
   }
-  const int grid = std::min(s.tiles, multiprocessors());
-  conv_wgmma_kernel<BN, kA, kE><<<grid, kThreads, T::kSmem, stream>>>(tx, tw, tr, a, s);
+  const int grid = std::min(s.tiles, kCtas * multiprocessors());
+  conv_wgmma_kernel<BN, kA, kE, kCtas><<<grid, T::kThreadsT, T::kSmem, stream>>>(tx, tw, tr, ty, a, s);
   NIBBLE_CUDA_LAUNCHED();
 }
 
-// NIBBLE_WGMMA_EPILOGUE=staged forces the staged epilogue everywhere (for measurements).
-bool staged_forced() {
-  static const bool forced = [] {
+// NIBBLE_WGMMA_EPILOGUE=staged forces the staged epilogue everywhere, =prefetch takes the
+// prefetch epilogue where the direct one would apply (for measurements).
+int epilogue_forced() {
+  static const int forced = [] {
     const char* e = std::getenv("NIBBLE_WGMMA_EPILOGUE");
-    return e && std::string(e) == "staged";
+    if (!e) return 0;
+    return std::string(e) == "staged" ? 1 : (std::string(e) == "prefetch" ? 2 : 0);
   }();
   return forced;
 }
 
 template <int BN, Storage kA>
-void launch_epi(const ConvArgs& a, cudaStream_t stream) {
-  if (!staged_forced() && prefetch_epilogue(a)) {
-    launch_wg<BN, kA, Epi::prefetch>(a, stream);
-  } else {
-    launch_wg<BN, kA, Epi::staged>(a, stream);
+int launch_epi(const ConvArgs& a, cudaStream_t stream) {
+  const int forced = epilogue_forced();
+  // The direct epilogue is compiled for unsigned inputs (every layer after the stem).
+  constexpr bool kDirect = kA == Storage::u8 || kA == Storage::u4;
+  if constexpr (kDirect) {
+    if (forced == 0 && direct_kind(a, storage_bits(kA)) >= 0) {
+      launch_wg<BN, kA, Epi::direct>(a, stream);
+      return 2;
+    }
   }
+  if (forced != 1 && (prefetch_epilogue(a) || (forced == 2 && kDirect && direct_kind(a, storage_bits(kA)) >= 0))) {
+    launch_wg<BN, kA, Epi::prefetch>(a, stream);
+    return 1;
+  }
+  launch_wg<BN, kA, Epi::staged>(a, stream);
+  return 0;
+}
+
+// Variant names by map tile (64, 128, 256) and epilogue (staged, prefetch, direct).
+using Names = const char* const[3][3];
+#define NIBBLE_WGMMA_NAMES(p)                                                      \
+  {{p "_n64", p "_n64_pre", p "_n64_direct"}, {p "_n128", p "_n128_pre", p "_n128_direct"}, \
+   {p "_n256", p "_n256_pre", p "_n256_direct"}}
+
+// NIBBLE_WGMMA_CTAS=1 keeps one block per multiprocessor everywhere (for measurements).
+bool two_ctas_allowed() {
+  static const bool allowed = [] {
+    const char* e = std::getenv("NIBBLE_WGMMA_CTAS");
+    return !(e && std::string(e) == "1");
+  }();
+  return allowed;
+}
+
+// Two blocks per multiprocessor, with the direct epilogue, where they measured faster on an H200
+// (docs/performance.md): expanding 1x1 convolutions of at most 128 input channels to 256 maps or
+// more, as 128-map tiles (the short reduction leaves the epilogue as the work, and twice the
+// warps hide its latencies: layer1_0_conv3 0.274 against 0.313 ms), and convolutions of at most
+// 64 maps. With 256 input channels or more one block of 256-map tiles is faster. Returns the map
+// tile, or 0 for one block.
+int two_ctas(const ConvArgs& a, int in_bits) {
+  if (!two_ctas_allowed() || epilogue_forced() != 0 || direct_kind(a, in_bits) < 0) return 0;
+  const int64_t channels = in_bits == 4 ? 2 * a.x_row : a.x_row;
+  if (a.kh * a.kw == 1 && a.m >= 256 && a.m > channels && channels <= 128) return 128;
+  return a.m <= 64 ? 64 : 0;
 }
 
 template <Storage kA>
-const char* launch_bn(const ConvArgs& a, cudaStream_t stream, const char* n64, const char* n128, const char* n256) {
-  if (a.m <= 64) {
-    launch_epi<64, kA>(a, stream);
-    return n64;
+const char* launch_bn(const ConvArgs& a, cudaStream_t stream, const Names& names, const char* two64,
+                      const char* two128) {
+  if constexpr (kA == Storage::u8 || kA == Storage::u4) {
+    switch (two_ctas(a, storage_bits(kA))) {
+      case 64: launch_wg<64, kA, Epi::direct, 2>(a, stream); return two64;
+      case 128: launch_wg<128, kA, Epi::direct, 2>(a, stream); return two128;
+      default: break;
+    }
   }
-  if (a.m <= 128) {
-    launch_epi<128, kA>(a, stream);
-    return n128;
-  }
-  launch_epi<256, kA>(a, stream);
-  return n256;
+  if (a.m <= 64) return names[0][launch_epi<64, kA>(a, stream)];
+  if (a.m <= 128) return names[1][launch_epi<128, kA>(a, stream)];
+  return names[2][launch_epi<256, kA>(a, stream)];
 }
 
 }  // namespace
@@ -564,10 +805,12 @@ bool wgmma_conv_fits(const ConvArgs& a) {
   return tiles < (int64_t{1} << 31);
 }
 
-// Measured on an H200 (docs/performance.md): the wgmma kernels are faster on k x k convolutions
-// and on 1x1 convolutions that reduce or keep the channel count, and slower on the expanding 1x1
-// ones (the bottlenecks' conv3 and the downsampling shortcuts), whose short reduction leaves
-// the epilogue of 4 x as many outputs per multiply to the two consumer warpgroups.
+// Measured on an H200 (docs/performance.md): the wgmma kernels are faster on k x k convolutions,
+// on 1x1 convolutions that reduce or keep the channel count, and, with the direct epilogue, on
+// the expanding 1x1 ones too (each bottleneck's conv3 and the downsampling shortcuts: 0.33
+// against 0.49 ms for layer1_0_conv3 at batch 256). Without it the expanding 1x1 layers stay on
+// the mma kernels: the general epilogue of 4 x as many outputs per multiply, on the two consumer
+// warpgroups, measured slower there (0.86 ms).
 // Small problems (a batch of one, say) keep the mma kernels too: their smaller tiles give more
 // blocks, where the wgmma kernels' 128-pixel tiles would leave most multiprocessors idle
 // (SingleStream on the seed model, 2026-12-03: p90 0.835 ms with mma, 0.871 ms with wgmma).
@@ -576,16 +819,22 @@ bool wgmma_conv_preferred(const ConvArgs& a) {
   const int64_t tiles = (a.pixels + kBM - 1) / kBM * ((a.m + bn - 1) / bn);
   if (tiles < multiprocessors()) return false;
   if (a.kh * a.kw > 1) return true;
-  const int64_t channels = a.x_storage == Storage::u4 || a.x_storage == Storage::s4 ? 2 * a.x_row : a.x_row;
-  return a.m <= channels;
+  const bool packed = a.x_storage == Storage::u4 || a.x_storage == Storage::s4;
+  const bool unsigned_x = a.x_storage == Storage::u4 || a.x_storage == Storage::u8;
+  if (unsigned_x && direct_kind(a, packed ? 4 : 8) >= 0) return true;
+  return a.m <= (packed ? 2 * a.x_row : a.x_row);
 }
 
 const char* launch_conv_wgmma(const ConvArgs& a, cudaStream_t stream) {
+  static Names u8 = NIBBLE_WGMMA_NAMES("wgmma_u8s8"), s8 = NIBBLE_WGMMA_NAMES("wgmma_s8s8");
+  static Names u4 = NIBBLE_WGMMA_NAMES("wgmma_u4s4"), s4 = NIBBLE_WGMMA_NAMES("wgmma_s4s4");
   switch (a.x_storage) {
-    case Storage::u8: return launch_bn<Storage::u8>(a, stream, "wgmma_u8s8_n64", "wgmma_u8s8_n128", "wgmma_u8s8_n256");
-    case Storage::s8: return launch_bn<Storage::s8>(a, stream, "wgmma_s8s8_n64", "wgmma_s8s8_n128", "wgmma_s8s8_n256");
-    case Storage::u4: return launch_bn<Storage::u4>(a, stream, "wgmma_u4s4_n64", "wgmma_u4s4_n128", "wgmma_u4s4_n256");
-    case Storage::s4: return launch_bn<Storage::s4>(a, stream, "wgmma_s4s4_n64", "wgmma_s4s4_n128", "wgmma_s4s4_n256");
+    case Storage::u8:
+      return launch_bn<Storage::u8>(a, stream, u8, "wgmma_u8s8_n64_direct_x2", "wgmma_u8s8_n128_direct_x2");
+    case Storage::s8: return launch_bn<Storage::s8>(a, stream, s8, nullptr, nullptr);
+    case Storage::u4:
+      return launch_bn<Storage::u4>(a, stream, u4, "wgmma_u4s4_n64_direct_x2", "wgmma_u4s4_n128_direct_x2");
+    case Storage::s4: return launch_bn<Storage::s4>(a, stream, s4, nullptr, nullptr);
     default: break;
   }
   throw_cuda_error(cudaErrorInvalidValue, "launch_conv_wgmma: unsupported input storage", __FILE__, __LINE__);
