@@ -441,6 +441,10 @@ class Builder {
   }
 
   void rename(const std::string& from, const std::string& to) {
+    if (from == to) return;
+    // Two outputs of one name, or one layer listed as two outputs, cannot both be renamed.
+    if (g_.value_info.count(to) != 0) fail(m_.path, "the output name {} is used twice", to);
+    if (g_.value_info.count(from) == 0) fail(m_.path, "the output layer {} is listed twice", from);
     for (auto& n : g_.nodes) {
       for (auto& s : n.inputs) {
         if (s == from) s = to;
