@@ -66,4 +66,24 @@ void unary_elementwise(const Node& node, const char* name, const Inputs& in, Out
   });
 }
 
+// out = op(x) elementwise on f32 or f64, the computation in double.
+template <typename Op>
+void unary_float(const Node& node, const char* name, const Inputs& in, Outputs& out, Op op) {
+  const Tensor& x = required_input(node, in, 0);
+  Tensor y(x.dtype(), x.shape());
+  const int64_t n = x.numel();
+  if (x.dtype() == DType::f32) {
+    const float* px = x.data<float>();
+    float* py = y.data<float>();
+    for (int64_t i = 0; i < n; ++i) py[i] = static_cast<float>(op(static_cast<double>(px[i])));
+  } else if (x.dtype() == DType::f64) {
+    const double* px = x.data<double>();
+    double* py = y.data<double>();
+    for (int64_t i = 0; i < n; ++i) py[i] = op(px[i]);
+  } else {
+    kernel_fail("{} expects a float input, got {}", name, dtype_name(x.dtype()));
+  }
+  out[0] = std::move(y);
+}
+
 }  // namespace nibble::ref

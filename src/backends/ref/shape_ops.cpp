@@ -17,4 +17,23 @@ size_t element_bytes(const Tensor& t, const char* op) {
   return static_cast<size_t>(bits / 8);
 }
 
+std::vector<int64_t> int_values(const Tensor& t, const char* op, const char* what) {
+  if (t.dtype() != DType::s64 && t.dtype() != DType::s32) {
+    kernel_fail("{}: {} must be int64 or int32, got {}", op, what, dtype_name(t.dtype()));
+  }
+  if (t.rank() > 1) kernel_fail("{}: {} must be 1-D, got {}", op, what, shape_str(t.shape()));
+  std::vector<int64_t> v(static_cast<size_t>(t.numel()));
+  for (int64_t i = 0; i < t.numel(); ++i) {
+    v[static_cast<size_t>(i)] = t.dtype() == DType::s64 ? t.data<int64_t>()[i] : t.data<int32_t>()[i];
+  }
+  return v;
+}
+
+// The row-major strides of `shape`.
+std::vector<int64_t> strides_of(const Shape& shape) {
+  std::vector<int64_t> s(shape.size(), 1);
+  for (size_t i = shape.size(); i-- > 1;) s[i - 1] = s[i] * shape[i];
+  return s;
+}
+
 }  // namespace nibble::ref

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -43,10 +44,31 @@ std::string compare(const Tensor& got, const Tensor& want) {
   for (int64_t i = 0; i < got.numel(); ++i) {
     const double g = got.get(i), w = want.get(i);
     if (std::isnan(g) && std::isnan(w)) continue;
-    const bool ok = is_float ? std::fabs(g - w) <= kAtol + kRtol * std::fabs(w) : g == w;
+    const bool ok = g == w || (is_float && std::fabs(g - w) <= kAtol + kRtol * std::fabs(w));
     if (!ok) return fmt::format("element {}: got {}, expected {}", i, g, w);
   }
   return {};
+}
+
+// ONNX's test data stores bfloat16 tensors as uint16 (numpy has no bfloat16): where the model
+// declares bf16, such data is the same bits.
+Tensor as_declared(const Tensor& t, const std::optional<DType>& declared) {
+  if (!declared || *declared != DType::bf16 || t.dtype() != DType::u16) return t;
+  Tensor r(DType::bf16, t.shape());
+  std::memcpy(r.bytes(), t.bytes(), t.nbytes());
+  return r;
+}
+
+// Tests whose data disagree with their own model or with the ONNX specification (ONNX 1.12's
+// test data, as Debian ships it).
+const std::map<std::string, std::string>& data_faults() {
+  static const std::map<std::string, std::string> faults = {
+      {"test_cast_FLOAT_to_BFLOAT16",
+       "expected data truncated; Cast rounds to nearest even, as ONNX specifies since 1.14"},
+      {"test_castlike_FLOAT_to_BFLOAT16_expanded", "input 'like' stored with shape [1]; the model declares [3, 4]"},
+      {"test_castlike_BFLOAT16_to_FLOAT_expanded", "input 'like' stored with shape [1]; the model declares [3, 4]"},
+  };
+  return faults;
 }
 
 // The reason to skip a test, or "" to run it.
@@ -65,6 +87,7 @@ std::string skip_reason(const onnx::ModelProto& model, std::set<std::string>& un
   for (const auto* list : {&model.graph().input(), &model.graph().output()}) {
     for (const auto& v : *list) {
       if (!v.type().has_tensor_type()) return "non-tensor value types (sequence/optional)";
+      if (!dtype_from_onnx(v.type().tensor_type().elem_type())) return "element types nibble has no dtype for (string, ...)";
     }
   }
   return {};
@@ -98,7 +121,8 @@ int main(int argc, char** argv) {
         continue;
       }
     }
-    const std::string reason = skip_reason(proto, unsupported_ops);
+    const auto fault = data_faults().find(name);
+    const std::string reason = fault != data_faults().end() ? fault->second : skip_reason(proto, unsupported_ops);
     if (reason == "op") continue;
     if (!reason.empty()) {
       skipped_other[reason].push_back(name);
@@ -115,6 +139,11 @@ int main(int argc, char** argv) {
         for (const auto& f : numbered_files(set.path(), "input")) inputs.push_back(read_onnx_tensor(f.string()));
         std::vector<Tensor> expected;
         for (const auto& f : numbered_files(set.path(), "output")) expected.push_back(read_onnx_tensor(f.string()));
+        const Graph& g = engine.graph();
+        for (size_t i = 0; i < inputs.size() && i < g.inputs.size(); ++i) inputs[i] = as_declared(inputs[i], g.inputs[i].dtype);
+        for (size_t i = 0; i < expected.size() && i < g.outputs.size(); ++i) {
+          expected[i] = as_declared(expected[i], g.outputs[i].dtype);
+        }
         const std::vector<Tensor> got = engine.run(inputs);
         if (got.size() != expected.size()) {
           throw std::runtime_error(fmt::format("{} outputs, expected {}", got.size(), expected.size()));
