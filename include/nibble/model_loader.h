@@ -16,6 +16,8 @@ struct LoadOptions {
   // Model directories: fuse conv + bias + ReLU + requantize (and the residual add) into one
   // op, as the seed engine does. Off gives the layer-by-layer graph.
   bool fuse = true;
+  // ONNX files: fold constants at load (fold_constants). Off gives the graph as written.
+  bool fold = true;
 };
 
 // A directory is read as a model directory, anything else as an ONNX file.
@@ -28,5 +30,11 @@ Graph graph_from_model_dir(const ModelDir& model, std::optional<int64_t> fixed_b
 // The seed's fusion: IntConv followed by its sole consumers [IntAdd] [IntRelu] [Requantize]
 // becomes one IntConvFused node with an integer epilogue. Returns the number of fused nodes.
 int fuse_int_conv_epilogues(Graph& graph);
+
+// ONNX graphs at load: Constant nodes become initializers, Identity nodes go, Shape of a fully
+// known shape and every node whose inputs are all constant are evaluated once (outputs of at
+// most 2^22 elements; QDQ pairs, convolutions, matrix products, pools and graph outputs stay
+// nodes). Returns the number of nodes removed.
+int fold_constants(Graph& graph);
 
 }  // namespace nibble

@@ -16,7 +16,9 @@ Graph load_model(const std::string& path, const LoadOptions& options) {
   }
   OnnxImportOptions onnx_options;
   onnx_options.fixed_batch = options.fixed_batch;
-  return import_onnx(path, onnx_options);
+  Graph g = import_onnx(path, onnx_options);
+  if (options.fold) fold_constants(g);
+  return g;
 }
 
 }  // namespace nibble

@@ -1,0 +1,162 @@
+// Load-time simplification of ONNX graphs: Constant nodes become initializers, Identity nodes
+// disappear, Shape of a value whose shape is fully known becomes a constant, and any node whose
+// inputs are all constant is evaluated once by the reference kernels. torch.onnx exports then
+// reduce to the ops that carry the model (their Shape/Gather/Unsqueeze/Concat chains for a
+// Reshape fold to one constant shape wherever the batch is fixed).
+#include <algorithm>
+#include <map>
+#include <set>
+
+#include "backends/ref/kernels.h"
+#include "nibble/model_loader.h"
+
+namespace nibble {
+
+namespace {
+
+// A folded output may hold at most this many elements: folding must not turn a few bytes of
+// model into gigabytes (a ConstantOfShape of a huge shape stays a node, and fails when run).
+constexpr int64_t kMaxFoldedElements = int64_t{1} << 22;
+
+// Ops that are never evaluated at load: randomness, the integer ops of model directories,
+// QuantizeLinear / DequantizeLinear (a QDQ model's weight pairs carry its quantization), and
+// the reductions whose work is not bounded by their output (loading must stay quick).
+bool foldable(const Node& n) {
+  if (n.op_type.rfind("nibble:", 0) == 0) return false;
+  static const std::set<std::string> never = {
+      "RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial",
+      "QuantizeLinear", "DequantizeLinear", "Conv", "ConvInteger", "QLinearConv", "MatMul", "MatMulInteger",
+      "QLinearMatMul", "Gemm", "AveragePool", "MaxPool", "GlobalAveragePool"};
+  return never.count(n.op_type) == 0;
+}
+
+// The element count a node's outputs can reach, bounded before anything is computed: the
+// inferred output shapes where ONNX knew them, otherwise the ops whose outputs cannot exceed
+// their inputs; -1 where no bound is known.
+int64_t output_bound(const Graph& g, const Node& n, const std::vector<const Tensor*>& in) {
+  int64_t total = 0;
+  bool all_known = true;
+  for (const auto& o : n.outputs) {
+    if (o.empty()) continue;
+    const ValueInfo* v = g.find_value(o);
+    if (!v || !v->shape) {
+      all_known = false;
+      break;
+    }
+    const int64_t c = shape_numel(*v->shape);
+    if (c < 0) {
+      all_known = false;
+      break;
+    }
+    total += c;
+  }
+  if (all_known) return total;
+  static const std::set<std::string> shrinking = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Reshape", "Flatten",
+                                                  "Identity", "Cast", "Slice", "Transpose", "Concat", "Constant"};
+  if (!shrinking.count(n.op_type)) return -1;
+  int64_t sum = 0;
+  for (const Tensor* t : in) sum += t ? t->numel() : 0;
+  for (const auto& [k, a] : n.attrs) {
+    if (const Tensor* t = std::get_if<Tensor>(&a)) sum += t->numel();
+  }
+  return std::max<int64_t>(sum, 64);
+}
+
+}  // namespace
+
+int fold_constants(Graph& g) {
+  std::set<std::string> graph_outputs;
+  for (const auto& o : g.outputs) graph_outputs.insert(o.name);
+  std::map<std::string, std::string> alias;  // Identity outputs -> their inputs
+  auto resolve = [&](const std::string& v) {
+    auto it = alias.find(v);
+    return it == alias.end() ? v : it->second;
+  };
+  // Static shapes of runtime values (inputs and inferred intermediates), for Shape.
+  auto static_shape = [&](const std::string& v) -> std::optional<Shape> {
+    const ValueInfo* info = g.find_value(v);
+    if (!info || !info->shape) return std::nullopt;
+    for (int64_t d : *info->shape) {
+      if (d < 0) return std::nullopt;
+    }
+    return info->shape;
+  };
+
+  std::vector<Node> kept;
+  int folded = 0;
+  for (Node n : g.nodes) {
+    for (auto& in : n.inputs) {
+      if (!in.empty()) in = resolve(in);
+    }
+    // Identity: later readers take its input (a graph output keeps its node).
+    if (n.op_type == "Identity" && n.inputs.size() == 1 && n.outputs.size() == 1 && !graph_outputs.count(n.outputs[0])) {
+      alias[n.outputs[0]] = n.inputs[0];
+      ++folded;
+      continue;
+    }
+    const bool output = [&] {
+      for (const auto& o : n.outputs) {
+        if (graph_outputs.count(o)) return true;
+      }
+      return false;
+    }();
+    if (output) {  // the engine computes graph outputs; they stay nodes
+      kept.push_back(std::move(n));
+      continue;
+    }
+    // Shape of a value with a fully known shape (with start and end, as of opset 15).
+    if (n.op_type == "Shape" && n.inputs.size() == 1 && !g.initializers.count(n.inputs[0])) {
+      if (const auto s = static_shape(n.inputs[0])) {
+        const int64_t rank = static_cast<int64_t>(s->size());
+        auto clamp_axis = [&](int64_t a) { return std::clamp<int64_t>(a < 0 ? a + rank : a, 0, rank); };
+        const int64_t start = clamp_axis(n.attr_int("start", 0)), end = clamp_axis(n.attr_int("end", rank));
+        Tensor dims(DType::s64, {std::max<int64_t>(end - start, 0)});
+        for (int64_t i = start; i < end; ++i) dims.data<int64_t>()[i - start] = (*s)[static_cast<size_t>(i)];
+        g.initializers[n.outputs[0]] = std::move(dims);
+        ++folded;
+        continue;
+      }
+    }
+    bool constant = foldable(n);
+    std::vector<const Tensor*> in;
+    for (const auto& v : n.inputs) {
+      if (v.empty()) {
+        in.push_back(nullptr);
+        continue;
+      }
+      const auto it = g.initializers.find(v);
+      if (it == g.initializers.end()) {
+        constant = false;
+        break;
+      }
+      in.push_back(&it->second);
+    }
+    const ref::KernelFn fn = constant ? ref::find_kernel(n.op_type, n.opset) : nullptr;
+    const int64_t bound = fn ? output_bound(g, n, in) : -1;
+    if (fn && bound >= 0 && bound <= kMaxFoldedElements) {
+      ref::Outputs out(n.outputs.size());
+      try {
+        fn(n, in, out);
+      } catch (const ref::KernelError&) {
+        kept.push_back(n);  // left for the run, which reports it with the node and the file
+        continue;
+      }
+      for (size_t i = 0; i < n.outputs.size(); ++i) {
+        if (!n.outputs[i].empty()) g.initializers[n.outputs[i]] = std::move(out[i]);
+      }
+      ++folded;
+      continue;
+    }
+    kept.push_back(std::move(n));
+  }
+  g.nodes = std::move(kept);
+  // Initializers nothing reads any more (the inputs of folded nodes) are dropped.
+  std::set<std::string> read(graph_outputs.begin(), graph_outputs.end());
+  for (const Node& n : g.nodes) read.insert(n.inputs.begin(), n.inputs.end());
+  for (auto it = g.initializers.begin(); it != g.initializers.end();) {
+    it = read.count(it->first) ? std::next(it) : g.initializers.erase(it);
+  }
+  return folded;
+}
+
+}  // namespace nibble
