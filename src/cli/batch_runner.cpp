@@ -28,13 +28,12 @@ void add_data_flags(CLI::App& cmd, DataArgs& args, const std::string& default_da
   cmd.add_option("--threads", args.threads, "Worker threads (0: one per core)")
       ->default_val(0)
       ->check(CLI::NonNegativeNumber);
-  add_normalization_flags(cmd, args.mean, args.std);
+  add_normalization_flags(cmd, args.pre);
 }
 
 DataArgs sharing_settings(DataArgs target, const DataArgs& from) {
   target.data_dir = from.data_dir;
-  target.mean = from.mean;
-  target.std = from.std;
+  target.pre = from.pre;
   target.batch = from.batch;
   target.threads = from.threads;
   return target;
@@ -53,7 +52,7 @@ Shape input_chw(const Graph& graph, const std::string& model) {
 
 InputData load_data(const DataArgs& args, const Graph& graph, const std::string& model) {
   const Shape chw = input_chw(graph, model);
-  InputData d = load_input_data(args.data, chw, args.mean, args.std, args.data_dir, args.limit);
+  InputData d = load_input_data(args.data, chw, args.pre, args.data_dir, args.limit);
   const Shape got(d.inputs.shape().begin() + 1, d.inputs.shape().end());
   if (got != chw) fail(model, "the model's input shape is {} but {} gives {}", shape_str(chw), d.name, shape_str(got));
   return d;

@@ -16,13 +16,12 @@ struct DataArgs {
   std::string data;
   std::string data_dir;
   int64_t limit = 0;
-  float mean = 0.0f;
-  float std = 1.0f;
+  Preprocess pre;
   int64_t batch = 50;
   int threads = 0;
 };
 
-// --data (with `default_data`), --data-dir, --mean, --std, --batch, --threads; and the limit
+// --data (with `default_data`), --data-dir, --mean, --std, --resize, --batch, --threads; and the limit
 // flag under `limit_flag` ("--limit" or "--samples") when it is not empty.
 void add_data_flags(CLI::App& cmd, DataArgs& args, const std::string& default_data, const std::string& limit_flag,
                     const std::string& limit_help);

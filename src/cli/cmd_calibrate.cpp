@@ -42,7 +42,7 @@ void calibrate(const CalibrateArgs& args) {
   const std::vector<std::string> comments = {
       "nibble calibration table: one line per tensor, its range [lo, hi]",
       fmt::format("model: {}", args.model),
-      fmt::format("data: {}, {} samples, mean {}, std {}", data.name, data.size(), args.data.mean, args.data.std)};
+      fmt::format("data: {}, {} samples, {}", data.name, data.size(), args.data.pre.describe())};
   const int bits = quant::activation_bits(precision);
   auto tables = calibrate_tables(fp32, data, args.data, specs, bits, comments);
   if (!compare) {

@@ -76,7 +76,7 @@ void eval(const EvalArgs& args) {
     write_npy(args.predictions, pred);
   }
   fmt::print("model: {}\n", args.model);
-  fmt::print("data: {} ({} images, mean {}, std {})\n", data.name, n, args.data.mean, args.data.std);
+  fmt::print("data: {} ({} images, {})\n", data.name, n, args.data.pre.describe());
   fmt::print("top-1: {:.2f}% ({}/{})\n", 100.0 * static_cast<double>(correct) / static_cast<double>(n), correct, n);
   fmt::print("throughput: {:.1f} images/s (batch {}, {:.2f} s)\n", static_cast<double>(n) / secs, args.data.batch, secs);
 }

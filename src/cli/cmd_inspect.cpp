@@ -2,12 +2,15 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <filesystem>
 #include <map>
 #include <optional>
 
 #include "cli/commands.h"
 #include "nibble/engine.h"
+#include "nibble/error.h"
 #include "nibble/model_loader.h"
+#include "quant/quantize.h"
 
 namespace nibble::cli {
 
@@ -51,6 +54,8 @@ int64_t node_macs(const Graph& g, const Node& n) {
   }
   return 0;
 }
+
+void print_quantize_plan(const Graph& g);
 
 void inspect(const std::string& path, int64_t batch) {
   LoadOptions opts;
@@ -110,6 +115,41 @@ void inspect(const std::string& path, int64_t batch) {
     fmt::print("every op is supported by the reference backend\n");
   } else {
     fmt::print("unsupported ops: {}\n", fmt::join(missing, ", "));
+  }
+  std::error_code ec;
+  if (!std::filesystem::is_directory(path, ec)) print_quantize_plan(load_model(path));
+}
+
+// What `nibble quantize --precision int8` will do with an FP32 model.
+void print_quantize_plan(const Graph& g) {
+  quant::QuantizeResult plan;
+  try {
+    plan = quant::plan_quantization(g, quant::Precision::int8);
+  } catch (const Error& e) {
+    fmt::print("quantize: cannot quantize this model: {}\n", e.problem());
+    return;
+  }
+  int integer = 0;
+  std::vector<const quant::LayerReport*> floating;
+  for (const auto& l : plan.layers) {
+    if (l.precision == quant::Precision::f32) {
+      floating.push_back(&l);
+    } else {
+      ++integer;
+    }
+  }
+  std::map<std::string, int> ops;
+  for (const auto& op : plan.float_ops) ++ops[op];
+  std::vector<std::string> op_list;
+  for (const auto& [op, count] : ops) op_list.push_back(fmt::format("{} x{}", op, count));
+  fmt::print("quantize (int8): {} of {} conv/linear layers integer", integer, plan.layers.size());
+  if (op_list.empty()) {
+    fmt::print(", no other op kept in float\n");
+  } else {
+    fmt::print("; kept in float: {}\n", fmt::join(op_list, ", "));
+  }
+  for (const auto* l : floating) {
+    fmt::print("  float  {} ({}): {}\n", l->layer, l->op, l->note.empty() ? "-" : l->note);
   }
 }
 

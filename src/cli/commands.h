@@ -3,6 +3,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include "nibble/input_data.h"
+
 namespace nibble::cli {
 
 void add_inspect_command(CLI::App& app);
@@ -16,6 +18,6 @@ void add_compare_command(CLI::App& app);
 void add_export_command(CLI::App& app);
 
 // Adds --mean and --std (dataset normalization shared by every command reading a dataset).
-void add_normalization_flags(CLI::App& cmd, float& mean, float& std);
+void add_normalization_flags(CLI::App& cmd, Preprocess& pre);
 
 }  // namespace nibble::cli

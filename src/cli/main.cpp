@@ -10,11 +10,21 @@
 
 namespace nibble::cli {
 
-void add_normalization_flags(CLI::App& cmd, float& mean, float& std) {
-  cmd.add_option("--mean", mean, "Subtract M from every pixel after scaling to [0, 1]")->default_val(0.0f);
-  cmd.add_option("--std", std, "Divide by S after subtracting the mean")
-      ->default_val(1.0f)
+void add_normalization_flags(CLI::App& cmd, Preprocess& pre) {
+  cmd.add_option("--mean", pre.mean,
+                 "Subtract M from every pixel after scaling to [0, 1]: one value, or one per channel "
+                 "(ImageNet: 0.485,0.456,0.406)")
+      ->delimiter(',')
+      ->default_str("0");
+  cmd.add_option("--std", pre.std, "Divide by S after subtracting the mean: one value, or one per channel (ImageNet: 0.229,0.224,0.225)")
+      ->delimiter(',')
+      ->default_str("1")
       ->check(CLI::PositiveNumber);
+  cmd.add_option("--resize", pre.resize,
+                 "Image directories: resize the shorter side to N pixels, then crop the centre to the model's input "
+                 "(ImageNet: 256 for 224); 0: the shorter side becomes the input's size")
+      ->default_val(0)
+      ->check(CLI::NonNegativeNumber);
 }
 
 }  // namespace nibble::cli

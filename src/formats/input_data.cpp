@@ -1,7 +1,11 @@
 // Loading model inputs: Fashion-MNIST, .npy batches and directories of images.
 #include "nibble/input_data.h"
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <vector>
@@ -14,6 +18,25 @@
 namespace nibble {
 
 namespace fs = std::filesystem;
+
+std::string Preprocess::describe() const { return fmt::format("mean {}, std {}", fmt::join(mean, ","), fmt::join(std, ",")); }
+
+void Preprocess::check(int64_t channels) const {
+  for (float s : std) {
+    if (!(s > 0.0f) || !std::isfinite(s)) fail("--std", "must be positive numbers, got {}", fmt::join(std, ","));
+  }
+  for (float m : mean) {
+    if (!std::isfinite(m)) fail("--mean", "must be finite numbers, got {}", fmt::join(mean, ","));
+  }
+  if (mean.empty() || std.empty()) fail("--mean/--std", "need at least one value each");
+  if (mean.size() != 1 && static_cast<int64_t>(mean.size()) != channels) {
+    fail("--mean", "has {} values but the model input has {} channels (give one, or one per channel)", mean.size(), channels);
+  }
+  if (std.size() != 1 && static_cast<int64_t>(std.size()) != channels) {
+    fail("--std", "has {} values but the model input has {} channels (give one, or one per channel)", std.size(), channels);
+  }
+  if (resize < 0) fail("--resize", "must be 0 or a size in pixels, got {}", resize);
+}
 
 Tensor InputData::batch(int64_t begin, int64_t end) const {
   Shape s = inputs.shape();
@@ -44,20 +67,27 @@ std::vector<fs::path> sorted_entries(const fs::path& dir, bool directories) {
   return out;
 }
 
-// One image as normalized f32 C x H x W.
-void image_to_chw(const fs::path& path, const Shape& chw, float mean, float std, float* out) {
+// One image as normalized f32 C x H x W: shorter side to pre.resize, centre crop H x W.
+void image_to_chw(const fs::path& path, const Shape& chw, const Preprocess& pre, float* out) {
   const Tensor rgb = read_image_rgb(path.string());
   const int64_t h = chw[1], w = chw[2];
-  const Tensor resized = resize_bilinear_u8(rgb, h, w);  // f32 h x w x 3, values 0..255
+  const int64_t shorter = pre.resize > 0 ? pre.resize : std::max(h, w);
+  const auto [rh, rw] = resize_shorter_side_dims(rgb.dim(0), rgb.dim(1), shorter);
+  if (rh < h || rw < w) {
+    fail(path.string(), "resized to {} x {} (shorter side {}), it is smaller than the model's {} x {} crop", rh, rw,
+         shorter, h, w);
+  }
+  const Tensor resized = resize_bilinear_u8(rgb, rh, rw);  // f32 rh x rw x 3, values 0..255
+  const int64_t top = center_crop_offset(rh, h), left = center_crop_offset(rw, w);
   const float* p = resized.data<float>();
   for (int64_t y = 0; y < h; ++y) {
     for (int64_t x = 0; x < w; ++x) {
-      const float* px = p + (y * w + x) * 3;
+      const float* px = p + ((y + top) * rw + x + left) * 3;
       if (chw[0] == 1) {
         const float grey = 0.299f * px[0] + 0.587f * px[1] + 0.114f * px[2];
-        out[y * w + x] = (grey / 255.0f - mean) / std;
+        out[y * w + x] = (grey / 255.0f - pre.mean_of(0)) / pre.std_of(0);
       } else {
-        for (int c = 0; c < 3; ++c) out[(c * h + y) * w + x] = (px[c] / 255.0f - mean) / std;
+        for (int c = 0; c < 3; ++c) out[(c * h + y) * w + x] = (px[c] / 255.0f - pre.mean_of(c)) / pre.std_of(c);
       }
     }
   }
@@ -96,7 +126,7 @@ void resize_plane_f32(const float* src, int64_t h, int64_t w, int64_t oh, int64_
   }
 }
 
-InputData from_images(const std::string& spec, const Shape& chw, float mean, float std, int64_t limit) {
+InputData from_images(const std::string& spec, const Shape& chw, const Preprocess& pre, int64_t limit) {
   if (chw.size() != 3 || (chw[0] != 1 && chw[0] != 3)) {
     fail(spec, "images need a model input of 1 or 3 channels x H x W, the model takes {}", shape_str(chw));
   }
@@ -118,13 +148,13 @@ InputData from_images(const std::string& spec, const Shape& chw, float mean, flo
   d.inputs = Tensor(DType::f32, {n, chw[0], chw[1], chw[2]});
   const int64_t per = chw[0] * chw[1] * chw[2];
   for (int64_t i = 0; i < n; ++i) {
-    image_to_chw(files[static_cast<size_t>(i)].first, chw, mean, std, d.inputs.data<float>() + i * per);
+    image_to_chw(files[static_cast<size_t>(i)].first, chw, pre, d.inputs.data<float>() + i * per);
     if (!classes.empty()) d.labels.push_back(files[static_cast<size_t>(i)].second);
   }
   return d;
 }
 
-InputData from_npy(const std::string& spec, const Shape& chw, float mean, float std, int64_t limit) {
+InputData from_npy(const std::string& spec, const Shape& chw, const Preprocess& pre, int64_t limit) {
   Tensor t = read_npy(spec);
   if (t.rank() == 3) t = t.reshaped({t.dim(0), 1, t.dim(1), t.dim(2)});
   if (t.rank() != 4) fail(spec, "expected an array N x C x H x W (or N x H x W), got {}", shape_str(t.shape()));
@@ -137,22 +167,26 @@ InputData from_npy(const std::string& spec, const Shape& chw, float mean, float 
   d.name = spec;
   d.inputs = Tensor(DType::f32, {n, t.dim(1), t.dim(2), t.dim(3)});
   float* out = d.inputs.data<float>();
+  const int64_t channels = t.dim(1), plane = t.dim(2) * t.dim(3);
   for (int64_t i = 0; i < d.inputs.numel(); ++i) {
-    out[i] = t.dtype() == DType::f32 ? t.data<float>()[i] : (static_cast<float>(t.data<uint8_t>()[i]) / 255.0f - mean) / std;
+    const int64_t c = (i / plane) % channels;
+    out[i] = t.dtype() == DType::f32 ? t.data<float>()[i]
+                                     : (static_cast<float>(t.data<uint8_t>()[i]) / 255.0f - pre.mean_of(c)) / pre.std_of(c);
   }
   return d;
 }
 
 }  // namespace
 
-InputData load_input_data(const std::string& spec, const Shape& chw, float mean, float std, const std::string& data_dir,
+InputData load_input_data(const std::string& spec, const Shape& chw, const Preprocess& pre, const std::string& data_dir,
                           int64_t limit) {
-  if (!(std > 0.0f)) fail("--std", "must be a positive number, got {}", std);
+  pre.check(chw.empty() ? 1 : chw[0]);
   if (spec == "fashion-mnist" || spec.rfind("fashion-mnist:", 0) == 0) {
+    if (pre.mean.size() > 1 || pre.std.size() > 1) fail("--mean/--std", "Fashion-MNIST has one channel: give one value each");
     const Dataset ds = load_dataset(spec, data_dir, limit);
     InputData d;
     d.name = ds.name;
-    d.inputs = image_batch_f32(ds, 0, ds.size(), mean, std);
+    d.inputs = image_batch_f32(ds, 0, ds.size(), pre.mean[0], pre.std[0]);
     // A one-channel model of a larger input (say 224 x 224) gets the images bilinearly upsampled,
     // as tools/train_fmnist.py trains such models; a smaller input stays a shape error.
     const int64_t h = d.inputs.dim(2), w = d.inputs.dim(3);
@@ -168,8 +202,8 @@ InputData load_input_data(const std::string& spec, const Shape& chw, float mean,
     return d;
   }
   std::error_code ec;
-  if (fs::is_directory(spec, ec)) return from_images(spec, chw, mean, std, limit);
-  if (spec.size() > 4 && spec.substr(spec.size() - 4) == ".npy") return from_npy(spec, chw, mean, std, limit);
+  if (fs::is_directory(spec, ec)) return from_images(spec, chw, pre, limit);
+  if (spec.size() > 4 && spec.substr(spec.size() - 4) == ".npy") return from_npy(spec, chw, pre, limit);
   fail(spec, "unknown dataset, and no such .npy file or image directory (--data takes fashion-mnist[:test|:train], "
              "an .npy file or a directory of images)");
 }

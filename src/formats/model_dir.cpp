@@ -41,6 +41,7 @@ constexpr auto kLayerTypes = std::to_array<std::string_view>({
     "QuantizeFloat",
     "Dequantize",
     "Add",
+    "Op",
 });
 
 // Beyond this a declared shape is surely corrupt; checking first keeps the element count from overflowing.

@@ -2,6 +2,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
 #include <cmath>
 #include <cstdlib>
 #include <map>
@@ -298,9 +300,130 @@ class Builder {
     return emit(std::move(n), DType::f32, shapes_.at(x));
   }
 
+  // Op: one ONNX operator of the default domain, kept in float (quantize's fallback). Its
+  // operands are value inputs (`x<k>`: the k-th name of `inputs`), constant tensors (`const<k>`
+  // fields) or omitted optional inputs (`-`); attributes are `attr_<name>` fields; the output's
+  // type and shape are recorded, as ONNX's shape inference gave them.
+  std::string op(const std::string& layer, const std::vector<std::string>& inputs) {
+    const LayerFile& f = expect(layer, "Op");
+    const std::string where = file_of(layer);
+    const std::string& op_type = f.get_string("op_type");
+    if (op_type.empty() || !std::all_of(op_type.begin(), op_type.end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)); })) {
+      fail(where, "op_type '{}' is not the name of an ONNX operator", op_type);
+    }
+    Node n = node(op_type, layer, {});
+    std::vector<std::string> operands;
+    if (f.has("operands")) {
+      operands = split_name_list(f.get_string("operands"));
+    } else {
+      for (size_t k = 0; k < inputs.size(); ++k) operands.push_back(fmt::format("x{}", k));
+    }
+    std::vector<bool> used(inputs.size(), false);
+    for (const std::string& o : operands) {
+      if (o == "-") {
+        n.inputs.emplace_back();
+      } else if (o.size() > 1 && o[0] == 'x' && std::all_of(o.begin() + 1, o.end(), ::isdigit) && o.size() < 8) {
+        const size_t k = std::stoul(o.substr(1));
+        if (k >= inputs.size()) fail(where, "operand {} names input {}, the layer has {}", o, k, inputs.size());
+        used[k] = true;
+        n.inputs.push_back(inputs[k]);
+      } else if (o.rfind("const", 0) == 0) {
+        n.inputs.push_back(constant(layer + "." + o, f.get_tensor(o)));
+      } else {
+        fail(where, "operand '{}' is none of x<k>, const<k> and -", o);
+      }
+    }
+    for (size_t k = 0; k < used.size(); ++k) {
+      if (!used[k]) fail(where, "input '{}' is not an operand", inputs[k]);
+    }
+    for (const LayerField& field : f.fields) {
+      if (field.key.rfind("attr_", 0) != 0) continue;
+      const std::string name = field.key.substr(5);
+      if (name.empty()) fail(where, "an attribute field has no name");
+      n.attrs[name] = field.is_tensor ? Attribute{field.tensor} : parse_attribute(field, where);
+    }
+    const std::optional<DType> t = dtype_from_name(f.get_string("output_type"));
+    if (!t) fail(where, "output_type '{}' is not a dtype", f.get_string("output_type"));
+    return emit(std::move(n), *t, parse_shape(f.get_string("output_shape"), where));
+  }
+
+  // "int 3", "float 0.5", "string constant", "ints 2:1 1", "floats 2:0.5 0.25".
+  static Attribute parse_attribute(const LayerField& field, const std::string& where) {
+    const std::string& v = field.value;
+    const size_t sp = v.find(' ');
+    const std::string kind = v.substr(0, sp), rest = sp == std::string::npos ? "" : v.substr(sp + 1);
+    auto bad = [&]() -> Attribute { fail(where, "'{}': '{}' is not <int|float|string|ints|floats> <value>", field.key, v); };
+    auto number = [&](const std::string& text, bool is_float) -> double {
+      char* end = nullptr;
+      errno = 0;
+      const double d = is_float ? std::strtod(text.c_str(), &end) : static_cast<double>(std::strtoll(text.c_str(), &end, 10));
+      if (text.empty() || *end != '\0' || errno == ERANGE) bad();
+      return d;
+    };
+    if (kind == "string") return rest;
+    if (kind == "int") {
+      char* end = nullptr;
+      errno = 0;
+      const long long i = std::strtoll(rest.c_str(), &end, 10);
+      if (rest.empty() || *end != '\0' || errno == ERANGE) bad();
+      return static_cast<int64_t>(i);
+    }
+    if (kind == "float") return static_cast<float>(number(rest, true));
+    if (kind != "ints" && kind != "floats") return bad();
+    const size_t colon = rest.find(':');
+    if (colon == std::string::npos) return bad();
+    std::vector<std::string> items;
+    for (size_t i = colon + 1; i < rest.size();) {
+      const size_t j = std::min(rest.find(' ', i), rest.size());
+      if (j > i) items.push_back(rest.substr(i, j - i));
+      i = j + 1;
+    }
+    if (std::to_string(items.size()) != rest.substr(0, colon)) bad();
+    if (kind == "floats") {
+      std::vector<float> out;
+      for (const auto& s : items) out.push_back(static_cast<float>(number(s, true)));
+      return out;
+    }
+    std::vector<int64_t> out;
+    for (const auto& s : items) {
+      char* end = nullptr;
+      errno = 0;
+      const long long i = std::strtoll(s.c_str(), &end, 10);
+      if (*end != '\0' || errno == ERANGE) bad();
+      out.push_back(i);
+    }
+    return out;
+  }
+
+  // "[N,16,112,112]": N is the batch (free unless fixed), ? an unknown dimension, [] a scalar.
+  Shape parse_shape(const std::string& text, const std::string& where) const {
+    if (text.size() < 2 || text.front() != '[' || text.back() != ']') fail(where, "output_shape '{}' is not [d1,d2,...]", text);
+    Shape out;
+    const std::string body = text.substr(1, text.size() - 2);
+    if (body.empty()) return out;
+    for (const std::string& d : split_name_list(body)) {
+      if (d == "N") {
+        out.push_back(batch_);
+      } else if (d == "?") {
+        out.push_back(-1);
+      } else {
+        char* end = nullptr;
+        errno = 0;
+        const long long v = std::strtoll(d.c_str(), &end, 10);
+        if (d.empty() || *end != '\0' || errno == ERANGE || v < 0 || v > kMaxGeometry * kMaxGeometry) {
+          fail(where, "output_shape '{}': '{}' is not a dimension", text, d);
+        }
+        out.push_back(v);
+      }
+      if (out.size() > 16) fail(where, "output_shape '{}' has more than 16 dimensions", text);
+    }
+    return out;
+  }
+
   // The root of a GraphQuantized model: the layer `name` applied to `inputs` (values already built).
   std::string layer(const std::string& name, const std::vector<std::string>& inputs) {
     const std::string& type = layer_type(name);
+    if (type == "Op") return op(name, inputs);
     const size_t want = type == "Add" ? 2 : 1;
     if (inputs.size() != want) fail(file_of(name), "a {} layer takes {} input(s), the file names {}", type, want, inputs.size());
     const std::string& x = inputs[0];
@@ -499,7 +622,10 @@ Graph graph_from_layer_list(const ModelDir& m, std::optional<int64_t> fixed_batc
   for (const std::string& layer : names_field(root, "layers", where)) {
     if (!m.has_layer(layer)) fail(where, "'layers' names '{}', which has no layer file", layer);
     if (b.has_value(layer)) fail(where, "'layers' names '{}' twice", layer);
-    std::vector<std::string> inputs = names_field(m.layer(layer), "inputs", b.file_of(layer));
+    // An Op may read constants only (its `inputs` is then empty).
+    const LayerFile& lf = m.layer(layer);
+    std::vector<std::string> inputs;
+    if (lf.type != "Op" || !lf.get_string("inputs").empty()) inputs = names_field(lf, "inputs", b.file_of(layer));
     for (const auto& x : inputs) {
       if (!b.has_value(x)) fail(b.file_of(layer), "input '{}' is neither the model input nor an earlier layer", x);
     }

@@ -6,6 +6,9 @@
 #include <onnx/shape_inference/implementation.h>
 
 #include <fstream>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <set>
 #include <sstream>
 
@@ -106,6 +109,74 @@ void check_sizes(const onnx::GraphProto& g, const std::string& path) {
   }
 }
 
+// Window ops whose ONNX shape inference indexes the input's dimensions by the weight's rank or
+// the attributes' lengths without comparing them (convPoolShapeInference in ONNX 1.12 reads past
+// the shape for a rank-5 weight on a rank-4 input). The ranks are known only during inference,
+// so the check runs there: a schema registry hands out copies of these schemas whose inference
+// function checks the ranks first and then calls ONNX's own.
+int window_weight_input(const std::string& op) {
+  if (op == "Conv" || op == "ConvInteger" || op == "ConvTranspose") return 1;
+  if (op == "QLinearConv") return 3;
+  if (op == "MaxPool" || op == "AveragePool" || op == "LpPool") return -1;
+  return -2;  // not a window op
+}
+
+const onnx::TensorShapeProto* input_shape(onnx::InferenceContext& ctx, int i) {
+  if (i < 0 || static_cast<size_t>(i) >= ctx.getNumInputs()) return nullptr;
+  const onnx::TypeProto* t = ctx.getInputType(static_cast<size_t>(i));
+  if (t == nullptr || !t->has_tensor_type() || !t->tensor_type().has_shape()) return nullptr;
+  return &t->tensor_type().shape();
+}
+
+void check_window_ranks(onnx::InferenceContext& ctx, const std::string& op, const std::string& path) {
+  const onnx::TensorShapeProto* x = input_shape(ctx, 0);
+  if (x == nullptr) return;
+  const int rank = x->dim_size();
+  if (rank < 3) fail(path, "{}: the input has rank {}, a convolution or pool needs at least 3", op, rank);
+  const size_t spatial = static_cast<size_t>(rank - 2);
+  if (const onnx::TensorShapeProto* w = input_shape(ctx, window_weight_input(op)); w != nullptr && w->dim_size() != rank) {
+    fail(path, "{}: the weight has rank {} but the input has rank {}", op, w->dim_size(), rank);
+  }
+  for (const char* name : {"kernel_shape", "strides", "dilations", "pads", "output_padding", "output_shape"}) {
+    const onnx::AttributeProto* a = ctx.getAttribute(name);
+    if (a == nullptr) continue;
+    const size_t want = std::string_view(name) == "pads" ? 2 * spatial : spatial;
+    if (static_cast<size_t>(a->ints_size()) != want) {
+      fail(path, "{}: attribute {} has {} values, the input's {} spatial dimensions need {}", op, name, a->ints_size(),
+           spatial, want);
+    }
+  }
+}
+
+class CheckedSchemas final : public onnx::ISchemaRegistry {
+ public:
+  explicit CheckedSchemas(std::string path) : path_(std::move(path)) {}
+
+  const onnx::OpSchema* GetSchema(const std::string& key, const int max_version,
+                                  const std::string& domain) const override {
+    const onnx::OpSchema* schema = onnx::OpSchemaRegistry::Instance()->GetSchema(key, max_version, domain);
+    if (schema == nullptr || !(domain.empty() || domain == "ai.onnx") || window_weight_input(key) == -2) return schema;
+    const std::string id = fmt::format("{}:{}", key, schema->SinceVersion());
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = checked_.find(id);
+    if (it == checked_.end()) {
+      auto copy = std::make_unique<onnx::OpSchema>(*schema);
+      copy->TypeAndShapeInferenceFunction(
+          [inner = schema->GetTypeAndShapeInferenceFunction(), key, path = path_](onnx::InferenceContext& ctx) {
+            check_window_ranks(ctx, key, path);
+            if (inner) inner(ctx);
+          });
+      it = checked_.emplace(id, std::move(copy)).first;
+    }
+    return it->second.get();
+  }
+
+ private:
+  std::string path_;
+  mutable std::mutex mutex_;
+  mutable std::map<std::string, std::unique_ptr<onnx::OpSchema>> checked_;
+};
+
 }  // namespace
 
 Graph import_onnx(const std::string& path, const OnnxImportOptions& options) {
@@ -146,7 +217,10 @@ Graph import_onnx(const std::string& path, const OnnxImportOptions& options) {
     }
   }
   try {
-    onnx::shape_inference::InferShapes(model);
+    const CheckedSchemas schemas(path);
+    onnx::shape_inference::InferShapes(model, &schemas);
+  } catch (const Error&) {
+    throw;
   } catch (const std::exception& e) {
     fail(path, "ONNX shape inference fails: {}", first_line(e.what()));
   }

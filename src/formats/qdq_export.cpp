@@ -4,6 +4,7 @@
 #include <onnx/checker.h>
 #include <onnx/onnx_pb.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 
@@ -178,6 +179,7 @@ class Exporter {
   void layer(const std::string& name) {
     layer_body(name);
     const LayerFile& f = m_.layer(name);
+    if (f.type == "Op") return;
     rank_[name] = f.type == "Linear" ? 2 : (f.type == "Scale" || f.type == "Dequantize" || f.type == "ReLU" || f.type == "Add" ||
                                            f.type == "Quantize" || f.type == "QuantizeFloat")
                                               ? input_rank(f)
@@ -261,7 +263,94 @@ class Exporter {
       value_[name] = name;
       return;
     }
+    if (type == "Op") {
+      op(f, xs);
+      return;
+    }
     fail(where(name), "layer type {} cannot be exported", type);
+  }
+
+  // A float Op layer: the ONNX node it stands for, its constants as initializers.
+  void op(const LayerFile& f, const std::vector<std::string>& xs) {
+    onnx::NodeProto* n = g_->add_node();
+    n->set_op_type(f.get_string("op_type"));
+    n->set_name(f.name);
+    std::vector<std::string> operands;
+    if (f.has("operands")) {
+      operands = split_name_list(f.get_string("operands"));
+    } else {
+      for (size_t k = 0; k < xs.size(); ++k) operands.push_back("x" + std::to_string(k));
+    }
+    for (const std::string& o : operands) {
+      if (o == "-") {
+        n->add_input("");
+      } else if (o.rfind("const", 0) == 0) {
+        n->add_input(tensor_init(f.name + "." + o, f.get_tensor(o), where(f.name)));
+      } else {
+        n->add_input(xs.at(std::stoul(o.substr(1))));
+      }
+    }
+    n->add_output(f.name);
+    for (const LayerField& field : f.fields) {
+      if (field.key.rfind("attr_", 0) != 0) continue;
+      auto* a = n->add_attribute();
+      a->set_name(field.key.substr(5));
+      if (field.is_tensor) {
+        a->set_type(onnx::AttributeProto::TENSOR);
+        *a->mutable_t() = tensor_proto(field.tensor, where(f.name));
+        continue;
+      }
+      const std::string& v = field.value;
+      const size_t sp = v.find(' ');
+      const std::string kind = v.substr(0, sp), rest = sp == std::string::npos ? "" : v.substr(sp + 1);
+      std::vector<std::string> items;
+      if (kind == "ints" || kind == "floats") {
+        const std::string list = rest.substr(rest.find(':') + 1);
+        for (size_t i = 0; i < list.size();) {
+          const size_t j = std::min(list.find(' ', i), list.size());
+          if (j > i) items.push_back(list.substr(i, j - i));
+          i = j + 1;
+        }
+      }
+      if (kind == "int") {
+        a->set_type(onnx::AttributeProto::INT);
+        a->set_i(std::stoll(rest));
+      } else if (kind == "float") {
+        a->set_type(onnx::AttributeProto::FLOAT);
+        a->set_f(std::stof(rest));
+      } else if (kind == "string") {
+        a->set_type(onnx::AttributeProto::STRING);
+        a->set_s(rest);
+      } else if (kind == "ints") {
+        a->set_type(onnx::AttributeProto::INTS);
+        for (const auto& x : items) a->add_ints(std::stoll(x));
+      } else if (kind == "floats") {
+        a->set_type(onnx::AttributeProto::FLOATS);
+        for (const auto& x : items) a->add_floats(std::stof(x));
+      } else {
+        fail(where(f.name), "'{}': '{}' is not an attribute", field.key, v);
+      }
+    }
+    value_[f.name] = f.name;
+    const std::string& shape = f.get_string("output_shape");
+    rank_[f.name] = shape == "[]" ? 0 : static_cast<int>(std::count(shape.begin(), shape.end(), ',')) + 1;
+  }
+
+  static onnx::TensorProto tensor_proto(const Tensor& t, const std::string& where) {
+    const int type = traits(t.dtype()).onnx_type;
+    if (type == 0 || traits(t.dtype()).bits < 8) fail(where, "a {} tensor cannot be exported", dtype_name(t.dtype()));
+    onnx::TensorProto p;
+    p.set_data_type(type);
+    for (int64_t d : t.shape()) p.add_dims(d);
+    p.set_raw_data(std::string(reinterpret_cast<const char*>(t.bytes()), t.nbytes()));
+    return p;
+  }
+
+  std::string tensor_init(const std::string& name, const Tensor& t, const std::string& where) {
+    onnx::TensorProto* p = g_->add_initializer();
+    *p = tensor_proto(t, where);
+    p->set_name(name);
+    return name;
   }
 
   const ModelDir& m_;

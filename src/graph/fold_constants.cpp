@@ -51,6 +51,15 @@ int64_t output_bound(const Graph& g, const Node& n, const std::vector<const Tens
     total += c;
   }
   if (all_known) return total;
+  if (n.op_type == "ConstantOfShape" && !in.empty() && in[0] && in[0]->rank() == 1) {
+    int64_t count = 1;  // the product of the requested dimensions, stopping past any bound
+    for (int64_t i = 0; i < in[0]->numel(); ++i) {
+      const double d = in[0]->get(i);
+      if (d < 0) return -1;
+      count = static_cast<int64_t>(std::min(static_cast<double>(count) * d, 9.0e15));
+    }
+    return count;
+  }
   static const std::set<std::string> shrinking = {"Shape", "Gather", "Unsqueeze", "Squeeze", "Reshape", "Flatten",
                                                   "Identity", "Cast", "Slice", "Transpose", "Concat", "Constant"};
   if (!shrinking.count(n.op_type)) return -1;

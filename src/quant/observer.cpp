@@ -1,6 +1,7 @@
 // Calibration passes: the FP32 engine with every float tensor exposed as an output.
 #include "quant/observer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 
@@ -20,6 +21,63 @@ Graph with_outputs(Graph graph, const std::vector<std::string>& names) {
     v.dim_params.clear();
     graph.outputs.push_back(v);
     present.insert(n);
+  }
+  return graph;
+}
+
+Graph with_probed_shapes(Graph graph) {
+  if (graph.inputs.size() != 1 || !graph.inputs[0].shape || graph.inputs[0].shape->empty()) return graph;
+  const ValueInfo& in = graph.inputs[0];
+  if (!in.dtype || *in.dtype != DType::f32) return graph;
+  for (size_t d = 1; d < in.shape->size(); ++d) {
+    if ((*in.shape)[d] <= 0) return graph;
+  }
+  bool complete = true;
+  std::vector<std::string> names;
+  for (const Node& n : graph.nodes) {
+    for (const auto& o : n.outputs) {
+      if (o.empty()) continue;
+      names.push_back(o);
+      const ValueInfo* v = graph.find_value(o);
+      if (!v || !v->dtype || !v->shape) {
+        complete = false;
+        continue;
+      }
+      for (size_t d = 0; d < v->shape->size(); ++d) {
+        if ((*v->shape)[d] < 0 && !(d == 0 && !v->dim_params.empty() && !v->dim_params[0].empty())) complete = false;
+      }
+    }
+  }
+  if (complete) return graph;
+  std::vector<std::vector<Tensor>> runs;
+  try {
+    const Engine probe(with_outputs(graph, names), Backend::cpu);
+    for (int64_t batch : {1, 2}) {
+      Shape s = *in.shape;
+      s[0] = batch;
+      Tensor x(DType::f32, s);
+      std::fill(x.data<float>(), x.data<float>() + x.numel(), 0.0f);
+      runs.push_back(probe.run({x}));
+    }
+    const auto& outs = probe.graph().outputs;
+    for (size_t i = 0; i < outs.size(); ++i) {
+      const Tensor& a = runs[0][i];
+      const Tensor& b = runs[1][i];
+      if (!a.defined() || !b.defined()) continue;
+      ValueInfo v;
+      v.name = outs[i].name;
+      v.dtype = a.dtype();
+      Shape s = a.shape();
+      for (size_t d = 0; d < s.size(); ++d) {
+        const bool batched = a.rank() == b.rank() && s[d] != b.shape()[d];
+        v.dim_params.emplace_back(batched && d == 0 ? "N" : "");
+        if (batched) s[d] = -1;
+      }
+      v.shape = s;
+      graph.value_info[v.name] = v;
+    }
+  } catch (const Error&) {
+    return graph;  // the run itself will report what is wrong
   }
   return graph;
 }

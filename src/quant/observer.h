@@ -14,6 +14,13 @@ namespace nibble::quant {
 // The graph with `names` appended to its outputs (values it already outputs are skipped).
 Graph with_outputs(Graph graph, const std::vector<std::string>& names);
 
+// The graph with every value's dtype and shape as a run shows them, where ONNX's shape
+// inference left them unknown (shapes computed at run time from Shape ops, which folding turned
+// into constants after inference ran): the graph runs on zeros at batch 1 and 2, and a
+// dimension that follows the batch becomes -1. Graphs whose input has other unknown dimensions
+// are returned unchanged, as are graphs the probe cannot run.
+Graph with_probed_shapes(Graph graph);
+
 // Two passes over the calibration data: observe_ranges() on every batch, then
 // start_histograms(), then observe_histograms() on every batch. Both observe calls are
 // thread-safe; their results do not depend on batch size or order.

@@ -11,6 +11,7 @@
 
 #include "nibble/error.h"
 #include "quant/gptq.h"
+#include "quant/observer.h"
 #include "quant/requant.h"
 
 namespace nibble::quant {
@@ -54,7 +55,9 @@ constexpr const char* kDataDir = "model/npdata/";
 
 // One conv (BatchNormalization folded in) or linear layer with the ops it absorbs.
 struct Unit {
-  enum Kind { conv, linear, max_pool, avg_pool, pass, relu, add } kind;
+  // generic: any other ONNX op, or a conv/linear/pool nibble has no integer layer for: an `Op`
+  // layer in float.
+  enum Kind { conv, linear, max_pool, avg_pool, pass, relu, add, generic } kind;
   std::string name;       // layer name
   const Node* node;       // the ONNX node that starts it
   std::string input;      // ONNX tensor of the main input
@@ -64,6 +67,7 @@ struct Unit {
   std::vector<double> b;  // K
   Shape w_shape;
   bool relu_after = false;
+  std::optional<double> clip_max;  // the ReLU is a Clip(0, clip_max) (ReLU6)
   bool residual_only = false;  // a conv whose output is only the residual operand of a later add
   Precision precision = Precision::f32;
   std::string note;
@@ -189,9 +193,8 @@ class Quantizer {
       u.node = &n;
       u.input = n.inputs.empty() ? "" : n.inputs[0];
       u.output = n.outputs.empty() ? "" : n.outputs[0];
-      if (n.op_type == "Conv") {
+      if (n.op_type == "Conv" && can_fold(n, u, [&] { fold_conv(n, u); })) {
         u.kind = Unit::conv;
-        fold_conv(n, u);
         std::string v = u.output;
         if (const Node* bn = sole(v, "BatchNormalization")) {
           fold_bn(*bn, u);
@@ -213,31 +216,39 @@ class Quantizer {
           u.relu_after = true;
           absorbed.insert(relu);
           v = relu->outputs[0];
+        } else if (const Node* clip = sole(v, "Clip"); clip && relu6_max(*clip)) {
+          // Clip(0, M): a ReLU whose output range, hence its quantization, ends at M.
+          u.relu_after = true;
+          u.clip_max = relu6_max(*clip);
+          absorbed.insert(clip);
+          v = clip->outputs[0];
         }
         u.output = v;
-      } else if (n.op_type == "Gemm" || n.op_type == "MatMul") {
+      } else if ((n.op_type == "Gemm" || n.op_type == "MatMul") && can_fold(n, u, [&] { fold_linear(n, u); })) {
         u.kind = Unit::linear;
-        fold_linear(n, u);
         u.output = absorb_constant_add(u.output, u, sole, absorbed);
         if (const Node* relu = sole(u.output, "Relu")) {
           u.relu_after = true;
           absorbed.insert(relu);
           u.output = relu->outputs[0];
         }
-      } else if (n.op_type == "MaxPool") {
+      } else if (n.op_type == "MaxPool" && n.outputs.size() == 1) {
         u.kind = Unit::max_pool;
       } else if (n.op_type == "GlobalAveragePool" || n.op_type == "AveragePool") {
         u.kind = Unit::avg_pool;
-      } else if (n.op_type == "Flatten" || n.op_type == "Identity" || n.op_type == "Dropout") {
+      } else if (n.op_type == "Identity" || n.op_type == "Dropout" || (n.op_type == "Flatten" && feeds_linear_only(n, readers))) {
+        // A Flatten that only linear layers read: the Linear layer flattens its input itself.
         u.kind = Unit::pass;
       } else if (n.op_type == "Relu") {
         u.kind = Unit::relu;
-      } else if (n.op_type == "Add") {
+      } else if (n.op_type == "Add" && n.inputs.size() == 2 && !g_.initializers.count(n.inputs[0]) &&
+                 !g_.initializers.count(n.inputs[1])) {
         u.kind = Unit::add;
         u.input2 = n.inputs.at(1);
       } else {
-        fail(g_.source, "{}: nibble quantize has no layer for op {}", n.label(), n.op_type);
+        u.kind = Unit::generic;
       }
+      if (u.kind == Unit::generic) check_generic(n);
       add_unit(std::move(u), i);
     }
     // A conv read only as the residual operand of a later conv's add keeps its accumulators.
@@ -253,6 +264,84 @@ class Quantizer {
       }
     }
     return units;
+  }
+
+  // Runs `fold` (a conv or linear layer's folding); when it refuses the layer, the node becomes
+  // a float Op with the reason recorded.
+  template <typename Fold>
+  bool can_fold(const Node& n, Unit& u, Fold fold) {
+    try {
+      fold();
+      return true;
+    } catch (const Error& e) {
+      u.note = e.problem();
+      const std::string prefix = n.label() + ": ";
+      if (u.note.rfind(prefix, 0) == 0) u.note.erase(0, prefix.size());
+      u.w.clear();
+      u.b.clear();
+      u.w_shape.clear();
+      return false;
+    }
+  }
+
+  // M for a Clip(x, 0, M) with constant bounds (ReLU6 and its kin), else nullopt.
+  std::optional<double> relu6_max(const Node& clip) const {
+    auto value = [&](size_t i) -> std::optional<double> {
+      if (i >= clip.inputs.size() || clip.inputs[i].empty()) return std::nullopt;
+      const auto it = g_.initializers.find(clip.inputs[i]);
+      if (it == g_.initializers.end() || it->second.numel() != 1) return std::nullopt;
+      return it->second.get(0);
+    };
+    std::optional<double> lo = clip.opset >= 11 ? value(1) : std::optional<double>(clip.attr_float("min", -3.4e38f));
+    std::optional<double> hi = clip.opset >= 11 ? value(2) : std::optional<double>(clip.attr_float("max", 3.4e38f));
+    if (!lo || !hi || *lo != 0.0 || !(*hi > 0.0) || !std::isfinite(*hi)) return std::nullopt;
+    return hi;
+  }
+
+  template <typename Readers>
+  bool feeds_linear_only(const Node& flatten, const Readers& readers) {
+    const auto it = readers.find(flatten.outputs.at(0));
+    if (it == readers.end() || flatten.attr_int("axis", 1) != 1) return false;
+    for (const Node* r : it->second) {
+      if (r->op_type != "Gemm" && r->op_type != "MatMul") return false;
+      if (r->inputs.empty() || r->inputs[0] != flatten.outputs[0]) return false;
+      Unit trial{};
+      if (!can_fold(*r, trial, [&] { fold_linear(*r, trial); })) return false;
+    }
+    for (const auto& o : g_.outputs) {
+      if (o.name == flatten.outputs[0]) return false;
+    }
+    return true;
+  }
+
+  // A float Op can hold any single-result op of the default domain whose attributes the layer
+  // file can write.
+  void check_generic(const Node& n) const {
+    if (n.op_type.empty() || n.op_type.find(':') != std::string::npos) {
+      fail(g_.source, "{}: ops outside the default ONNX domain cannot be kept in float", n.label());
+    }
+    for (size_t i = 1; i < n.outputs.size(); ++i) {
+      if (!n.outputs[i].empty() && (readers_of(n.outputs[i]) || is_graph_output(n.outputs[i]))) {
+        fail(g_.source, "{}: ops with more than one result (here {}) cannot be kept in float yet", n.label(), n.outputs.size());
+      }
+    }
+    for (const auto& [key, a] : n.attrs) {
+      if (const auto* str = std::get_if<std::string>(&a); str && str->find_first_of("\r\n") != std::string::npos) {
+        fail(g_.source, "{}: attribute {} holds a line break", n.label(), key);
+      }
+      if (std::holds_alternative<std::vector<std::string>>(a)) {
+        fail(g_.source, "{}: attribute {} is a list of strings, which a layer file cannot hold", n.label(), key);
+      }
+    }
+  }
+
+  bool readers_of(const std::string& v) const {
+    for (const Node& n : g_.nodes) {
+      for (const auto& in : n.inputs) {
+        if (in == v) return true;
+      }
+    }
+    return false;
   }
 
   // An Add of a constant with one value per output channel (a bias exported as its own node, as
@@ -313,7 +402,8 @@ class Quantizer {
     field(root, "output_names", name_list(out_names));
     result_.model.layers["model"] = std::move(root);
     for (const Unit& u : units) {
-      if (u.kind == Unit::conv || u.kind == Unit::linear) {
+      const bool weighted = u.node->op_type == "Conv" || u.node->op_type == "Gemm" || u.node->op_type == "MatMul";
+      if (u.kind == Unit::conv || u.kind == Unit::linear || (u.kind == Unit::generic && weighted)) {
         result_.layers.push_back({u.name, u.node->name, u.node->op_type, u.precision, u.note});
       }
     }
@@ -361,6 +451,14 @@ class Quantizer {
   void fold_linear(const Node& n, Unit& u) {
     const Tensor& w = initializer(g_, n, 1, "the weight");
     if (w.rank() != 2) fail(g_.source, "{}: the weight must be 2-D, got {}", n.label(), shape_str(w.shape()));
+    if (n.op_type == "MatMul") {
+      // A Linear layer takes N x C; a MatMul over more dimensions (tokens) stays in float.
+      const ValueInfo* x = g_.find_value(n.inputs[0]);
+      if (!x || !x->shape || x->shape->size() != 2) {
+        fail(g_.source, "{}: the input has {} dimensions; integer Linear layers take N x C", n.label(),
+             x && x->shape ? std::to_string(x->shape->size()) : "an unknown number of");
+      }
+    }
     bool trans_b = false;
     if (n.op_type == "Gemm") {
       if (n.attr_int("transA", 0) != 0 || n.attr_float("alpha", 1.0f) != 1.0f || n.attr_float("beta", 1.0f) != 1.0f) {
@@ -670,12 +768,80 @@ class Quantizer {
       }
       case Unit::max_pool:
       case Unit::avg_pool:
-        emit_pool(u);
+        if (!emit_pool(u)) emit_op(u);
+        return;
+      case Unit::generic:
+        emit_op(u);
         return;
     }
   }
 
-  void emit_pool(const Unit& u) {
+  // The node of `u` as a float `Op` layer: tensors from earlier layers in their f32 form (their
+  // own form when they are not f32 values), initializers as constant fields.
+  void emit_op(const Unit& u) {
+    const Node& n = *u.node;
+    LayerFile l = new_layer(u.name, "Op");
+    field(l, "op_type", n.op_type);
+    std::vector<std::string> inputs, operands;
+    std::map<std::string, size_t> input_index;
+    for (size_t i = 0; i < n.inputs.size(); ++i) {
+      const std::string& v = n.inputs[i];
+      if (v.empty()) {
+        operands.emplace_back("-");
+      } else if (const auto c = g_.initializers.find(v); c != g_.initializers.end() && !float_.count(resolve(v))) {
+        const std::string key = fmt::format("const{}", i);
+        tensor_field(l, key, c->second);
+        operands.push_back(key);
+      } else {
+        const std::string x = need_float(v);
+        auto [it, fresh] = input_index.emplace(x, inputs.size());
+        if (fresh) inputs.push_back(x);
+        operands.push_back(fmt::format("x{}", it->second));
+      }
+    }
+    field(l, "operands", name_list(operands));
+    for (const auto& [key, a] : n.attrs) {
+      if (const auto* t = std::get_if<Tensor>(&a)) {
+        tensor_field(l, "attr_" + key, *t);
+      } else {
+        field(l, "attr_" + key, attribute_text(a));
+      }
+    }
+    const ValueInfo* out = g_.find_value(u.output);
+    field(l, "output_type", std::string(dtype_name(out && out->dtype ? *out->dtype : DType::f32)));
+    field(l, "output_shape", shape_text(out));
+    field(l, "onnx_node", n.name);
+    add_layer(std::move(l), inputs);
+    float_[u.output] = u.name;
+    result_.float_ops.push_back(n.op_type);
+  }
+
+  static std::string attribute_text(const Attribute& a) {
+    if (const auto* i = std::get_if<int64_t>(&a)) return fmt::format("int {}", *i);
+    if (const auto* f = std::get_if<float>(&a)) return fmt::format("float {}", num(*f));
+    if (const auto* str = std::get_if<std::string>(&a)) return "string " + *str;
+    if (const auto* v = std::get_if<std::vector<int64_t>>(&a)) return fmt::format("ints {}:{}", v->size(), fmt::join(*v, " "));
+    if (const auto* v = std::get_if<std::vector<float>>(&a)) {
+      std::vector<std::string> items;
+      for (float f : *v) items.push_back(num(f));
+      return fmt::format("floats {}:{}", v->size(), fmt::join(items, " "));
+    }
+    return "string ";
+  }
+
+  // "[N,16,112,112]" from the ONNX value's shape: N its symbolic batch, ? an unknown dimension.
+  static std::string shape_text(const ValueInfo* v) {
+    if (!v || !v->shape) return "[?]";
+    std::vector<std::string> dims;
+    for (size_t d = 0; d < v->shape->size(); ++d) {
+      const int64_t x = (*v->shape)[d];
+      dims.push_back(x >= 0 ? std::to_string(x) : (d == 0 ? "N" : "?"));
+    }
+    return fmt::format("[{}]", fmt::join(dims, ","));
+  }
+
+  // Returns false for pools the MaxPool2d / AvgPool2d layers cannot describe (they become Ops).
+  bool emit_pool(const Unit& u) {
     const Node& n = *u.node;
     const std::string in = resolve(u.input);
     const ValueInfo* vi = g_.find_value(in);
@@ -683,7 +849,7 @@ class Quantizer {
     int64_t k = 0, s = 1, p = 0;
     if (global) {
       if (!vi || !vi->shape || vi->shape->size() != 4 || (*vi->shape)[2] != (*vi->shape)[3] || (*vi->shape)[2] <= 0) {
-        fail(g_.source, "{}: needs a square input of known size", n.label());
+        return false;
       }
       k = (*vi->shape)[2];
     } else {
@@ -691,13 +857,14 @@ class Quantizer {
       const bool square = ks.size() == 2 && ks[0] == ks[1] && st.size() == 2 && st[0] == st[1] && pd.size() == 4 &&
                           pd[0] == pd[1] && pd[1] == pd[2] && pd[2] == pd[3];
       if (!square || n.attr_int("ceil_mode", 0) != 0 || n.attr_ints("dilations", {1, 1}) != std::vector<int64_t>{1, 1} ||
-          n.attr_string("auto_pad", "NOTSET") != "NOTSET") {
-        fail(g_.source, "{}: only square pools with equal strides and pads are supported by quantize", n.label());
+          n.attr_string("auto_pad", "NOTSET") != "NOTSET" || n.attr_int("storage_order", 0) != 0) {
+        return false;
       }
       k = ks[0];
       s = st[0];
       p = pd[0];
-      if (u.kind == Unit::avg_pool && p != 0) fail(g_.source, "{}: padded average pools are not supported by quantize", n.label());
+      if (u.kind == Unit::avg_pool && p != 0) return false;
+      if (!vi || !vi->shape || vi->shape->size() != 4) return false;
     }
     LayerFile l = new_layer(u.name, u.kind == Unit::max_pool ? "MaxPool2d" : "AvgPool2d");
     field(l, "kernel_size", std::to_string(k));
@@ -718,6 +885,7 @@ class Quantizer {
       add_layer(std::move(l), {x});
       float_[u.output] = u.name;
     }
+    return true;
   }
 
   // The residual operand of u, classified once: the accumulators of a residual-only conv, an
@@ -959,7 +1127,21 @@ class Quantizer {
     std::string value = u.name;
     if (!u.input2.empty()) value = plain_layer(u.name + "_add", "Add", {value, need_float(u.input2)});
     if (u.relu_after) value = plain_layer(u.name + "_relu", "ReLU", {value});
+    if (u.clip_max) value = clip_layer(u, value);
     float_[u.output] = value;
+  }
+
+  // min(x, hi) on f32 values (the top of a ReLU6 that was absorbed as a ReLU).
+  std::string clip_layer(const Unit& u, const std::string& x) {
+    LayerFile l = new_layer(unique_layer(u.name + "_clip"), "Op");
+    field(l, "op_type", "Clip");
+    field(l, "operands", "x0,-,const2");
+    tensor_field(l, "const2", f32_tensor({*u.clip_max}, {}));
+    field(l, "output_type", "f32");
+    field(l, "output_shape", shape_text(g_.find_value(u.output)));
+    const std::string name = l.name;
+    add_layer(std::move(l), {x});
+    return name;
   }
 
   void emit_float(const Unit& u) {
@@ -1006,7 +1188,18 @@ std::vector<std::pair<std::string, std::string>> quantizable_layers(const Graph&
 }
 
 QuantizeResult quantize_model(const Graph& fp32, const CalibTable& calib, const QuantizeOptions& options) {
-  return Quantizer(fp32, calib, options).run();
+  const Graph g = with_probed_shapes(fp32);
+  return Quantizer(g, calib, options).run();
+}
+
+QuantizeResult plan_quantization(const Graph& fp32, Precision precision) {
+  CalibTable unit;
+  for (const auto& in : fp32.inputs) unit.entries.push_back({in.name, "plan", -1.0, 1.0});
+  for (const auto& [name, vi] : fp32.value_info) unit.entries.push_back({name, "plan", -1.0, 1.0});
+  QuantizeOptions opt;
+  opt.precision = precision;
+  const Graph g = with_probed_shapes(fp32);
+  return Quantizer(g, unit, opt).run();
 }
 
 }  // namespace nibble::quant

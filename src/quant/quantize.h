@@ -55,7 +55,14 @@ struct QuantizeResult {
   ModelDir model;
   std::vector<LayerReport> layers;
   std::vector<std::string> warnings;  // e.g. tensors with an empty calibrated range
+  std::vector<std::string> float_ops;  // op type of every node kept in float as an `Op` layer
 };
+
+// What `quantize` would do with `fp32` at `precision`, without calibration data: the per-layer
+// precisions with their reasons, and the ops kept in float. Every tensor gets the range [-1, 1],
+// so only decisions that depend on the real ranges (a bias too large for 32 bits) can differ.
+// Throws nibble::Error where quantize would fail.
+QuantizeResult plan_quantization(const Graph& fp32, Precision precision);
 
 // The quantizable layers (conv and linear units after BatchNormalization folding) of an FP32
 // graph, in order: {layer name, ONNX node name}. Used to check --layer-precision and --exclude

@@ -9,6 +9,7 @@
 #include "nibble/error.h"
 #include "nibble/file_util.h"
 #include "nibble/image.h"
+#include "nibble/input_data.h"
 #include "test_util.h"
 #include "nibble/npy.h"
 
@@ -406,6 +407,47 @@ TEST(ImagePreprocess, IsTheCentreCropOfTheFullResize) {
       EXPECT_EQ(xt.get(y * 224 + i), quantise(static_cast<int>(at(full_tall, y + 58, i + 16, 0)), 0));
     }
   }
+}
+
+// Image directories keep the aspect ratio: shorter side to --resize, centre crop, per-channel
+// mean and std.
+TEST(ImageFolderInputs, ResizeShorterSideCropAndPerChannelNormalization) {
+  const fs::path dir = fs::path(testing::TempDir()) / "nibble_image_folder_resize";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const Tensor img = random_image(8, 12, 7);  // h 8, w 12
+  {
+    std::ofstream f(dir / "a.ppm", std::ios::binary);
+    f << "P6\n12 8\n255\n";
+    f.write(reinterpret_cast<const char*>(img.data<uint8_t>()), static_cast<std::streamsize>(img.numel()));
+  }
+  Preprocess pre;
+  pre.mean = {0.5f, 0.25f, 0.125f};
+  pre.std = {0.5f, 2.0f, 4.0f};
+  pre.resize = 6;  // 8 x 12 -> 6 x 9, centre 4 x 4 at rows 1, columns round(2.5) = 2
+  const InputData d = load_input_data(dir.string(), Shape{3, 4, 4}, pre);
+  ASSERT_EQ(d.inputs.shape(), (Shape{1, 3, 4, 4}));
+  const Tensor full = resize_bilinear_u8(img, 6, 9);
+  for (int c = 0; c < 3; ++c) {
+    for (int64_t y = 0; y < 4; ++y) {
+      for (int64_t x = 0; x < 4; ++x) {
+        const float want = (at(full, y + 1, x + 2, c) / 255.0f - pre.mean[c]) / pre.std[c];
+        EXPECT_FLOAT_EQ(d.inputs.data<float>()[(c * 4 + y) * 4 + x], want) << c << " " << y << " " << x;
+      }
+    }
+  }
+  // 0: the shorter side becomes the input's size (8 x 12 -> 4 x 6, crop columns 1..4).
+  pre.resize = 0;
+  const InputData fit = load_input_data(dir.string(), Shape{3, 4, 4}, pre);
+  const Tensor small = resize_bilinear_u8(img, 4, 6);
+  EXPECT_FLOAT_EQ(fit.inputs.data<float>()[0], (at(small, 0, 1, 0) / 255.0f - 0.5f) / 0.5f);
+  // A crop larger than the resized image, and per-channel lists of the wrong length, are errors.
+  pre.resize = 3;
+  EXPECT_THROW(load_input_data(dir.string(), Shape{3, 4, 4}, pre), Error);
+  pre.resize = 0;
+  pre.mean = {0.5f, 0.5f};
+  EXPECT_THROW(load_input_data(dir.string(), Shape{3, 4, 4}, pre), Error);
+  fs::remove_all(dir);
 }
 
 TEST(ImagePreprocess, ExtremeAspectRatioComputesOnlyTheCrop) {

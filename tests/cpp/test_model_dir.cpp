@@ -10,7 +10,9 @@
 #include <string>
 
 #include "nibble/error.h"
+#include "nibble/engine.h"
 #include "nibble/model_dir.h"
+#include "nibble/model_loader.h"
 #include "test_util.h"
 
 namespace nibble {
@@ -67,7 +69,17 @@ class ModelDirTest : public ::testing::Test {
     return out;
   }
 
+  // Replaces the first `from` in layer file `name` of dir_ by `to`.
+  void edit(const std::string& name, const std::string& from, const std::string& to) {
+    std::string text = slurp(dir_ / name);
+    const size_t at = text.find(from);
+    ASSERT_NE(at, std::string::npos) << from;
+    text.replace(at, from.size(), to);
+    spill(dir_ / name, text);
+  }
+
   fs::path root_;
+  fs::path dir_;  // the model directory a test builds under root_
 };
 
 // --- The real seed model -----------------------------------------------------------------------------
@@ -203,20 +215,10 @@ class ModelDirSynthetic : public ModelDirTest {
     spill(dir_ / "npdata" / "fc.bias", std::string("\x05\x00\x00\x00\xfe\xff\xff\xff", 8));
     spill(dir_ / "npdata" / "fc.weight", std::string("\x21\xf3\x97", 3));  // 1 2 3 -1 7 -7
   }
-  // Replaces the first `from` in layer file `name` by `to`.
-  void edit(const std::string& name, const std::string& from, const std::string& to) {
-    std::string text = slurp(dir_ / name);
-    const size_t at = text.find(from);
-    ASSERT_NE(at, std::string::npos) << from;
-    text.replace(at, from.size(), to);
-    spill(dir_ / name, text);
-  }
   std::string fc() const { return (dir_ / "fc").string(); }
   std::string read_error() const {
     return error_of([&] { read_model_dir(dir_.string()); });
   }
-
-  fs::path dir_;
 };
 
 TEST_F(ModelDirSynthetic, ReadsValuesAndTensors) {
@@ -500,6 +502,74 @@ TEST_F(ModelDirSynthetic, WriterRefusesWhatTheReaderWouldReject) {
   m.layers["fc"].fields.back().data_ref = "../../x";
   refuse(m, "may not contain");
   EXPECT_TRUE(temp_leftovers().empty());
+}
+
+}  // namespace
+}  // namespace nibble
+
+namespace nibble {
+namespace {
+
+// --- Op layers: ONNX operators kept in float by quantize --------------------------------------------
+
+class ModelDirOp : public ModelDirTest {
+ protected:
+  void SetUp() override {
+    ModelDirTest::SetUp();
+    dir_ = root_ / "m";
+    spill(dir_ / "model",
+          "GraphQuantized\ncompute_mode=f32f32\ninput=x\ninput_type=f32\ninput_shape=2:2 3\nlayers=t,m\n"
+          "outputs=m\noutput_names=y\n");
+    spill(dir_ / "t", "Op\nop_type=Transpose\ninputs=x\nattr_perm=ints 3:0 2 1\noutput_type=f32\n"
+                      "output_shape=[N,3,2]\n");
+    spill(dir_ / "m", "Op\nop_type=Mul\ninputs=t\noperands=const0,x0\nconst0=f32,1:1\n!m/npdata/m.const0\n"
+                      "output_type=f32\noutput_shape=[N,3,2]\n");
+    const float two = 2.0f;
+    spill(dir_ / "npdata" / "m.const0", std::string(reinterpret_cast<const char*>(&two), 4));
+  }
+  std::string load_error() const {
+    return error_of([&] { load_model(dir_.string()); });
+  }
+};
+
+TEST_F(ModelDirOp, RunsTheOnnxOperatorsItNames) {
+  const Engine engine(load_model(dir_.string()), Backend::ref);
+  Tensor x(DType::f32, {1, 2, 3});
+  for (int i = 0; i < 6; ++i) x.data<float>()[i] = static_cast<float>(i);
+  const Tensor y = engine.run({x}).at(0);
+  ASSERT_EQ(y.shape(), (Shape{1, 3, 2}));
+  // y[0][j][i] = 2 * x[0][i][j]
+  for (int j = 0; j < 3; ++j) {
+    for (int i = 0; i < 2; ++i) EXPECT_EQ(y.data<float>()[j * 2 + i], 2.0f * static_cast<float>(i * 3 + j));
+  }
+  // Written back, the directory reads the same.
+  const fs::path copy = root_ / "copy";
+  write_model_dir(read_model_dir(dir_.string()), copy.string());
+  EXPECT_EQ(slurp(copy / "t"), slurp(dir_ / "t"));
+}
+
+TEST_F(ModelDirOp, MalformedFieldsAreErrorsNamingTheFile) {
+  struct Case {
+    const char* layer;
+    const char* from;
+    const char* to;
+    const char* error;
+  };
+  const Case cases[] = {
+      {"t", "ints 3:0 2 1", "ints 4:0 2 1", "m/t: 'attr_perm'"},
+      {"t", "ints 3:0 2 1", "tensor 0", "is not <int|float|string|ints|floats>"},
+      {"m", "operands=const0,x0", "operands=const0,x1", "operand x1 names input 1, the layer has 1"},
+      {"m", "operands=const0,x0", "operands=const0", "input 't' is not an operand"},
+      {"t", "op_type=Transpose", "op_type=nibble:IntConv", "is not the name of an ONNX operator"},
+      {"t", "output_shape=[N,3,2]", "output_shape=3:1 2 3", "is not [d1,d2,...]"},
+      {"t", "output_type=f32", "output_type=f99", "output_type 'f99' is not a dtype"},
+  };
+  for (const Case& c : cases) {
+    SetUp();
+    edit(c.layer, c.from, c.to);
+    const std::string msg = load_error();
+    EXPECT_NE(msg.find(c.error), std::string::npos) << c.to << ": " << msg;
+  }
 }
 
 }  // namespace

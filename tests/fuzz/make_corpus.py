@@ -101,6 +101,27 @@ def tiny_cnn(qdq=False):
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
 
 
+def float_ops_cnn():
+    """Conv -> x * Sigmoid(x) -> Concat with the conv -> Clip(0, 6) -> GlobalAveragePool -> Flatten
+    -> Gemm: quantize keeps the Sigmoid, Mul, Concat and Clip as float Op layers."""
+    rng = np.random.default_rng(4)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (4, 2, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(0, 0.5, (3, 8)).astype(np.float32), "fw"),
+             numpy_helper.from_array(np.array(0, np.float32), "lo"),
+             numpy_helper.from_array(np.array(6, np.float32), "hi")]
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["c"], ["s"]),
+             helper.make_node("Mul", ["c", "s"], ["m"]),
+             helper.make_node("Concat", ["m", "c"], ["k"], axis=1),
+             helper.make_node("Clip", ["k", "lo", "hi"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"], axis=1),
+             helper.make_node("Gemm", ["f", "fw"], ["y"], transB=1)]
+    g = helper.make_graph(nodes, "float_ops", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 6, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
 def shape_ops_model():
     """MatMul, Add, Reshape, Transpose, Softmax, Concat, Sigmoid on a 1 x 8 input."""
     rng = np.random.default_rng(3)
@@ -184,6 +205,14 @@ def main():
             subprocess.run([nibble, "quantize", str(tmp / "tiny.onnx"), "--calib", str(calib), "--precision", precision,
                             "--all-layers", "-o", str(out)], check=True, stdout=subprocess.DEVNULL)
             put("model_dir", f"tiny_{precision}", pack_model_dir(out))
+        (tmp / "float_ops.onnx").write_bytes(float_ops_cnn().SerializeToString())
+        calib = tmp / "float_ops.calib"
+        subprocess.run([nibble, "calibrate", str(tmp / "float_ops.onnx"), "--data", str(tmp / "x.npy"), "--method", "max",
+                        "-o", str(calib)], check=True, stdout=subprocess.DEVNULL)
+        out = tmp / "m_float_ops"
+        subprocess.run([nibble, "quantize", str(tmp / "float_ops.onnx"), "--calib", str(calib), "-o", str(out)],
+                       check=True, stdout=subprocess.DEVNULL)
+        put("model_dir", "tiny_float_ops", pack_model_dir(out))
     for d in sorted(ROOT.iterdir()):
         print(f"{d.name}: {len(list(d.iterdir()))} files, {sum(f.stat().st_size for f in d.iterdir())} bytes")
 

@@ -71,6 +71,25 @@ def test_onnx_window_of_zero(run_nibble, tmp_path, op, attr):
     assert_one_line_error(run_nibble("inspect", m), m, attr, "between 1 and")
 
 
+@pytest.mark.parametrize("case", ["weight-rank", "kernel-length", "pads-length"])
+def test_onnx_window_ranks_that_disagree(run_nibble, tmp_path, case):
+    # The weight arrives through DequantizeLinear, so its rank is only known during shape
+    # inference (ONNX's own would read past the input's shape here).
+    w = np.zeros((2, 1, 3, 3, 3) if case == "weight-rank" else (2, 1, 3, 3), np.int8)
+    attrs = {"kernel_shape": [3, 3, 3]} if case == "kernel-length" else {}
+    if case == "pads-length":
+        attrs["pads"] = [1, 1]
+    nodes = [helper.make_node("DequantizeLinear", ["wq", "ws"], ["w"]),
+             helper.make_node("Conv", ["x", "w"], ["y"], **attrs)]
+    inits = [numpy_helper.from_array(w, "wq"), numpy_helper.from_array(np.float32(0.1), "ws")]
+    m = onnx_model(tmp_path / "ranks.onnx", nodes, inits,
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 6, 6])])
+    want = {"weight-rank": "weight has rank 5", "kernel-length": "kernel_shape has 3 values",
+            "pads-length": "pads has 2 values"}[case]
+    assert_one_line_error(run_nibble("inspect", m), m, want)
+
+
 def idx_header(code, dims):
     return bytes([0, 0, code, len(dims)]) + b"".join(struct.pack(">I", d) for d in dims)
 

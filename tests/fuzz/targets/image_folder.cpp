@@ -32,7 +32,11 @@ int image_folder(const uint8_t* data, size_t size) {
     pos += len;
   }
   try {
-    load_input_data(dir.string(), Shape{3, 8, 8}, 0.5f, 0.25f, "", 8);
+    Preprocess pre;
+    pre.mean = {0.5f, 0.4f, 0.3f};
+    pre.std = {0.25f};
+    pre.resize = 9;  // shorter side 9, centre crop 8 x 8
+    load_input_data(dir.string(), Shape{3, 8, 8}, pre, "", 8);
   } catch (const Error&) {
   }
   return 0;

@@ -1,0 +1,166 @@
+"""The building blocks of torchvision's CNNs, small: each is exported by PyTorch to ONNX (opset 13),
+run by nibble in FP32 against PyTorch, quantized to INT8 (ops without an integer layer kept in
+float, with the reason reported) and run again. docs/coverage.md has the full-size survey."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+torch.manual_seed(0)
+
+
+def conv_bn(cin, cout, k=3, stride=1, groups=1, act=nn.ReLU):
+    layers = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+    return nn.Sequential(*layers, act()) if act else nn.Sequential(*layers)
+
+
+class SqueezeExcite(nn.Module):  # EfficientNet, RegNet, MobileNetV3
+    def __init__(self, c, gate=nn.Sigmoid):
+        super().__init__()
+        self.fc1, self.fc2, self.gate = nn.Conv2d(c, c // 4, 1), nn.Conv2d(c // 4, c, 1), gate()
+
+    def forward(self, x):
+        s = nn.functional.adaptive_avg_pool2d(x, 1)
+        return x * self.gate(self.fc2(torch.relu(self.fc1(s))))
+
+
+class InvertedResidual(nn.Module):  # MobileNetV2, MNASNet: ReLU6, depthwise, linear bottleneck
+    def __init__(self, c, se=False, act=nn.ReLU6):
+        super().__init__()
+        self.expand = conv_bn(c, 4 * c, 1, act=act)
+        self.dw = conv_bn(4 * c, 4 * c, 3, groups=4 * c, act=act)
+        self.se = SqueezeExcite(4 * c, nn.Hardsigmoid if act is nn.Hardswish else nn.Sigmoid) if se else nn.Identity()
+        self.project = conv_bn(4 * c, c, 1, act=None)
+
+    def forward(self, x):
+        return x + self.project(self.se(self.dw(self.expand(x))))
+
+
+class Head(nn.Module):
+    def __init__(self, c, classes=10, mean=False):
+        super().__init__()
+        self.fc, self.mean = nn.Linear(c, classes), mean
+
+    def forward(self, x):
+        x = x.mean([2, 3]) if self.mean else torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+        return self.fc(x)
+
+
+class Inception(nn.Module):  # GoogLeNet, SqueezeNet: branches joined by Concat, ceil-mode pools
+    def __init__(self, c):
+        super().__init__()
+        self.a, self.b = conv_bn(c, 8, 1), nn.Sequential(conv_bn(c, 4, 1), conv_bn(4, 8, 3))
+        self.pool = nn.Sequential(nn.MaxPool2d(3, 1, 1, ceil_mode=True), conv_bn(c, 8, 1))
+
+    def forward(self, x):
+        return torch.cat([self.a(x), self.b(x), self.pool(x)], 1)
+
+
+class DenseLayer(nn.Module):  # DenseNet: BN-ReLU-conv on the concatenation of all earlier maps
+    def __init__(self, c):
+        super().__init__()
+        self.body = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, 8, 3, padding=1, bias=False))
+
+    def forward(self, x):
+        return torch.cat([x, self.body(x)], 1)
+
+
+class ShuffleBlock(nn.Module):  # ShuffleNetV2: split, concat, channel shuffle by reshape/transpose
+    def __init__(self, c):
+        super().__init__()
+        h = c // 2
+        self.branch = nn.Sequential(conv_bn(h, h, 1), conv_bn(h, h, 3, groups=h, act=None), conv_bn(h, h, 1))
+
+    def forward(self, x):
+        a, b = x.chunk(2, dim=1)
+        y = torch.cat([a, self.branch(b)], 1)
+        n, c, hh, ww = y.shape
+        return y.view(n, 2, c // 2, hh, ww).transpose(1, 2).reshape(n, c, hh, ww)
+
+
+class Tokens(nn.Module):  # ViT, ConvNeXt: patches, LayerNorm, GELU MLP, attention over tokens
+    def __init__(self, d=16):
+        super().__init__()
+        self.patch = nn.Conv2d(3, d, 4, 4)
+        self.ln = nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, 2, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+        self.fc = nn.Linear(d, 10)
+
+    def forward(self, x):
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        h = self.ln(t)
+        t = t + self.attn(h, h, h, need_weights=False)[0]
+        t = t + self.mlp(self.ln(t))
+        return self.fc(t.mean(1))
+
+
+PATTERNS = {
+    "depthwise_relu6_residual": lambda: nn.Sequential(conv_bn(3, 8, 3, 2, act=nn.ReLU6), InvertedResidual(8),
+                                                      InvertedResidual(8), Head(8, mean=True)),
+    "squeeze_excite_silu": lambda: nn.Sequential(conv_bn(3, 8, 3, 2, act=nn.SiLU),
+                                                 InvertedResidual(8, se=True, act=nn.SiLU), Head(8)),
+    "hardswish_hardsigmoid": lambda: nn.Sequential(conv_bn(3, 8, 3, 2, act=nn.Hardswish),
+                                                   InvertedResidual(8, se=True, act=nn.Hardswish), Head(8)),
+    "inception_concat": lambda: nn.Sequential(conv_bn(3, 8, 3, 2), nn.MaxPool2d(3, 2, ceil_mode=True), Inception(8),
+                                              Head(24)),
+    "dense_concat": lambda: nn.Sequential(conv_bn(3, 8, 3, 2), DenseLayer(8), DenseLayer(16), Head(24)),
+    "channel_shuffle": lambda: nn.Sequential(conv_bn(3, 8, 3, 2), ShuffleBlock(8), ShuffleBlock(8), Head(8)),
+    "tokens": Tokens,
+}
+# Ops each pattern must keep in float (the rest of the model is integer).
+FLOAT_OPS = {
+    "squeeze_excite_silu": {"Sigmoid", "Mul"},
+    "hardswish_hardsigmoid": {"HardSigmoid", "Mul"},  # opset 13 has no HardSwish: x * HardSigmoid(x)
+    "inception_concat": {"Concat"},
+    "dense_concat": {"Concat"},
+    "channel_shuffle": {"Concat", "Reshape", "Transpose"},
+    "tokens": {"ReduceMean", "Softmax", "Erf", "MatMul"},  # LayerNorm and GELU decomposed at opset 13
+}
+
+
+def build(name, x):
+    model = PATTERNS[name]()
+    model.train()
+    with torch.no_grad():  # BatchNorm statistics of the data, as a trained network has
+        for _ in range(3):
+            model(x)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", sorted(PATTERNS))
+def test_pattern_runs_in_fp32_and_quantizes(run_nibble, tmp_path, name):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((16, 3, 32, 32)).astype(np.float32)
+    model = build(name, torch.from_numpy(x))
+    onnx_path = tmp_path / f"{name}.onnx"
+    torch.onnx.export(model, torch.from_numpy(x[:1]), str(onnx_path), opset_version=13, input_names=["input"],
+                      output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    np.save(tmp_path / "x.npy", x)
+
+    run_nibble("run", onnx_path, "-i", tmp_path / "x.npy", "-o", tmp_path / "fp32.npy", check=True)
+    fp32 = np.load(tmp_path / "fp32.npy")
+    assert np.abs(fp32 - ref).max() <= 1e-4 * np.abs(ref).max()
+
+    plan = run_nibble("inspect", onnx_path, check=True).stdout
+    assert "quantize (int8):" in plan
+    calib = tmp_path / "t.calib"
+    run_nibble("calibrate", onnx_path, "--data", tmp_path / "x.npy", "--samples", 0, "-o", calib, check=True)
+    q = tmp_path / "int8"
+    report = run_nibble("quantize", onnx_path, "--calib", calib, "-o", q, check=True).stdout
+    kept = {line.split("=", 1)[1] for f in q.iterdir() if f.is_file() and f.read_text().startswith("Op\n")
+            for line in f.read_text().splitlines() if line.startswith("op_type=")}
+    assert FLOAT_OPS.get(name, set()) <= kept, (kept, report)
+    integer = [f for f in q.iterdir() if f.is_file() and ("compute_mode=u8s8s32" in f.read_text()
+                                                          or "compute_mode=s8s8s32" in f.read_text())]
+    assert integer, report
+    for op in kept:  # what inspect announced is what quantize did
+        assert op in plan, (op, plan)
+    run_nibble("run", q, "-i", tmp_path / "x.npy", "-o", tmp_path / "int8.npy", check=True)
+    out = np.load(tmp_path / "int8.npy").ravel().astype(np.float64)
+    cos = out @ fp32.ravel() / (np.linalg.norm(out) * np.linalg.norm(fp32) + 1e-30)
+    assert cos >= 0.99, cos
+    # The quantized model exports to QDQ ONNX, float ops included.
+    run_nibble("export", q, "-o", tmp_path / "qdq.onnx", check=True)
