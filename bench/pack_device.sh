@@ -12,7 +12,7 @@ mkdir -p "$DEST/bin" "$DEST/lib" "$DEST/seed"
 strip -o "$DEST/bin/nibble" "$BUILD/nibble"
 strip -o "$DEST/bin/nibble_tests" "$BUILD/tests/cpp/nibble_tests"
 for bin in "$DEST/bin/nibble" "$DEST/bin/nibble_tests"; do
-  ldd "$bin" | awk '/=>/ {print $3}' | grep -E 'libfmt|libonnx|libprotobuf|libz\.|libcudart|libturbojpeg|libpng' | while read -r lib; do
+  ldd "$bin" | awk '/=>/ {print $3}' | grep -E 'libfmt|libonnx|libprotobuf|libz\.|libcudart|libturbojpeg|libpng|libopenblas|liblapack|libblas|libgfortran|libquadmath' | while read -r lib; do
     cp -L "$lib" "$DEST/lib/"
   done
 done

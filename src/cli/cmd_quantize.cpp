@@ -3,10 +3,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <set>
 #include <sstream>
 
 #include "cli/commands.h"
+#include "cli/progress.h"
 #include "cli/quant_common.h"
 #include "nibble/error.h"
 #include "nibble/model_dir.h"
@@ -59,8 +61,15 @@ void quantize(const QuantizeArgs& args) {
                    args.calib, e.tensor, e.lo, e.hi);
       }
     }
-    if (args.gptq) opt.hessians = collect_hessians(fp32, args.data, args.model);
+    std::unique_ptr<ProgressBar> bar;
+    if (args.gptq) {
+      opt.hessians = collect_hessians(fp32, args.data, args.model);
+      opt.threads = args.data.threads;
+      bar = std::make_unique<ProgressBar>("gptq", static_cast<int64_t>(opt.hessians.size()));
+      opt.on_gptq_layer = [&bar] { bar->advance(1); };
+    }
     result = quant::quantize_model(fp32, calib, opt);
+    if (bar) bar->finish();
   }
   result.model.path = args.output;
   // Build the graph once before writing, so a model the engine cannot run is never written.

@@ -48,6 +48,7 @@ std::map<std::string, std::vector<double>> collect_hessians(const Graph& fp32, c
                                                             const std::string& model) {
   const InputData data = load_data(args, fp32, model);
   quant::HessianCollector collector(fp32);
+  const quant::ScopedBlasThreads one(1);  // the batches run in parallel, each on one thread
   for_each_batch("hessians", data.size(), args.batch, args.threads,
                  [&](int64_t lo, int64_t hi) { collector.observe(data.batch(lo, hi), lo); });
   return collector.hessians();

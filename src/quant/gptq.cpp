@@ -1,8 +1,12 @@
 // GPTQ-style weight rounding and the Hessians it needs.
 #include "quant/gptq.h"
 
+#include <cblas.h>
+#include <lapacke.h>
+
 #include <algorithm>
 #include <cmath>
+#include <thread>
 
 #include "nibble/engine.h"
 #include "nibble/error.h"
@@ -12,50 +16,19 @@ namespace nibble::quant {
 
 namespace {
 
-// In-place Cholesky factorization A = L L^T (lower, row-major n x n). False if not positive definite.
-bool cholesky(std::vector<double>& a, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) {
-    double d = a[static_cast<size_t>(j * n + j)];
-    for (int64_t k = 0; k < j; ++k) d -= a[static_cast<size_t>(j * n + k)] * a[static_cast<size_t>(j * n + k)];
-    if (!(d > 0.0)) return false;
-    d = std::sqrt(d);
-    a[static_cast<size_t>(j * n + j)] = d;
-    for (int64_t i = j + 1; i < n; ++i) {
-      double v = a[static_cast<size_t>(i * n + j)];
-      for (int64_t k = 0; k < j; ++k) v -= a[static_cast<size_t>(i * n + k)] * a[static_cast<size_t>(j * n + k)];
-      a[static_cast<size_t>(i * n + j)] = v / d;
-    }
-    for (int64_t k = j + 1; k < n; ++k) a[static_cast<size_t>(j * n + k)] = 0.0;
-  }
-  return true;
-}
-
-// The inverse of a symmetric positive definite matrix from its Cholesky factor L.
-std::vector<double> inverse_from_cholesky(const std::vector<double>& l, int64_t n) {
-  // L^-1 by forward substitution, then A^-1 = L^-T L^-1.
-  std::vector<double> li(static_cast<size_t>(n * n), 0.0);
-  for (int64_t col = 0; col < n; ++col) {
-    for (int64_t i = col; i < n; ++i) {
-      double v = i == col ? 1.0 : 0.0;
-      for (int64_t k = col; k < i; ++k) v -= l[static_cast<size_t>(i * n + k)] * li[static_cast<size_t>(k * n + col)];
-      li[static_cast<size_t>(i * n + col)] = v / l[static_cast<size_t>(i * n + i)];
-    }
-  }
-  std::vector<double> inv(static_cast<size_t>(n * n), 0.0);
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t j = 0; j <= i; ++j) {
-      double v = 0.0;
-      for (int64_t k = i; k < n; ++k) v += li[static_cast<size_t>(k * n + i)] * li[static_cast<size_t>(k * n + j)];
-      inv[static_cast<size_t>(i * n + j)] = inv[static_cast<size_t>(j * n + i)] = v;
-    }
-  }
-  return inv;
-}
+constexpr int64_t kBlock = 128;  // columns per lazy batch update
 
 }  // namespace
 
+ScopedBlasThreads::ScopedBlasThreads(int threads) : saved_(openblas_get_num_threads()) {
+  const int n = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  openblas_set_num_threads(n);
+}
+
+ScopedBlasThreads::~ScopedBlasThreads() { openblas_set_num_threads(saved_); }
+
 std::vector<double> gptq_quantize(std::vector<double> w, int64_t rows, int64_t cols, std::vector<double> h,
-                                  const std::vector<double>& scale, double levels) {
+                                  const std::vector<double>& scale, double levels, int threads) {
   const int64_t n = cols;
   double mean_diag = 0.0;
   for (int64_t i = 0; i < n; ++i) {
@@ -68,22 +41,44 @@ std::vector<double> gptq_quantize(std::vector<double> w, int64_t rows, int64_t c
   }
   mean_diag /= static_cast<double>(n);
   for (int64_t i = 0; i < n; ++i) h[static_cast<size_t>(i * n + i)] += 0.01 * mean_diag;
+  const ScopedBlasThreads blas(threads);
   // U: the upper Cholesky factor of H^-1 (H^-1 = U^T U). Its row i holds the update weights.
-  if (!cholesky(h, n)) throw std::invalid_argument("gptq: the damped Hessian is not positive definite");
-  std::vector<double> u = inverse_from_cholesky(h, n);
-  // The upper factor of H^-1 is the transpose of the lower factor of H^-1.
-  if (!cholesky(u, n)) throw std::invalid_argument("gptq: the inverse Hessian is not positive definite");
+  const lapack_int ld = static_cast<lapack_int>(n);
+  if (LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'L', ld, h.data(), ld) != 0) {
+    throw std::invalid_argument("gptq: the damped Hessian is not positive definite");
+  }
+  if (LAPACKE_dpotri(LAPACK_ROW_MAJOR, 'L', ld, h.data(), ld) != 0) {
+    throw std::invalid_argument("gptq: the damped Hessian is singular");
+  }
+  for (int64_t i = 0; i < n; ++i) {  // dpotri leaves the lower triangle; dpotrf 'U' reads the upper
+    for (int64_t j = 0; j < i; ++j) h[static_cast<size_t>(j * n + i)] = h[static_cast<size_t>(i * n + j)];
+  }
+  if (LAPACKE_dpotrf(LAPACK_ROW_MAJOR, 'U', ld, h.data(), ld) != 0) {
+    throw std::invalid_argument("gptq: the inverse Hessian is not positive definite");
+  }
+  const std::vector<double>& u = h;
   std::vector<double> q(static_cast<size_t>(rows * n));
-  for (int64_t i = 0; i < n; ++i) {
-    const double uii = u[static_cast<size_t>(i * n + i)];
+  std::vector<double> err(static_cast<size_t>(rows * kBlock));
+  for (int64_t i1 = 0; i1 < n; i1 += kBlock) {
+    const int64_t i2 = std::min(i1 + kBlock, n), b = i2 - i1;
+    // Inside the block, column by column; each row's errors go to its later columns.
     for (int64_t k = 0; k < rows; ++k) {
       double* row = &w[static_cast<size_t>(k * n)];
       const double s = scale[static_cast<size_t>(k)];
-      const double qi = std::clamp(std::nearbyint(row[i] / s), -levels, levels);
-      q[static_cast<size_t>(k * n + i)] = qi;
-      const double err = (row[i] - qi * s) / uii;
-      // Row j of U^T is column j of L (lower factor): U[i][j] = L[j][i].
-      for (int64_t j = i + 1; j < n; ++j) row[j] -= err * u[static_cast<size_t>(j * n + i)];
+      for (int64_t i = i1; i < i2; ++i) {
+        const double qi = std::clamp(std::nearbyint(row[i] / s), -levels, levels);
+        q[static_cast<size_t>(k * n + i)] = qi;
+        const double e = (row[i] - qi * s) / u[static_cast<size_t>(i * n + i)];
+        const double* ui = &u[static_cast<size_t>(i * n)];
+        for (int64_t j = i + 1; j < i2; ++j) row[j] -= e * ui[j];
+        err[static_cast<size_t>(k * b + (i - i1))] = e;
+      }
+    }
+    // The block's errors on every later column at once: W[:, i2:] -= E U[i1:i2, i2:].
+    if (i2 < n) {
+      cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(rows), static_cast<blasint>(n - i2),
+                  static_cast<blasint>(b), -1.0, err.data(), static_cast<blasint>(b), &u[static_cast<size_t>(i1 * n + i2)],
+                  static_cast<blasint>(n), 1.0, &w[static_cast<size_t>(i2)], static_cast<blasint>(n));
     }
   }
   return q;
@@ -134,23 +129,28 @@ void HessianCollector::observe(const Tensor& input, int64_t first) {
     for (size_t i = 0; i < outputs_.size(); ++i) {
       if (outputs_[i] == l.input) x = &outs[i];
     }
+    // The sampled columns as rows of X (m x D); H += X^T X (upper triangle, one SYRK per chunk).
     std::vector<double> h(static_cast<size_t>(l.dim * l.dim), 0.0);
-    std::vector<double> col(static_cast<size_t>(l.dim));
-    auto add = [&] {
-      for (int64_t i = 0; i < l.dim; ++i) {
-        const double ci = col[static_cast<size_t>(i)];
-        if (ci == 0.0) continue;
-        double* hr = &h[static_cast<size_t>(i * l.dim)];
-        for (int64_t j = i; j < l.dim; ++j) hr[j] += ci * col[static_cast<size_t>(j)];
-      }
+    const int64_t chunk = std::max<int64_t>(64, (int64_t{1} << 22) / std::max<int64_t>(l.dim, 1));
+    std::vector<double> rows_x;
+    rows_x.reserve(static_cast<size_t>(chunk * l.dim));
+    auto flush = [&] {
+      const int64_t m = static_cast<int64_t>(rows_x.size()) / l.dim;
+      if (m == 0) return;
+      cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, static_cast<blasint>(l.dim), static_cast<blasint>(m), 1.0,
+                  rows_x.data(), static_cast<blasint>(l.dim), 1.0, h.data(), static_cast<blasint>(l.dim));
+      rows_x.clear();
+    };
+    auto push = [&] {
+      if (static_cast<int64_t>(rows_x.size()) >= chunk * l.dim) flush();
     };
     const float* p = x->data<float>();
     const int64_t batch = x->dim(0);
     if (!l.conv) {
       if (x->numel() / batch != l.dim) fail(engine_->graph().source, "gptq: node '{}' reads {} values per input, expected {}", l.node, x->numel() / batch, l.dim);
       for (int64_t b = 0; b < batch; ++b) {
-        for (int64_t i = 0; i < l.dim; ++i) col[static_cast<size_t>(i)] = p[b * l.dim + i];
-        add();
+        push();
+        for (int64_t i = 0; i < l.dim; ++i) rows_x.push_back(p[b * l.dim + i]);
       }
     } else {
       const int64_t hh = x->dim(2), ww = x->dim(3);
@@ -161,34 +161,50 @@ void HessianCollector::observe(const Tensor& input, int64_t first) {
       for (int64_t b = 0; b < batch; ++b) {
         const float* img = p + b * l.c * hh * ww;
         for (int64_t pos = 0; pos < total; pos += step) {
+          push();
           const int64_t oy = pos / ow, ox = pos % ow;
-          size_t k = 0;
           for (int64_t c = 0; c < l.c; ++c) {
             for (int64_t r = 0; r < l.r; ++r) {
-              for (int64_t s = 0; s < l.s; ++s, ++k) {
+              for (int64_t s = 0; s < l.s; ++s) {
                 const int64_t y = oy * l.stride_h - l.pad_h + r * l.dil_h, xx = ox * l.stride_w - l.pad_w + s * l.dil_w;
-                col[k] = (y < 0 || y >= hh || xx < 0 || xx >= ww) ? 0.0 : img[(c * hh + y) * ww + xx];
+                rows_x.push_back((y < 0 || y >= hh || xx < 0 || xx >= ww) ? 0.0 : img[(c * hh + y) * ww + xx]);
               }
             }
           }
-          add();
         }
       }
     }
+    flush();
     sums.push_back(std::move(h));
   }
   std::lock_guard<std::mutex> lock(mu_);
-  partial_[first] = std::move(sums);
+  pending_[first] = {input.dim(0), std::move(sums)};
+  for (auto it = pending_.begin(); it != pending_.end() && it->first == next_; it = pending_.begin()) {
+    merge(it->second.second);
+    next_ += it->second.first;
+    pending_.erase(it);
+  }
 }
 
-std::map<std::string, std::vector<double>> HessianCollector::hessians() const {
+void HessianCollector::merge(std::vector<std::vector<double>>& sums) {
+  if (total_.empty()) {
+    total_ = std::move(sums);
+    return;
+  }
+  for (size_t li = 0; li < total_.size(); ++li) {
+    for (size_t i = 0; i < total_[li].size(); ++i) total_[li][i] += sums[li][i];
+  }
+}
+
+std::map<std::string, std::vector<double>> HessianCollector::hessians() {
+  std::lock_guard<std::mutex> lock(mu_);
+  // Batches after a gap (inputs never observed) join in input order.
+  for (auto& [first, batch] : pending_) merge(batch.second);
+  pending_.clear();
   std::map<std::string, std::vector<double>> out;
   for (size_t li = 0; li < layers_.size(); ++li) {
     const int64_t d = layers_[li].dim;
-    std::vector<double> h(static_cast<size_t>(d * d), 0.0);
-    for (const auto& [first, sums] : partial_) {
-      for (size_t i = 0; i < h.size(); ++i) h[i] += sums[li][i];
-    }
+    std::vector<double> h = total_.empty() ? std::vector<double>(static_cast<size_t>(d * d), 0.0) : total_[li];
     for (int64_t i = 0; i < d; ++i) {
       for (int64_t j = 0; j < i; ++j) h[static_cast<size_t>(i * d + j)] = h[static_cast<size_t>(j * d + i)];
     }

@@ -15,12 +15,28 @@
 
 namespace nibble::quant {
 
+// Sets the linear algebra's (OpenBLAS's) thread count for a scope (0: one per core), then
+// restores it. Code that runs batches on several threads sets 1.
+class ScopedBlasThreads {
+ public:
+  explicit ScopedBlasThreads(int threads);
+  ~ScopedBlasThreads();
+  ScopedBlasThreads(const ScopedBlasThreads&) = delete;
+  ScopedBlasThreads& operator=(const ScopedBlasThreads&) = delete;
+
+ private:
+  int saved_;
+};
+
 // W (K rows x D columns, row-major) quantized row by row with scale[k], to integers in
 // [-levels, levels]; H (D x D, row-major) is sum(x x^T) over the layer's input columns. Returns
 // the integers (K x D). Columns that never saw a non-zero input (H[i][i] == 0) are zeroed. A
-// damping of 1% of the mean diagonal keeps H invertible.
+// damping of 1% of the mean diagonal keeps H invertible. The columns go in blocks of 128 (the
+// paper's lazy batch updates): errors are compensated inside a block column by column and on
+// the later columns by one matrix product per block; LAPACK's Cholesky routines give the
+// factor of H^-1. `threads` (0: one per core) is the linear algebra's parallelism.
 std::vector<double> gptq_quantize(std::vector<double> w, int64_t rows, int64_t cols, std::vector<double> hessian,
-                                  const std::vector<double>& scale, double levels);
+                                  const std::vector<double>& scale, double levels, int threads = 0);
 
 // Accumulates, for Conv (group 1) and Gemm/MatMul nodes, the Hessian of each node's input:
 // sum over positions of x x^T, x being the node's im2col column (C x R x S for a conv, the
@@ -37,7 +53,8 @@ class HessianCollector {
   void observe(const Tensor& input, int64_t first);
 
   // By ONNX node name: the D x D matrix (row-major) and the number of columns seen.
-  std::map<std::string, std::vector<double>> hessians() const;
+  // Batches observed after a gap (inputs never given) join in input order.
+  std::map<std::string, std::vector<double>> hessians();
 
  private:
   struct Layer {
@@ -47,12 +64,18 @@ class HessianCollector {
     int64_t c = 0, r = 1, s = 1, stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0, dil_h = 1, dil_w = 1;
     int64_t dim = 0;  // D
   };
+  // Adds batch sums to total_ in input order: a batch that arrives before an earlier one
+  // waits in pending_ until the gap is filled (or until hessians()).
+  void merge(std::vector<std::vector<double>>& sums);
+
   std::vector<Layer> layers_;
   std::unique_ptr<Engine> engine_;
   std::vector<std::string> outputs_;  // engine output names, in order
   int64_t positions_;
   std::mutex mu_;
-  std::map<int64_t, std::vector<std::vector<double>>> partial_;  // first input -> per-layer sums
+  int64_t next_ = 0;  // the first input not yet merged
+  std::map<int64_t, std::pair<int64_t, std::vector<std::vector<double>>>> pending_;  // first -> (count, sums)
+  std::vector<std::vector<double>> total_;  // per layer, the upper triangle of D x D
 };
 
 }  // namespace nibble::quant

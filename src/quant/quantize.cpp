@@ -697,7 +697,8 @@ class Quantizer {
     const auto h = opt_.hessians.find(u.node->name);
     if (h != opt_.hessians.end() && h->second.size() == static_cast<size_t>(per * per) &&
         (u.kind == Unit::linear || u.node->attr_int("group", 1) == 1)) {
-      const std::vector<double> v = gptq_quantize(u.w, k, per, h->second, scale, levels);
+      const std::vector<double> v = gptq_quantize(u.w, k, per, h->second, scale, levels, opt_.threads);
+      if (opt_.on_gptq_layer) opt_.on_gptq_layer();
       for (int64_t i = 0; i < k * per; ++i) q.set(i, v[static_cast<size_t>(i)]);
       return q;
     }

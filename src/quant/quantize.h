@@ -2,6 +2,7 @@
 // directory of integer layers (the seed's format, with the GraphQuantized root).
 #pragma once
 
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -40,6 +41,9 @@ struct QuantizeOptions {
   // Input Hessians by ONNX node name (HessianCollector): weights of these layers are rounded
   // with GPTQ's error compensation instead of to the nearest integer.
   std::map<std::string, std::vector<double>> hessians;
+  // GPTQ's linear algebra threads (0: one per core), and a call after each layer it rounds.
+  int threads = 0;
+  std::function<void()> on_gptq_layer;
 };
 
 // What happened to one conv or linear layer.
