@@ -164,3 +164,35 @@ def test_pattern_runs_in_fp32_and_quantizes(run_nibble, tmp_path, name):
     assert cos >= 0.99, cos
     # The quantized model exports to QDQ ONNX, float ops included.
     run_nibble("export", q, "-o", tmp_path / "qdq.onnx", check=True)
+
+
+def test_nhwc_model_takes_images_in_its_layout(run_nibble, tmp_path):
+    """A model declaring N x H x W x C gets decoded images in that layout (per-channel mean and
+    std, shorter side resized and centre-cropped as for N x C x H x W models)."""
+    import onnx
+    from onnx import TensorProto, helper
+    from PIL import Image
+    from conftest import REPO
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
+             helper.make_node("ReduceMean", ["t"], ["y"], axes=[2, 3], keepdims=0)]
+    g = helper.make_graph(nodes, "nhwc", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16, 16, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])])
+    model = tmp_path / "nhwc.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), str(model))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    src = REPO / "data" / "images" / "coffee.png"
+    (photos / "coffee.png").write_bytes(src.read_bytes())
+    table = tmp_path / "t.calib"
+    run_nibble("calibrate", model, "--data", photos, "--method", "max", "--mean", "0.5,0.4,0.3", "--std", "0.5,1,2",
+               "-o", table, check=True)
+    lo, hi = next(tuple(map(float, line.split()[2:4])) for line in table.read_text().splitlines() if line.startswith("y "))
+    img = Image.open(src).convert("RGB")
+    w, h = img.size
+    s = 16 / min(w, h)
+    small = img.resize((int(w * s) if w > h else 16, int(h * s) if h > w else 16), Image.BILINEAR)
+    sw, sh = small.size
+    left, top = round((sw - 16) / 2), round((sh - 16) / 2)
+    crop = np.asarray(small.crop((left, top, left + 16, top + 16)), np.float64) / 255.0
+    means = (crop.mean(axis=(0, 1)) - [0.5, 0.4, 0.3]) / [0.5, 1, 2]
+    assert abs(lo - means.min()) < 0.01 and abs(hi - means.max()) < 0.01, (lo, hi, means)
