@@ -54,4 +54,11 @@ struct Graph {
   const ValueInfo* find_value(const std::string& name) const;
 };
 
+// The shape of a value: an initializer's, or the value info's (nullopt when unknown).
+std::optional<Shape> known_shape(const Graph& g, const std::string& name);
+
+// Multiply-accumulates of one node at the shapes the graph records (0 for ops that do none,
+// or whose shapes are unknown): convolutions, Gemm, MatMul and their integer forms.
+int64_t node_macs(const Graph& g, const Node& n);
+
 }  // namespace nibble

@@ -16,44 +16,7 @@ namespace nibble::cli {
 
 namespace {
 
-std::optional<Shape> shape_of(const Graph& g, const std::string& name) {
-  if (auto it = g.initializers.find(name); it != g.initializers.end()) return it->second.shape();
-  const ValueInfo* vi = g.find_value(name);
-  if (!vi || !vi->shape) return std::nullopt;
-  return vi->shape;
-}
-
 std::string shape_text(const std::optional<Shape>& s) { return s ? shape_str(*s) : "?"; }
-
-// Multiply-accumulates of one node (0 for ops that do none, or whose shapes are unknown).
-int64_t node_macs(const Graph& g, const Node& n) {
-  if (n.outputs.empty()) return 0;
-  const auto out = shape_of(g, n.outputs[0]);
-  if (!out) return 0;
-  const int64_t out_numel = shape_numel(*out);
-  auto in_shape = [&](size_t i) { return i < n.inputs.size() ? shape_of(g, n.inputs[i]) : std::nullopt; };
-  if (n.op_type == "Conv" || n.op_type == "ConvInteger" || n.op_type == "QLinearConv" ||
-      n.op_type == "nibble:IntConv" || n.op_type == "nibble:IntConvFused" || n.op_type == "nibble:Fp8Conv") {
-    const auto w = in_shape(n.op_type == "QLinearConv" ? 3 : 1);
-    if (!w || w->size() < 2) return 0;
-    return out_numel * shape_numel(Shape(w->begin() + 1, w->end()));
-  }
-  if (n.op_type == "Gemm") {
-    const auto a = in_shape(0);
-    if (!a || a->size() != 2) return 0;
-    return out_numel * (*a)[n.attr_int("transA", 0) ? 0 : 1];
-  }
-  if (n.op_type == "nibble:IntLinear") {
-    const auto w = in_shape(1);
-    return w && w->size() == 2 ? out_numel * (*w)[1] : 0;
-  }
-  if (n.op_type == "MatMul" || n.op_type == "MatMulInteger" || n.op_type == "QLinearMatMul") {
-    const auto a = in_shape(0);
-    if (!a || a->empty()) return 0;
-    return out_numel * a->back();
-  }
-  return 0;
-}
 
 void print_quantize_plan(const Graph& g);
 
@@ -96,7 +59,7 @@ void inspect(const std::string& path, int64_t batch) {
     const ValueInfo* out = n.outputs.empty() ? nullptr : g.find_value(n.outputs[0]);
     fmt::print("{:>4}  {:<{}}  {:<20}  {:<5} {:<20}  {:>10}  {:>10}  {:>14}\n", i, n.name.empty() ? "-" : n.name,
                name_w, n.op_type, out && out->dtype ? dtype_name(*out->dtype) : "?",
-               n.outputs.empty() ? "" : shape_text(shape_of(g, n.outputs[0])), params, bytes, macs);
+               n.outputs.empty() ? "" : shape_text(known_shape(g, n.outputs[0])), params, bytes, macs);
   }
   fmt::print("\n{} nodes; ops: ", g.nodes.size());
   std::vector<std::string> ops;

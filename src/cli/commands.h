@@ -16,6 +16,7 @@ void add_calibrate_command(CLI::App& app);
 void add_quantize_command(CLI::App& app);
 void add_compare_command(CLI::App& app);
 void add_export_command(CLI::App& app);
+void add_prune_command(CLI::App& app);
 
 // Adds --mean and --std (dataset normalization shared by every command reading a dataset).
 void add_normalization_flags(CLI::App& cmd, Preprocess& pre);

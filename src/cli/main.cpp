@@ -40,6 +40,7 @@ int main(int argc, char** argv) {
   nibble::cli::add_eval_command(app);
   nibble::cli::add_compare_command(app);
   nibble::cli::add_export_command(app);
+  nibble::cli::add_prune_command(app);
   nibble::cli::add_classify_command(app);
   nibble::cli::add_bench_command(app);
   try {

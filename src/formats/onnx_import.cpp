@@ -14,6 +14,7 @@
 
 #include "formats/onnx_tensor.h"
 #include "nibble/error.h"
+#include "nibble/file_util.h"
 
 namespace nibble {
 
@@ -241,6 +242,33 @@ Graph import_onnx(const std::string& path, const OnnxImportOptions& options) {
   for (const auto& vi : gp.value_info()) g.value_info[vi.name()] = convert_value_info(vi, path, false);
   for (const auto& np : gp.node()) g.nodes.push_back(convert_node(np, opset, path));
   return g;
+}
+
+void write_onnx_with_initializers(const std::string& in, const std::string& out,
+                                  const std::map<std::string, Tensor>& replace) {
+  onnx::ModelProto model;
+  if (!model.ParseFromString(read_file(in))) fail(in, "not a valid ONNX model (the protobuf does not parse)");
+  std::set<std::string> done;
+  for (auto& t : *model.mutable_graph()->mutable_initializer()) {
+    const auto it = replace.find(t.name());
+    if (it == replace.end()) continue;
+    const Tensor& v = it->second;
+    const Shape dims(t.dims().begin(), t.dims().end());
+    if (t.data_type() != onnx::TensorProto::FLOAT || v.dtype() != DType::f32 || dims != v.shape()) {
+      fail(in, "initializer '{}' is not an f32 tensor of shape {}", t.name(), shape_str(v.shape()));
+    }
+    t.clear_float_data();
+    t.clear_external_data();
+    t.set_data_location(onnx::TensorProto::DEFAULT);
+    t.set_raw_data(std::string(reinterpret_cast<const char*>(v.bytes()), v.nbytes()));
+    done.insert(t.name());
+  }
+  for (const auto& [name, v] : replace) {
+    if (!done.count(name)) fail(in, "has no initializer named '{}'", name);
+  }
+  std::string bytes;
+  if (!model.SerializeToString(&bytes)) fail(out, "cannot serialize the ONNX model");
+  write_file_atomic(out, bytes);
 }
 
 }  // namespace nibble

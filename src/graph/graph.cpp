@@ -58,4 +58,41 @@ const ValueInfo* Graph::find_value(const std::string& name) const {
   return it == value_info.end() ? nullptr : &it->second;
 }
 
+std::optional<Shape> known_shape(const Graph& g, const std::string& name) {
+  if (auto it = g.initializers.find(name); it != g.initializers.end()) return it->second.shape();
+  const ValueInfo* vi = g.find_value(name);
+  if (!vi || !vi->shape) return std::nullopt;
+  return vi->shape;
+}
+
+// Multiply-accumulates of one node (0 for ops that do none, or whose shapes are unknown).
+int64_t node_macs(const Graph& g, const Node& n) {
+  if (n.outputs.empty()) return 0;
+  const auto out = known_shape(g, n.outputs[0]);
+  if (!out) return 0;
+  const int64_t out_numel = shape_numel(*out);
+  auto in_shape = [&](size_t i) { return i < n.inputs.size() ? known_shape(g, n.inputs[i]) : std::nullopt; };
+  if (n.op_type == "Conv" || n.op_type == "ConvInteger" || n.op_type == "QLinearConv" ||
+      n.op_type == "nibble:IntConv" || n.op_type == "nibble:IntConvFused" || n.op_type == "nibble:Fp8Conv") {
+    const auto w = in_shape(n.op_type == "QLinearConv" ? 3 : 1);
+    if (!w || w->size() < 2) return 0;
+    return out_numel * shape_numel(Shape(w->begin() + 1, w->end()));
+  }
+  if (n.op_type == "Gemm") {
+    const auto a = in_shape(0);
+    if (!a || a->size() != 2) return 0;
+    return out_numel * (*a)[n.attr_int("transA", 0) ? 0 : 1];
+  }
+  if (n.op_type == "nibble:IntLinear") {
+    const auto w = in_shape(1);
+    return w && w->size() == 2 ? out_numel * (*w)[1] : 0;
+  }
+  if (n.op_type == "MatMul" || n.op_type == "MatMulInteger" || n.op_type == "QLinearMatMul") {
+    const auto a = in_shape(0);
+    if (!a || a->empty()) return 0;
+    return out_numel * a->back();
+  }
+  return 0;
+}
+
 }  // namespace nibble
