@@ -11,6 +11,7 @@
 #include "nibble/error.h"
 #include "nibble/model_loader.h"
 #include "quant/requant.h"
+#include "quant/sparsity.h"
 
 namespace nibble {
 
@@ -86,6 +87,7 @@ class Builder {
       fail(where, "compute_mode {} is none of <act><weight>s32, f8<weight>f32 and f32f32f32", f.get_string("compute_mode"));
     }
     check_weight_type(where, w, mode[1]);
+    check_sparsity(f, w, w.dim(2) * w.dim(3));
     Node n = node(is_float ? "Conv" : (is_fp8 ? "nibble:Fp8Conv" : "nibble:IntConv"), layer,
                   {x, constant(layer + ".weight", w), constant(layer + ".bias", b)});
     if (is_fp8) {
@@ -190,6 +192,7 @@ class Builder {
     if (mode.size() != 3) fail(where, "compute_mode {} is not <act><weight>s32", f.get_string("compute_mode"));
     const bool is_float = is_float_mode(mode);
     check_weight_type(where, w, mode[1]);
+    check_sparsity(f, w, 1);
     check_input_type(where, x, is_float);
     const Shape& xs = shapes_.at(x);
     if (shape_numel(Shape(xs.begin() + 1, xs.end())) != in) {
@@ -510,6 +513,19 @@ class Builder {
     const LayerFile& f = m_.layer(layer);
     if (f.type != type) fail(file_of(layer), "expected a {} layer, got {}", type, f.type);
     return f;
+  }
+
+  // `sparsity=2:2 4` (2 of every 4 weights along the input channels): the weights must hold it.
+  void check_sparsity(const LayerFile& f, const Tensor& w, int64_t inner) const {
+    if (!f.has("sparsity")) return;
+    const std::string where = file_of(f.name);
+    if (f.get_tuple("sparsity") != std::vector<int64_t>{2, 4}) {
+      fail(where, "sparsity={} is not supported (2:2 4: two of every four)", f.get_string("sparsity"));
+    }
+    if (!quant::rows_are_2to4([&](int64_t i) { return w.get(i); }, w.dim(0), w.dim(1), inner)) {
+      fail(where, "declares 2:4 sparsity but its weight {} has a group of four input channels with more than two "
+                  "non-zeros", shape_str(w.shape()));
+    }
   }
 
   static void check_weight_type(const std::string& where, const Tensor& w, NumberType t) {

@@ -28,8 +28,13 @@ ScopedBlasThreads::ScopedBlasThreads(int threads) : saved_(openblas_get_num_thre
 ScopedBlasThreads::~ScopedBlasThreads() { openblas_set_num_threads(saved_); }
 
 std::vector<double> gptq_quantize(std::vector<double> w, int64_t rows, int64_t cols, std::vector<double> h,
-                                  const std::vector<double>& scale, double levels, int threads) {
+                                  const std::vector<double>& scale, double levels, int threads, bool keep_zeros) {
   const int64_t n = cols;
+  std::vector<bool> zero;
+  if (keep_zeros) {
+    zero.resize(w.size());
+    for (size_t i = 0; i < w.size(); ++i) zero[i] = w[i] == 0.0;
+  }
   double mean_diag = 0.0;
   for (int64_t i = 0; i < n; ++i) {
     double& d = h[static_cast<size_t>(i * n + i)];
@@ -66,7 +71,9 @@ std::vector<double> gptq_quantize(std::vector<double> w, int64_t rows, int64_t c
       double* row = &w[static_cast<size_t>(k * n)];
       const double s = scale[static_cast<size_t>(k)];
       for (int64_t i = i1; i < i2; ++i) {
-        const double qi = std::clamp(std::nearbyint(row[i] / s), -levels, levels);
+        const double qi = keep_zeros && zero[static_cast<size_t>(k * n + i)]
+                              ? 0.0
+                              : std::clamp(std::nearbyint(row[i] / s), -levels, levels);
         q[static_cast<size_t>(k * n + i)] = qi;
         const double e = (row[i] - qi * s) / u[static_cast<size_t>(i * n + i)];
         const double* ui = &u[static_cast<size_t>(i * n)];

@@ -35,8 +35,11 @@ class ScopedBlasThreads {
 // paper's lazy batch updates): errors are compensated inside a block column by column and on
 // the later columns by one matrix product per block; LAPACK's Cholesky routines give the
 // factor of H^-1. `threads` (0: one per core) is the linear algebra's parallelism.
+// With `keep_zeros`, weights that are 0 stay 0 (a pruned 2:4 layer keeps its pattern): their
+// error, the compensation they received, goes on to the later columns like any other.
 std::vector<double> gptq_quantize(std::vector<double> w, int64_t rows, int64_t cols, std::vector<double> hessian,
-                                  const std::vector<double>& scale, double levels, int threads = 0);
+                                  const std::vector<double>& scale, double levels, int threads = 0,
+                                  bool keep_zeros = false);
 
 // Accumulates, for Conv (group 1) and Gemm/MatMul nodes, the Hessian of each node's input:
 // sum over positions of x x^T, x being the node's im2col column (C x R x S for a conv, the

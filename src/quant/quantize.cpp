@@ -13,6 +13,7 @@
 #include "quant/gptq.h"
 #include "quant/observer.h"
 #include "quant/requant.h"
+#include "quant/sparsity.h"
 
 namespace nibble::quant {
 
@@ -697,7 +698,7 @@ class Quantizer {
     const auto h = opt_.hessians.find(u.node->name);
     if (h != opt_.hessians.end() && h->second.size() == static_cast<size_t>(per * per) &&
         (u.kind == Unit::linear || u.node->attr_int("group", 1) == 1)) {
-      const std::vector<double> v = gptq_quantize(u.w, k, per, h->second, scale, levels, opt_.threads);
+      const std::vector<double> v = gptq_quantize(u.w, k, per, h->second, scale, levels, opt_.threads, is_sparse(u));
       if (opt_.on_gptq_layer) opt_.on_gptq_layer();
       for (int64_t i = 0; i < k * per; ++i) q.set(i, v[static_cast<size_t>(i)]);
       return q;
@@ -710,6 +711,14 @@ class Quantizer {
       }
     }
     return q;
+  }
+
+  // A pruned layer (nibble prune): 2:4 along the input channels of an ungrouped conv or a
+  // linear layer.
+  static bool is_sparse(const Unit& u) {
+    if (u.kind == Unit::conv && u.node->attr_int("group", 1) != 1) return false;
+    const int64_t inner = u.kind == Unit::conv ? u.w_shape[2] * u.w_shape[3] : 1;
+    return rows_are_2to4([&](int64_t i) { return u.w[static_cast<size_t>(i)]; }, u.w_shape[0], u.w_shape[1], inner);
   }
 
   void conv_geometry(const Unit& u, LayerFile& l) const {
@@ -1003,6 +1012,7 @@ class Quantizer {
     tensor_field(l, "bias", bias);
     tensor_field(l, "weight", wq);
     tensor_field(l, "weight_scale", f32_tensor(ws, {k}));
+    if (is_sparse(u)) field(l, "sparsity", "2:2 4");  // 2 of every 4 (the quantized zeros stay)
     field(l, "onnx_node", u.node->name);
     add_layer(std::move(l), {x.layer});
     std::string value = u.name;

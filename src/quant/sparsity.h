@@ -31,6 +31,24 @@ struct SparsityPlan {
 // in `exclude` (node or weight names) are not.
 std::vector<SparsityPlan> plan_2to4(const Graph& fp32, const std::vector<std::string>& exclude = {});
 
+// Whether weights laid out as rows x channels x inner (a conv's K x C x R*S, a linear layer's
+// out x in x 1) keep at most 2 non-zeros in every group of 4 consecutive channels at each
+// inner position; `at(i)` gives element i. False when channels is not a multiple of 4.
+template <typename At>
+bool rows_are_2to4(At&& at, int64_t rows, int64_t channels, int64_t inner) {
+  if (channels % 4 != 0 || channels == 0) return false;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < channels; c += 4) {
+      for (int64_t i = 0; i < inner; ++i) {
+        int nonzero = 0;
+        for (int64_t j = 0; j < 4; ++j) nonzero += at((r * channels + c + j) * inner + i) != 0;
+        if (nonzero > 2) return false;
+      }
+    }
+  }
+  return true;
+}
+
 // Keeps the two largest magnitudes of every group of 4 along the reduction dimension (the
 // lower index on ties) and zeroes the other two. Returns the number of values zeroed.
 int64_t prune_2to4(Tensor& weight, const SparsityPlan& plan);

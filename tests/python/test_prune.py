@@ -72,3 +72,28 @@ def test_prune_exclude_and_errors(run_nibble, tmp_path):
     assert_one_line_error(run_nibble("prune", src, "-o", out), out, "exists")
     assert_one_line_error(run_nibble("prune", src, "--exclude", "nope", "-o", tmp_path / "r.onnx"), "--exclude", "nope")
     assert not (tmp_path / "q.onnx").exists() and not (tmp_path / "r.onnx").exists()
+
+
+def test_quantize_keeps_the_pattern_and_records_it(run_nibble, tmp_path):
+    src = tmp_path / "m.onnx"
+    model(src)
+    pruned = tmp_path / "pruned.onnx"
+    run_nibble("prune", src, "-o", pruned, check=True)
+    x = tmp_path / "x.npy"
+    np.save(x, np.random.default_rng(2).standard_normal((16, 3, 6, 6)).astype(np.float32))
+    table = tmp_path / "t.calib"
+    run_nibble("calibrate", pruned, "--data", x, "--samples", 0, "-o", table, check=True)
+    for gptq in ([], ["--gptq", "--data", str(x), "--samples", "16"]):
+        q = tmp_path / ("q_gptq" if gptq else "q")
+        run_nibble("quantize", pruned, "--calib", table, *gptq, "-o", q, check=True)
+        files = {f.name: f.read_text() for f in q.iterdir() if f.is_file()}
+        sparse = sorted(name for name, text in files.items() if "sparsity=2:2 4" in text.splitlines())
+        assert sparse == ["fc", "middle"], sparse
+        w = np.fromfile(q / "npdata" / "middle.weight", np.int8).reshape(8, 2, 4, 9)
+        assert (np.count_nonzero(w, axis=2) <= 2).all()
+        run_nibble("run", q, "-i", x, "-o", tmp_path / "y.npy", check=True)
+    # A declared pattern the weights do not hold is refused when the model is read.
+    w = np.fromfile(q / "npdata" / "middle.weight", np.int8)
+    w[:] = 1
+    w.tofile(q / "npdata" / "middle.weight")
+    assert_one_line_error(run_nibble("run", q, "-i", x, "-o", tmp_path / "z.npy"), q / "middle", "declares 2:4 sparsity")
