@@ -32,9 +32,10 @@ Graph graph_from_model_dir(const ModelDir& model, std::optional<int64_t> fixed_b
 int fuse_int_conv_epilogues(Graph& graph);
 
 // ONNX graphs at load: Constant nodes become initializers, Identity nodes go, Shape of a fully
-// known shape and every node whose inputs are all constant are evaluated once (outputs of at
-// most 2^22 elements; QDQ pairs, convolutions, matrix products, pools and graph outputs stay
-// nodes). Returns the number of nodes removed.
+// known shape, a Gather of the known entries of a partly known one (x.size(1) with a free
+// batch) and every node whose inputs are all constant are evaluated once (outputs of at most
+// 2^22 elements; QDQ pairs, convolutions, matrix products, pools and graph outputs stay
+// nodes), and nodes nothing reads any more go. Returns the number of nodes removed.
 int fold_constants(Graph& graph);
 
 }  // namespace nibble

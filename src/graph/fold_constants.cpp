@@ -92,6 +92,7 @@ int fold_constants(Graph& g) {
   };
 
   std::vector<Node> kept;
+  std::map<std::string, Shape> partial;  // Shape outputs -> the shape, -1 where unknown
   int folded = 0;
   for (Node n : g.nodes) {
     for (auto& in : n.inputs) {
@@ -126,6 +127,32 @@ int fold_constants(Graph& g) {
         continue;
       }
     }
+    // Shape of a value whose shape is known but for some dimensions (the batch): remember which
+    // entries are known, so that a Gather of known entries (x.size(1) in PyTorch) folds.
+    if (n.op_type == "Shape" && n.inputs.size() == 1 && n.outputs.size() == 1 && !n.has_attr("start") &&
+        !n.has_attr("end")) {
+      if (const ValueInfo* info = g.find_value(n.inputs[0]); info && info->shape) partial[n.outputs[0]] = *info->shape;
+    }
+    if (n.op_type == "Gather" && n.inputs.size() == 2 && n.attr_int("axis", 0) == 0 && partial.count(n.inputs[0])) {
+      const Shape& dims = partial.at(n.inputs[0]);
+      const auto idx = g.initializers.find(n.inputs[1]);
+      if (idx != g.initializers.end() && idx->second.rank() <= 1 && idx->second.numel() <= 16) {
+        Tensor out(DType::s64, idx->second.shape());
+        bool known = true;
+        const int64_t rank = static_cast<int64_t>(dims.size());
+        for (int64_t i = 0; i < idx->second.numel() && known; ++i) {
+          int64_t k = static_cast<int64_t>(idx->second.get(i));
+          if (k < 0) k += rank;
+          known = k >= 0 && k < rank && dims[static_cast<size_t>(k)] >= 0;
+          if (known) out.data<int64_t>()[i] = dims[static_cast<size_t>(k)];
+        }
+        if (known) {
+          g.initializers[n.outputs[0]] = std::move(out);
+          ++folded;
+          continue;
+        }
+      }
+    }
     bool constant = foldable(n);
     std::vector<const Tensor*> in;
     for (const auto& v : n.inputs) {
@@ -157,6 +184,23 @@ int fold_constants(Graph& g) {
       continue;
     }
     kept.push_back(std::move(n));
+  }
+  // Nodes nothing reads any more (a Shape whose Gathers all folded) go, last reader first.
+  for (bool changed = true; changed;) {
+    changed = false;
+    std::set<std::string> used(graph_outputs.begin(), graph_outputs.end());
+    for (const Node& n : kept) used.insert(n.inputs.begin(), n.inputs.end());
+    for (auto it = kept.begin(); it != kept.end();) {
+      const bool dead = std::none_of(it->outputs.begin(), it->outputs.end(),
+                                     [&](const std::string& o) { return !o.empty() && used.count(o); });
+      if (dead) {
+        it = kept.erase(it);
+        ++folded;
+        changed = true;
+      } else {
+        ++it;
+      }
+    }
   }
   g.nodes = std::move(kept);
   // Initializers nothing reads any more (the inputs of folded nodes) are dropped.

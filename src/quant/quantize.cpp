@@ -243,7 +243,8 @@ class Quantizer {
       } else if (n.op_type == "Relu") {
         u.kind = Unit::relu;
       } else if (n.op_type == "Add" && n.inputs.size() == 2 && !g_.initializers.count(n.inputs[0]) &&
-                 !g_.initializers.count(n.inputs[1])) {
+                 !g_.initializers.count(n.inputs[1]) && same_known_shape(n.inputs[0], n.inputs[1])) {
+        // The Add layer sums two values of one shape; a broadcasting Add is an Op.
         u.kind = Unit::add;
         u.input2 = n.inputs.at(1);
       } else {
@@ -334,6 +335,12 @@ class Quantizer {
         fail(g_.source, "{}: attribute {} is a list of strings, which a layer file cannot hold", n.label(), key);
       }
     }
+  }
+
+  bool same_known_shape(const std::string& a, const std::string& b) const {
+    const ValueInfo* x = g_.find_value(a);
+    const ValueInfo* y = g_.find_value(b);
+    return x && y && x->shape && y->shape && *x->shape == *y->shape;
   }
 
   bool readers_of(const std::string& v) const {

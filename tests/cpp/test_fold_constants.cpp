@@ -77,6 +77,47 @@ TEST(FoldConstants, ShapeChainsBecomeOneConstantShape) {
   for (int64_t i = 0; i < want[0].numel(); ++i) EXPECT_EQ(got[0].get(i), want[0].get(i)) << i;
 }
 
+// With a free batch, Shape(x) is not constant, but its known entries are: x.size(1) folds, the
+// batch entry stays computed, and nodes nothing reads any more go.
+TEST(FoldConstants, KnownEntriesOfAPartlyKnownShapeFold) {
+  Graph g;
+  g.source = "fold test";
+  g.opset = 13;
+  g.inputs.push_back({"x", DType::f32, Shape{-1, 3, 4}, {"N", "", ""}});
+  g.outputs.push_back({"y", DType::f32, Shape{-1, 3, 4}, {"N", "", ""}});
+  g.value_info["m"] = {"m", DType::f32, Shape{-1, 3, 4}, {"N", "", ""}};
+  g.initializers["zero"] = s64({0}, {});
+  g.initializers["one"] = s64({1}, {});
+  g.initializers["axes"] = s64({0}, {1});
+  g.initializers["minus_one"] = s64({-1}, {1});
+  g.nodes.push_back(node("Relu", {"x"}, {"m"}));
+  g.nodes.push_back(node("Shape", {"m"}, {"s"}));
+  g.nodes.push_back(node("Gather", {"s", "zero"}, {"batch"}));
+  g.nodes.push_back(node("Gather", {"s", "one"}, {"channels"}));
+  g.nodes.push_back(node("Shape", {"m"}, {"unused"}));
+  g.nodes.push_back(node("Unsqueeze", {"batch", "axes"}, {"batch1"}));
+  g.nodes.push_back(node("Unsqueeze", {"channels", "axes"}, {"channels1"}));
+  Node cat = node("Concat", {"batch1", "channels1", "minus_one"}, {"target"});
+  cat.attrs["axis"] = int64_t{0};
+  g.nodes.push_back(cat);
+  g.nodes.push_back(node("Reshape", {"m", "target"}, {"y"}));
+  const Graph original = g;
+  EXPECT_EQ(fold_constants(g), 3);  // Gather of entry 1, its Unsqueeze, the unread Shape
+  std::vector<std::string> ops;
+  for (const Node& n : g.nodes) ops.push_back(n.op_type);
+  EXPECT_EQ(ops, (std::vector<std::string>{"Relu", "Shape", "Gather", "Unsqueeze", "Concat", "Reshape"}));
+  ASSERT_TRUE(g.initializers.count("channels1"));
+  EXPECT_EQ(g.initializers.at("channels1").data<int64_t>()[0], 3);
+  for (int64_t batch : {2, 5}) {
+    Tensor x(DType::f32, {batch, 3, 4});
+    for (int64_t i = 0; i < x.numel(); ++i) x.set(i, static_cast<double>(i % 5) - 2.0);
+    const auto want = Engine(original, Backend::ref).run({x});
+    const auto got = Engine(g, Backend::ref).run({x});
+    ASSERT_EQ(got[0].shape(), want[0].shape());
+    for (int64_t i = 0; i < want[0].numel(); ++i) EXPECT_EQ(got[0].get(i), want[0].get(i)) << i;
+  }
+}
+
 // A constant that would be huge once computed stays a node; graph outputs stay computed.
 TEST(FoldConstants, LeavesHugeConstantsAndGraphOutputs) {
   Graph g;
