@@ -20,6 +20,7 @@ void add_export_command(CLI::App& app) {
   cmd->callback([args] {
     require_new_path(args->output);
     const ModelDir m = read_model_dir(args->model);
+    quantized_graph(m);  // every layer checked as the engine reads it, before anything is written
     export_qdq_onnx(m, args->output);
     fmt::print("wrote {} (ONNX QDQ, opset 13)\n", args->output);
   });
