@@ -6,6 +6,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <map>
 
 #include "nibble/error.h"
@@ -355,26 +356,27 @@ class Builder {
     const std::string& v = field.value;
     const size_t sp = v.find(' ');
     const std::string kind = v.substr(0, sp), rest = sp == std::string::npos ? "" : v.substr(sp + 1);
-    auto bad = [&]() -> Attribute { fail(where, "'{}': '{}' is not <int|float|string|ints|floats> <value>", field.key, v); };
-    auto number = [&](const std::string& text, bool is_float) -> double {
+    auto bad = [&]() { fail(where, "'{}': '{}' is not <int|float|string|ints|floats> <value>", field.key, v); };
+    auto to_int = [&](const std::string& text) -> int64_t {
       char* end = nullptr;
       errno = 0;
-      const double d = is_float ? std::strtod(text.c_str(), &end) : static_cast<double>(std::strtoll(text.c_str(), &end, 10));
+      const long long i = std::strtoll(text.c_str(), &end, 10);
       if (text.empty() || *end != '\0' || errno == ERANGE) bad();
-      return d;
+      return i;
+    };
+    auto to_float = [&](const std::string& text) -> float {
+      char* end = nullptr;
+      const double d = std::strtod(text.c_str(), &end);
+      // A finite value beyond the f32 range has no f32 form (infinities and NaN pass as written).
+      if (text.empty() || *end != '\0' || (std::isfinite(d) && std::fabs(d) > std::numeric_limits<float>::max())) bad();
+      return static_cast<float>(d);
     };
     if (kind == "string") return rest;
-    if (kind == "int") {
-      char* end = nullptr;
-      errno = 0;
-      const long long i = std::strtoll(rest.c_str(), &end, 10);
-      if (rest.empty() || *end != '\0' || errno == ERANGE) bad();
-      return static_cast<int64_t>(i);
-    }
-    if (kind == "float") return static_cast<float>(number(rest, true));
-    if (kind != "ints" && kind != "floats") return bad();
+    if (kind == "int") return to_int(rest);
+    if (kind == "float") return to_float(rest);
+    if (kind != "ints" && kind != "floats") bad();
     const size_t colon = rest.find(':');
-    if (colon == std::string::npos) return bad();
+    if (colon == std::string::npos) bad();
     std::vector<std::string> items;
     for (size_t i = colon + 1; i < rest.size();) {
       const size_t j = std::min(rest.find(' ', i), rest.size());
@@ -384,17 +386,11 @@ class Builder {
     if (std::to_string(items.size()) != rest.substr(0, colon)) bad();
     if (kind == "floats") {
       std::vector<float> out;
-      for (const auto& s : items) out.push_back(static_cast<float>(number(s, true)));
+      for (const auto& item : items) out.push_back(to_float(item));
       return out;
     }
     std::vector<int64_t> out;
-    for (const auto& s : items) {
-      char* end = nullptr;
-      errno = 0;
-      const long long i = std::strtoll(s.c_str(), &end, 10);
-      if (*end != '\0' || errno == ERANGE) bad();
-      out.push_back(i);
-    }
+    for (const auto& item : items) out.push_back(to_int(item));
     return out;
   }
 
