@@ -27,6 +27,11 @@ Graph load_model(const std::string& path, const LoadOptions& options = {});
 // "input" (s8 N x 3 x H x W); outputs "logits" (s32, the fc layer) and "scores" (f32).
 Graph graph_from_model_dir(const ModelDir& model, std::optional<int64_t> fixed_batch = std::nullopt);
 
+// An `attr_<name>` field of an Op layer (docs/model-format.md): "int 3", "float 0.5",
+// "string constant", "ints 2:1 1" or "floats 2:0.5 0.25"; a tensor field is the tensor.
+// Throws nibble::Error naming `where` when the text is none of these.
+Attribute op_layer_attribute(const LayerField& field, const std::string& where);
+
 // The seed's fusion: IntConv followed by its sole consumers [IntAdd] [IntRelu] [Requantize]
 // becomes one IntConvFused node with an integer epilogue. Returns the number of fused nodes.
 int fuse_int_conv_epilogues(Graph& graph);

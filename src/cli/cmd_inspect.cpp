@@ -80,6 +80,7 @@ void inspect(const std::string& path, int64_t batch) {
     fmt::print("unsupported ops: {}\n", fmt::join(missing, ", "));
   }
   std::error_code ec;
+  // The plan reads the model as quantize does, with a free batch (a fixed one folds more).
   if (!std::filesystem::is_directory(path, ec)) print_quantize_plan(load_model(path));
 }
 

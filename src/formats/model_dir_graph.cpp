@@ -16,6 +16,50 @@
 
 namespace nibble {
 
+Attribute op_layer_attribute(const LayerField& field, const std::string& where) {
+  if (field.is_tensor) return field.tensor;
+  const std::string& v = field.value;
+  const size_t sp = v.find(' ');
+  const std::string kind = v.substr(0, sp), rest = sp == std::string::npos ? "" : v.substr(sp + 1);
+  auto bad = [&]() { fail(where, "'{}': '{}' is not <int|float|string|ints|floats> <value>", field.key, v); };
+  auto to_int = [&](const std::string& text) -> int64_t {
+    char* end = nullptr;
+    errno = 0;
+    const long long i = std::strtoll(text.c_str(), &end, 10);
+    if (text.empty() || *end != '\0' || errno == ERANGE) bad();
+    return i;
+  };
+  auto to_float = [&](const std::string& text) -> float {
+    char* end = nullptr;
+    const double d = std::strtod(text.c_str(), &end);
+    // A finite value beyond the f32 range has no f32 form (infinities and NaN pass as written).
+    if (text.empty() || *end != '\0' || (std::isfinite(d) && std::fabs(d) > std::numeric_limits<float>::max())) bad();
+    return static_cast<float>(d);
+  };
+  if (kind == "string") return rest;
+  if (kind == "int") return to_int(rest);
+  if (kind == "float") return to_float(rest);
+  if (kind != "ints" && kind != "floats") bad();
+  const size_t colon = rest.find(':');
+  if (colon == std::string::npos) bad();
+  std::vector<std::string> items;
+  for (size_t i = colon + 1; i < rest.size();) {
+    const size_t j = std::min(rest.find(' ', i), rest.size());
+    if (j > i) items.push_back(rest.substr(i, j - i));
+    i = j + 1;
+  }
+  if (std::to_string(items.size()) != rest.substr(0, colon)) bad();
+  if (kind == "floats") {
+    std::vector<float> out;
+    for (const auto& item : items) out.push_back(to_float(item));
+    return out;
+  }
+  std::vector<int64_t> out;
+  for (const auto& item : items) out.push_back(to_int(item));
+  return out;
+}
+
+
 namespace {
 
 // Kernel sizes, strides, dilations and paddings beyond this are not geometry but corruption.
@@ -344,54 +388,11 @@ class Builder {
       if (field.key.rfind("attr_", 0) != 0) continue;
       const std::string name = field.key.substr(5);
       if (name.empty()) fail(where, "an attribute field has no name");
-      n.attrs[name] = field.is_tensor ? Attribute{field.tensor} : parse_attribute(field, where);
+      n.attrs[name] = op_layer_attribute(field, where);
     }
     const std::optional<DType> t = dtype_from_name(f.get_string("output_type"));
     if (!t) fail(where, "output_type '{}' is not a dtype", f.get_string("output_type"));
     return emit(std::move(n), *t, parse_shape(f.get_string("output_shape"), where));
-  }
-
-  // "int 3", "float 0.5", "string constant", "ints 2:1 1", "floats 2:0.5 0.25".
-  static Attribute parse_attribute(const LayerField& field, const std::string& where) {
-    const std::string& v = field.value;
-    const size_t sp = v.find(' ');
-    const std::string kind = v.substr(0, sp), rest = sp == std::string::npos ? "" : v.substr(sp + 1);
-    auto bad = [&]() { fail(where, "'{}': '{}' is not <int|float|string|ints|floats> <value>", field.key, v); };
-    auto to_int = [&](const std::string& text) -> int64_t {
-      char* end = nullptr;
-      errno = 0;
-      const long long i = std::strtoll(text.c_str(), &end, 10);
-      if (text.empty() || *end != '\0' || errno == ERANGE) bad();
-      return i;
-    };
-    auto to_float = [&](const std::string& text) -> float {
-      char* end = nullptr;
-      const double d = std::strtod(text.c_str(), &end);
-      // A finite value beyond the f32 range has no f32 form (infinities and NaN pass as written).
-      if (text.empty() || *end != '\0' || (std::isfinite(d) && std::fabs(d) > std::numeric_limits<float>::max())) bad();
-      return static_cast<float>(d);
-    };
-    if (kind == "string") return rest;
-    if (kind == "int") return to_int(rest);
-    if (kind == "float") return to_float(rest);
-    if (kind != "ints" && kind != "floats") bad();
-    const size_t colon = rest.find(':');
-    if (colon == std::string::npos) bad();
-    std::vector<std::string> items;
-    for (size_t i = colon + 1; i < rest.size();) {
-      const size_t j = std::min(rest.find(' ', i), rest.size());
-      if (j > i) items.push_back(rest.substr(i, j - i));
-      i = j + 1;
-    }
-    if (std::to_string(items.size()) != rest.substr(0, colon)) bad();
-    if (kind == "floats") {
-      std::vector<float> out;
-      for (const auto& item : items) out.push_back(to_float(item));
-      return out;
-    }
-    std::vector<int64_t> out;
-    for (const auto& item : items) out.push_back(to_int(item));
-    return out;
   }
 
   // "[N,16,112,112]": N is the batch (free unless fixed), ? an unknown dimension, [] a scalar.

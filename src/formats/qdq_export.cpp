@@ -10,6 +10,7 @@
 
 #include "nibble/error.h"
 #include "nibble/file_util.h"
+#include "nibble/model_loader.h"
 
 namespace nibble {
 
@@ -279,7 +280,7 @@ class Exporter {
     if (f.has("operands")) {
       operands = split_name_list(f.get_string("operands"));
     } else {
-      for (size_t k = 0; k < xs.size(); ++k) operands.push_back("x" + std::to_string(k));
+      for (size_t k = 0; k < xs.size(); ++k) operands.push_back(fmt::format("x{}", k));
     }
     for (const std::string& o : operands) {
       if (o == "-") {
@@ -291,44 +292,30 @@ class Exporter {
       }
     }
     n->add_output(f.name);
+    const std::string file = where(f.name);
     for (const LayerField& field : f.fields) {
       if (field.key.rfind("attr_", 0) != 0) continue;
       auto* a = n->add_attribute();
       a->set_name(field.key.substr(5));
-      if (field.is_tensor) {
-        a->set_type(onnx::AttributeProto::TENSOR);
-        *a->mutable_t() = tensor_proto(field.tensor, where(f.name));
-        continue;
-      }
-      const std::string& v = field.value;
-      const size_t sp = v.find(' ');
-      const std::string kind = v.substr(0, sp), rest = sp == std::string::npos ? "" : v.substr(sp + 1);
-      std::vector<std::string> items;
-      if (kind == "ints" || kind == "floats") {
-        const std::string list = rest.substr(rest.find(':') + 1);
-        for (size_t i = 0; i < list.size();) {
-          const size_t j = std::min(list.find(' ', i), list.size());
-          if (j > i) items.push_back(list.substr(i, j - i));
-          i = j + 1;
-        }
-      }
-      if (kind == "int") {
+      const Attribute value = op_layer_attribute(field, file);
+      if (const auto* i = std::get_if<int64_t>(&value)) {
         a->set_type(onnx::AttributeProto::INT);
-        a->set_i(std::stoll(rest));
-      } else if (kind == "float") {
+        a->set_i(*i);
+      } else if (const auto* x = std::get_if<float>(&value)) {
         a->set_type(onnx::AttributeProto::FLOAT);
-        a->set_f(std::stof(rest));
-      } else if (kind == "string") {
+        a->set_f(*x);
+      } else if (const auto* str = std::get_if<std::string>(&value)) {
         a->set_type(onnx::AttributeProto::STRING);
-        a->set_s(rest);
-      } else if (kind == "ints") {
+        a->set_s(*str);
+      } else if (const auto* is = std::get_if<std::vector<int64_t>>(&value)) {
         a->set_type(onnx::AttributeProto::INTS);
-        for (const auto& x : items) a->add_ints(std::stoll(x));
-      } else if (kind == "floats") {
+        for (int64_t v : *is) a->add_ints(v);
+      } else if (const auto* fs = std::get_if<std::vector<float>>(&value)) {
         a->set_type(onnx::AttributeProto::FLOATS);
-        for (const auto& x : items) a->add_floats(std::stof(x));
-      } else {
-        fail(where(f.name), "'{}': '{}' is not an attribute", field.key, v);
+        for (float v : *fs) a->add_floats(v);
+      } else if (const auto* t = std::get_if<Tensor>(&value)) {
+        a->set_type(onnx::AttributeProto::TENSOR);
+        *a->mutable_t() = tensor_proto(*t, file);
       }
     }
     value_[f.name] = f.name;

@@ -81,16 +81,6 @@ int fold_constants(Graph& g) {
     auto it = alias.find(v);
     return it == alias.end() ? v : it->second;
   };
-  // Static shapes of runtime values (inputs and inferred intermediates), for Shape.
-  auto static_shape = [&](const std::string& v) -> std::optional<Shape> {
-    const ValueInfo* info = g.find_value(v);
-    if (!info || !info->shape) return std::nullopt;
-    for (int64_t d : *info->shape) {
-      if (d < 0) return std::nullopt;
-    }
-    return info->shape;
-  };
-
   std::vector<Node> kept;
   std::map<std::string, Shape> partial;  // Shape outputs -> the shape, -1 where unknown
   int folded = 0;
@@ -114,25 +104,25 @@ int fold_constants(Graph& g) {
       kept.push_back(std::move(n));
       continue;
     }
-    // Shape of a value with a fully known shape (with start and end, as of opset 15).
-    if (n.op_type == "Shape" && n.inputs.size() == 1 && !g.initializers.count(n.inputs[0])) {
-      if (const auto s = static_shape(n.inputs[0])) {
-        const int64_t rank = static_cast<int64_t>(s->size());
-        auto clamp_axis = [&](int64_t a) { return std::clamp<int64_t>(a < 0 ? a + rank : a, 0, rank); };
-        const int64_t start = clamp_axis(n.attr_int("start", 0)), end = clamp_axis(n.attr_int("end", rank));
-        Tensor dims(DType::s64, {std::max<int64_t>(end - start, 0)});
-        for (int64_t i = start; i < end; ++i) dims.data<int64_t>()[i - start] = (*s)[static_cast<size_t>(i)];
-        g.initializers[n.outputs[0]] = std::move(dims);
-        ++folded;
-        continue;
-      }
+    // Shape of a runtime value (an input or an inferred intermediate) whose shape is fully known
+    // (with start and end, as of opset 15).
+    const ValueInfo* shape_of = n.op_type == "Shape" && n.inputs.size() == 1 && !g.initializers.count(n.inputs[0])
+                                    ? g.find_value(n.inputs[0])
+                                    : nullptr;
+    const std::optional<Shape> s = shape_of ? shape_of->shape : std::nullopt;
+    if (s && std::all_of(s->begin(), s->end(), [](int64_t d) { return d >= 0; })) {
+      const int64_t rank = static_cast<int64_t>(s->size());
+      auto clamp_axis = [&](int64_t a) { return std::clamp<int64_t>(a < 0 ? a + rank : a, 0, rank); };
+      const int64_t start = clamp_axis(n.attr_int("start", 0)), end = clamp_axis(n.attr_int("end", rank));
+      Tensor dims(DType::s64, {std::max<int64_t>(end - start, 0)});
+      for (int64_t i = start; i < end; ++i) dims.data<int64_t>()[i - start] = (*s)[static_cast<size_t>(i)];
+      g.initializers[n.outputs[0]] = std::move(dims);
+      ++folded;
+      continue;
     }
     // Shape of a value whose shape is known but for some dimensions (the batch): remember which
     // entries are known, so that a Gather of known entries (x.size(1) in PyTorch) folds.
-    if (n.op_type == "Shape" && n.inputs.size() == 1 && n.outputs.size() == 1 && !n.has_attr("start") &&
-        !n.has_attr("end")) {
-      if (const ValueInfo* info = g.find_value(n.inputs[0]); info && info->shape) partial[n.outputs[0]] = *info->shape;
-    }
+    if (s && n.outputs.size() == 1 && !n.has_attr("start") && !n.has_attr("end")) partial[n.outputs[0]] = *s;
     if (n.op_type == "Gather" && n.inputs.size() == 2 && n.attr_int("axis", 0) == 0 && partial.count(n.inputs[0])) {
       const Shape& dims = partial.at(n.inputs[0]);
       const auto idx = g.initializers.find(n.inputs[1]);

@@ -250,7 +250,7 @@ class Quantizer {
       } else {
         u.kind = Unit::generic;
       }
-      if (u.kind == Unit::generic) check_generic(n);
+      if (u.kind == Unit::generic) check_generic(n, readers);
       add_unit(std::move(u), i);
     }
     // A conv read only as the residual operand of a later conv's add keeps its accumulators.
@@ -318,12 +318,13 @@ class Quantizer {
 
   // A float Op can hold any single-result op of the default domain whose attributes the layer
   // file can write.
-  void check_generic(const Node& n) const {
+  template <typename Readers>
+  void check_generic(const Node& n, const Readers& readers) const {
     if (n.op_type.empty() || n.op_type.find(':') != std::string::npos) {
       fail(g_.source, "{}: ops outside the default ONNX domain cannot be kept in float", n.label());
     }
     for (size_t i = 1; i < n.outputs.size(); ++i) {
-      if (!n.outputs[i].empty() && (readers_of(n.outputs[i]) || is_graph_output(n.outputs[i]))) {
+      if (!n.outputs[i].empty() && (readers.count(n.outputs[i]) || is_graph_output(n.outputs[i]))) {
         fail(g_.source, "{}: ops with more than one result (here {}) cannot be kept in float yet", n.label(), n.outputs.size());
       }
     }
@@ -341,15 +342,6 @@ class Quantizer {
     const ValueInfo* x = g_.find_value(a);
     const ValueInfo* y = g_.find_value(b);
     return x && y && x->shape && y->shape && *x->shape == *y->shape;
-  }
-
-  bool readers_of(const std::string& v) const {
-    for (const Node& n : g_.nodes) {
-      for (const auto& in : n.inputs) {
-        if (in == v) return true;
-      }
-    }
-    return false;
   }
 
   // An Add of a constant with one value per output channel (a bias exported as its own node, as

@@ -23,6 +23,17 @@ Tensor s64(const std::vector<int64_t>& v, Shape shape) {
   return t;
 }
 
+// The folded graph gives the original's outputs, exactly, on one input of `shape`.
+void expect_same_results(const Graph& original, const Graph& folded, const Shape& shape) {
+  Tensor x(DType::f32, shape);
+  for (int64_t i = 0; i < x.numel(); ++i) x.set(i, static_cast<double>(i % 7) - 3.0);
+  const auto want = Engine(original, Backend::ref).run({x});
+  const auto got = Engine(folded, Backend::ref).run({x});
+  ASSERT_EQ(got.size(), 1u);
+  ASSERT_EQ(got[0].shape(), want[0].shape());
+  for (int64_t i = 0; i < want[0].numel(); ++i) EXPECT_EQ(got[0].get(i), want[0].get(i)) << i;
+}
+
 // x (2 x 3 x 4) * 2 -> Reshape to (Shape(x)[0], -1) -> Identity -> Relu, as torch.onnx writes
 // x.view(x.size(0), -1).
 Graph flatten_graph() {
@@ -68,13 +79,7 @@ TEST(FoldConstants, ShapeChainsBecomeOneConstantShape) {
   EXPECT_FALSE(g.initializers.count("zero")) << "inputs only folded nodes read are dropped";
   EXPECT_EQ(g.nodes[2].inputs[0], "r") << "the Identity's reader takes its input";
 
-  Tensor x(DType::f32, {2, 3, 4});
-  for (int64_t i = 0; i < x.numel(); ++i) x.set(i, static_cast<double>(i % 7) - 3.0);
-  const auto want = Engine(original, Backend::ref).run({x});
-  const auto got = Engine(g, Backend::ref).run({x});
-  ASSERT_EQ(got.size(), 1u);
-  ASSERT_EQ(got[0].shape(), want[0].shape());
-  for (int64_t i = 0; i < want[0].numel(); ++i) EXPECT_EQ(got[0].get(i), want[0].get(i)) << i;
+  expect_same_results(original, g, {2, 3, 4});
 }
 
 // With a free batch, Shape(x) is not constant, but its known entries are: x.size(1) folds, the
@@ -108,14 +113,7 @@ TEST(FoldConstants, KnownEntriesOfAPartlyKnownShapeFold) {
   EXPECT_EQ(ops, (std::vector<std::string>{"Relu", "Shape", "Gather", "Unsqueeze", "Concat", "Reshape"}));
   ASSERT_TRUE(g.initializers.count("channels1"));
   EXPECT_EQ(g.initializers.at("channels1").data<int64_t>()[0], 3);
-  for (int64_t batch : {2, 5}) {
-    Tensor x(DType::f32, {batch, 3, 4});
-    for (int64_t i = 0; i < x.numel(); ++i) x.set(i, static_cast<double>(i % 5) - 2.0);
-    const auto want = Engine(original, Backend::ref).run({x});
-    const auto got = Engine(g, Backend::ref).run({x});
-    ASSERT_EQ(got[0].shape(), want[0].shape());
-    for (int64_t i = 0; i < want[0].numel(); ++i) EXPECT_EQ(got[0].get(i), want[0].get(i)) << i;
-  }
+  for (int64_t batch : {2, 5}) expect_same_results(original, g, {batch, 3, 4});
 }
 
 // A constant that would be huge once computed stays a node; graph outputs stay computed.
