@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Packs what a GPU machine needs to run bench/hopper_check.sh into one folder (git-ignored
-# .device/ by default): the CUDA build's nibble and nibble_tests (stripped and gzipped), the
-# shared libraries they load that a CUDA image may lack, and the seed model.
+# .device/ by default): the CUDA build's nibble and nibble_tests (stripped) and the shared
+# libraries they load that a CUDA image may lack, all gzipped, and the seed model.
 #   bench/pack_device.sh [BUILD_DIR] [SEED_DIR] [DEST]
 set -euo pipefail
 BUILD=${1:-build}
@@ -17,5 +17,6 @@ for bin in "$DEST/bin/nibble" "$DEST/bin/nibble_tests"; do
   done
 done
 cp -r "$SEED/model" "$SEED/golden" "$DEST/seed/"
-gzip -9 "$DEST/bin/nibble" "$DEST/bin/nibble_tests"  # the scripts that run them unpack them
+# The scripts that run them unpack them (the working tree that travels is limited to 64 MiB).
+gzip -9 "$DEST/bin/nibble" "$DEST/bin/nibble_tests" "$DEST"/lib/*
 du -sh "$DEST"

@@ -329,6 +329,123 @@ TEST(CudaPlan, WgmmaWeightsFollowTheWideningOrder) {
   }
 }
 
+// A stem convolution: `c0` channels of 8 bits (u8, s8, or f32 through QuantizeFloat) into 64
+// maps, k x k, stride 2 in rows and `sw` in columns, padding p; with `consumer`, a 1x1 conv of s4
+// weights reads its output (so that a 4-bit output is stored packed) and gives the s32 output.
+struct StemNet {
+  Graph graph;
+  Tensor input;
+};
+StemNet stem_net(uint32_t seed, bool consumer) {
+  NetBuilder b(seed * 31 + 7, "");
+  const int64_t n = b.uni(1, 3), c0 = b.pick({1, 3, 4});
+  const int k = static_cast<int>(b.pick({1, 2, 3, 5, 7, 7, 8, 9})), sw = static_cast<int>(b.pick({1, 2, 2}));
+  const int64_t h = b.uni(k, 37), w = b.uni(k, 37);
+  const int p = b.uni(0, std::min(3, k - 1 + (k == 1)));
+  const DType in_dtype = seed % 3 == 0 ? DType::f32 : (seed % 3 == 1 ? DType::s8 : DType::u8);
+  const bool sgn = seed % 4 == 0;  // signed outputs of 7 bits (s8), else unsigned ones of 4 or 8 bits
+  const int out_bits = sgn ? 7 : static_cast<int>(b.pick({0, 4, 8}));
+  b.g.source = fmt::format("stem_net({}: {}x{}x{}x{} {}, {}x{} conv stride 2x{} pad {}, out {} bits{}{})", seed, n, c0, h, w,
+                           dtype_name(in_dtype), k, k, sw, p, out_bits, sgn ? " signed" : "", consumer ? ", 1x1 after" : "");
+  b.g.inputs.push_back({"x", in_dtype, Shape{-1, c0, h, w}, {"N", "", "", ""}});
+  std::string x = "x";
+  if (in_dtype == DType::f32) {
+    Node q{"nibble:QuantizeFloat", "quant_in", {"x", "in_scale"}, {"xq"}, {}};
+    Tensor s(DType::f32, {1});
+    s.set(0, 1.0 / 100);
+    b.g.initializers["in_scale"] = s;
+    q.attrs["bits"] = int64_t{7};  // signed 7 bits: s8 storage
+    q.attrs["signed"] = int64_t{1};
+    q.opset = 1;
+    b.g.nodes.push_back(q);
+    x = "xq";
+  }
+  b.conv("stem", x, c0, 64, {.k = k, .p = p, .wt = DType::s8, .bits = out_bits, .sgn = sgn, .relu = !sgn});
+  b.g.nodes.back().attrs["strides"] = std::vector<int64_t>{2, sw};
+  std::string out = "stem";
+  if (consumer && out_bits > 0) out = b.conv("after", "stem", 64, 64, {.wt = DType::s4});
+  const bool s32 = out == "after" || out_bits == 0;
+  b.g.outputs.push_back({out, s32 ? DType::s32 : (sgn ? DType::s8 : DType::u8), std::nullopt, {}});
+  Tensor in(in_dtype, {n, c0, h, w});
+  for (int64_t i = 0; i < in.numel(); ++i) {
+    in.set(i, in_dtype == DType::f32 ? std::uniform_real_distribution<double>(-1.5, 1.5)(b.rng)
+                                     : b.uni(in_dtype == DType::s8 ? -128 : 0, in_dtype == DType::s8 ? 127 : 255));
+  }
+  return {b.g, in};
+}
+
+// The unfolded stem (plan.h, InputUnfold): the convolution over the unfolded rows with the plan's
+// weights equals the original convolution at every output, and the tensor map's traversal of
+// the unfolded rows (padding ph before, ph_end after) gives exactly the output rows.
+TEST(CudaPlan, UnfoldedStemIsTheSameConvolution) {
+  int unfolded = 0;
+  for (uint32_t seed = 1; seed < 60; seed += 3) {  // integer inputs only (seed % 3 != 0)
+    const StemNet net = stem_net(seed, false);
+    const cuda::Plan plan = cuda::make_plan(net.graph, cuda::StorageMode::int8);
+    const cuda::InputUnfold& u = plan.steps[0].input.unfold;
+    const cuda::Step& st = plan.steps[1];
+    const Node& node = net.graph.nodes.back();
+    const Tensor& wt = net.graph.initializers.at(node.inputs[1]);
+    const int64_t n = net.input.dim(0), c0 = net.input.dim(1), h = net.input.dim(2), w = net.input.dim(3);
+    const int k = static_cast<int>(wt.dim(2));
+    const int sw = static_cast<int>(node.attr_ints("strides")[1]), p = static_cast<int>(node.attr_ints("pads")[0]);
+    const int64_t oh = (h + 2 * p - k) / 2 + 1, ow = (w + 2 * p - k) / sw + 1;
+    ASSERT_EQ(u.on, k <= cuda::kTapRow) << net.graph.source;
+    if (!u.on) continue;
+    ++unfolded;
+    const cuda::ConvStep& c = st.conv;
+    ASSERT_EQ(c.sh, 1);
+    ASSERT_EQ(c.kw, 1);
+    ASSERT_EQ(u.ow, ow);
+    ASSERT_EQ(u.h2 - 1 + c.ph_end + c.ph - (c.kh - 1) + 1, oh) << net.graph.source;
+    ASSERT_GE(c.k_pad, c.kh * 64);
+    // No real input row lies in a pair past the unfolded rows (those read as zeros).
+    ASSERT_GE(2 * u.h2 + u.row_offset, h);
+    const std::vector<uint8_t> ux = cuda::unfold_input(net.input, u);
+    const bool sgn = net.input.dtype() == DType::s8;
+    for (int64_t b = 0; b < n; ++b) {
+      for (int64_t oy = 0; oy < oh; ++oy) {
+        for (int64_t ox = 0; ox < ow; ++ox) {
+          for (int64_t m = 0; m < 64; ++m) {
+            int64_t want = 0, got = 0;
+            for (int64_t ch = 0; ch < c0; ++ch) {
+              for (int a = 0; a < k; ++a) {
+                for (int bb = 0; bb < k; ++bb) {
+                  const int64_t y = oy * 2 - p + a, xx = ox * sw - p + bb;
+                  if (y < 0 || y >= h || xx < 0 || xx >= w) continue;
+                  want += static_cast<int64_t>(net.input.get(((b * c0 + ch) * h + y) * w + xx)) *
+                          static_cast<int64_t>(wt.get(((m * c0 + ch) * k + a) * k + bb));
+                }
+              }
+            }
+            for (int a2 = 0; a2 < c.kh; ++a2) {
+              const int64_t y2 = oy - c.ph + a2;
+              if (y2 < 0 || y2 >= u.h2) continue;
+              const uint8_t* px = ux.data() + ((b * u.h2 + y2) * u.ow + ox) * 64;
+              for (int byte = 0; byte < 64; ++byte) {
+                const int64_t v = sgn ? static_cast<int8_t>(px[byte]) : px[byte];
+                got += v * c.weights[static_cast<size_t>(m * c.k_pad + a2 * 64 + byte)];
+              }
+            }
+            ASSERT_EQ(got, want) << net.graph.source << " at image " << b << " row " << oy << " column " << ox << " map " << m;
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(unfolded, 10);
+  // Every variant the GPU test runs is a valid integer model (the CPU engine runs it).
+  for (uint32_t seed = 0; seed < 36; ++seed) {
+    const StemNet net = stem_net(seed, seed % 2 == 0);
+    EXPECT_NO_THROW(Engine(net.graph, Backend::cpu).run({net.input})) << net.graph.source;
+  }
+  // Planned without unfolding, the stem reads one word per pixel.
+  const StemNet net = stem_net(4, false);
+  cuda::PlanOptions plain;
+  plain.unfold_stem = false;
+  EXPECT_FALSE(cuda::make_plan(net.graph, cuda::StorageMode::int8, plain).steps[0].input.unfold.on);
+}
+
 // ---- bit-exact parity on the GPU ----
 
 TEST(CudaEngine, RandomNetsMatchTheCpuEngineExactly) {
@@ -406,7 +523,7 @@ RandomNet random_conv(uint32_t seed) {
 
 TEST(CudaEngine, ConvKernelFamiliesMatchTheCpuEngineOnRandomShapes) {
   REQUIRE_CUDA();
-  int wgmma_steps = 0, direct_steps = 0, two_block_steps = 0;
+  int wgmma_steps = 0, direct_steps = 0, two_block_steps = 0, resident_steps = 0, split_steps = 0;
   for (uint32_t seed = 0; seed < 48; ++seed) {
     const RandomNet net = random_conv(seed);
     const auto want = Engine(net.graph, Backend::cpu).run({net.input});
@@ -423,23 +540,61 @@ TEST(CudaEngine, ConvKernelFamiliesMatchTheCpuEngineOnRandomShapes) {
         for (const CudaLayerProfile& l : gpu.profile(net.input.shape()[0], 1)) {
           direct_steps += l.kernel.find("_direct") != std::string::npos;
           two_block_steps += l.kernel.find("_direct_x2") != std::string::npos;
+          split_steps += l.kernel.find("_splitk") != std::string::npos;
+          resident_steps += l.kernel.find("_x2_rw") != std::string::npos;
         }
       }
     }
   }
   // On an sm_90 device the wgmma family must have run (elsewhere every step falls back to mma).
   // Unless an epilogue is forced for a measurement, the direct epilogue must have run too.
+  // Small problems split their reduction over several blocks (split K) on the mma kernels.
+  if (!std::getenv("NIBBLE_CUDA_SPLIT_K")) {
+    EXPECT_GT(split_steps, 8);
+  }
   if (cuda_device_description()->find("sm_90") != std::string::npos) {
     EXPECT_GT(wgmma_steps, 48);
     if (!std::getenv("NIBBLE_WGMMA_EPILOGUE")) {
       EXPECT_GT(direct_steps, 8);
       if (!std::getenv("NIBBLE_WGMMA_CTAS")) {
         EXPECT_GT(two_block_steps, 2);
+        if (!std::getenv("NIBBLE_WGMMA_RESIDENT")) {
+          EXPECT_GT(resident_steps, 1);
+        }
       }
     }
   }
-  std::printf("wgmma engines: %d, with the direct epilogue: %d, two blocks per multiprocessor: %d\n", wgmma_steps,
-              direct_steps, two_block_steps);
+  std::printf(
+      "wgmma engines: %d, with the direct epilogue: %d, two blocks per multiprocessor: %d (weights resident: %d), split K "
+      "steps: %d\n",
+      wgmma_steps, direct_steps, two_block_steps, resident_steps, split_steps);
+}
+
+// Unfolded stems (u8, s8 and f32 inputs; 4-bit, 8-bit and s32 outputs; strides 2 x 1 and 2 x 2)
+// through every kernel family, against the CPU engine; the unfolding itself against the plain
+// input (NIBBLE_CUDA_UNFOLD_STEM=0 is not needed: the CPU engine never unfolds).
+TEST(CudaEngine, UnfoldedStemsMatchTheCpuEngine) {
+  REQUIRE_CUDA();
+  int unfolded = 0;
+  for (uint32_t seed = 0; seed < 36; ++seed) {
+    const StemNet net = stem_net(seed, seed % 2 == 0);
+    const auto want = Engine(net.graph, Backend::cpu).run({net.input});
+    for (const char* family : {"wgmma", "mma", "auto"}) {
+      for (bool int8 : {false, true}) {
+        CudaEngineOptions o;
+        o.int8_storage = int8;
+        o.max_batch = 2;  // up to 3 images: two submissions
+        o.conv_kernels = family;
+        CudaEngine gpu(net.graph, o);
+        const auto profile = gpu.profile(1, 1);
+        unfolded += profile.front().kernel == "input_unfold_stem";
+        expect_identical(want, gpu.run({net.input}),
+                         fmt::format("{} {} {} ({}, stem kernel {})", net.graph.source, family, int8 ? "int8" : "native",
+                                     gpu.conv_kernel_summary(), profile[1].kernel));
+      }
+    }
+  }
+  EXPECT_GT(unfolded, 60);
 }
 
 // A narrow residual (4 bits, stored packed, or 7 bits) folded through a Requantize into a conv

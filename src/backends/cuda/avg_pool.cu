@@ -8,6 +8,7 @@ namespace {
 
 __global__ void avg_pool_kernel(const uint8_t* x, uint8_t* y, int64_t row, int64_t channels, int64_t outputs, int h,
                                 int w, int oh, int ow, PoolStep p) {
+  grid_dependency_sync();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= outputs) return;
   const int64_t pixel = i / channels;
@@ -29,9 +30,8 @@ void launch_avg_pool(const uint8_t* x, uint8_t* y, int64_t row, int64_t channels
                      int oh, int ow, const PoolStep& p, cudaStream_t stream) {
   const int64_t outputs = batch * oh * ow * channels;
   const int threads = 256;
-  avg_pool_kernel<<<static_cast<unsigned>((outputs + threads - 1) / threads), threads, 0, stream>>>(
-      x, y, row, channels, outputs, h, w, oh, ow, p);
-  NIBBLE_CUDA_LAUNCHED();
+  launch_kernel(avg_pool_kernel, dim3(static_cast<unsigned>((outputs + threads - 1) / threads)), dim3(threads), 0, stream,
+                x, y, row, channels, outputs, h, w, oh, ow, p);
 }
 
 }  // namespace nibble::cuda

@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <utility>
 
 #include "backends/cuda/plan.h"
 
@@ -22,6 +23,45 @@ namespace nibble::cuda {
 
 // After a kernel launch: reports launch errors (bad configuration, too much shared memory).
 #define NIBBLE_CUDA_LAUNCHED() NIBBLE_CUDA_CHECK(cudaGetLastError())
+
+// Programmatic dependent launch (sm_90 and newer): every kernel is launched allowed to start
+// while the kernel ahead of it in the stream finishes, so that its launch and prologue overlap
+// that kernel's last blocks. Each kernel calls grid_dependency_sync() before it touches global
+// memory: it waits until the kernel ahead has completed and its writes are visible, then lets
+// the next kernel launch. Every kernel waits, so kernels still complete in stream order.
+__device__ __forceinline__ void grid_dependency_sync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+// Whether launches use it: on sm_90 and newer devices, unless NIBBLE_CUDA_PDL=0 or a
+// PdlSuspend is alive on this thread (a profile times each step alone).
+bool pdl_enabled();
+struct PdlSuspend {
+  PdlSuspend();
+  ~PdlSuspend();
+  PdlSuspend(const PdlSuspend&) = delete;
+  PdlSuspend& operator=(const PdlSuspend&) = delete;
+};
+
+// Launches `kernel` on `stream` (with programmatic dependent launch where pdl_enabled()) and
+// checks the launch.
+template <typename... Params, typename... Args>
+void launch_kernel(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, Args&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl_enabled() ? 1 : 0;
+  NIBBLE_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+}
 
 // quant::requantize on the device: sign(x) * ((|x| * factor + 2^(shift-1)) >> shift), or
 // x * factor for shift 0, in 64 bits, clamped to [lo, hi].

@@ -7,6 +7,8 @@
 // through shared memory by cp.async in a 4-deep pipeline. The epilogue stages the accumulators
 // through shared memory so that every thread then handles 8 consecutive maps of one pixel:
 // residuals are read and outputs written as whole words, coalesced across the warp.
+// Small problems (a batch of one) split K over up to 4 blocks per output tile (grid z), whose
+// partial sums the last block to finish adds before the epilogue (reduce_split_k).
 //
 // 4-bit operands: Hopper has no 4-bit MMA, so packed activations and weights are loaded as they
 // are stored (half the bytes) and widened to s8 in registers right before the MMA. A thread's
@@ -14,6 +16,10 @@
 // [4t, 4t+4) and its high nibbles to [16+4t, 16+4t+4). Activations and weights are split the same
 // way, so both sides see one permutation of k and the dot product is unchanged: exact.
 #include <algorithm>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <string>
 
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/epilogue.cuh"
@@ -104,18 +110,64 @@ struct Tile {
   static_assert(BM * kAPerRow % kThreads == 0 && BN * kBPerRow % kThreads == 0, "copies must divide evenly");
 };
 
+// Split K: every block of the output tile stores its partial sums (the tile staged in shared
+// memory, rows `row` words apart) in the workspace; the last of them to finish adds the others'
+// into its staged tile and goes on to the epilogue (returns true), the rest are done (false).
+// s32 sums wrap modulo 2^32 in any order, as the tensor cores' accumulation does: the result is
+// the unsplit one exactly. The last block also resets the tile's arrival counter for the next launch.
+template <int BM, int BN, int kRow, int kThreads>
+__device__ __forceinline__ bool reduce_split_k(const ConvArgs& a, int32_t* ctile, int split, int zs, int tid) {
+  __shared__ int last;
+  const int64_t tile = static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x;
+  constexpr int kVecs = BM * BN / 4;
+  int4* mine = reinterpret_cast<int4*>(a.split_partials) + (tile * split + zs) * kVecs;
+  for (int i = tid; i < kVecs; i += kThreads) {
+    const int row = i / (BN / 4), c4 = i % (BN / 4);
+    __stcg(mine + i, *reinterpret_cast<const int4*>(ctile + row * kRow + c4 * 4));
+  }
+  __threadfence();  // this block's partial sums, before its arrival is counted
+  __syncthreads();
+  if (tid == 0) last = atomicAdd(a.split_arrivals + tile, 1u) == static_cast<unsigned>(split - 1);
+  __syncthreads();
+  if (!last) return false;
+  __threadfence();  // every other block's partial sums are visible now
+  const int4* all = reinterpret_cast<const int4*>(a.split_partials) + tile * split * kVecs;
+  for (int i = tid; i < kVecs; i += kThreads) {
+    const int row = i / (BN / 4), c4 = i % (BN / 4);
+    int4* dst = reinterpret_cast<int4*>(ctile + row * kRow + c4 * 4);
+    uint4 s = *reinterpret_cast<const uint4*>(dst);
+    for (int z = 0; z < split; ++z) {
+      if (z == zs) continue;
+      const int4 p = __ldcg(all + z * kVecs + i);
+      s.x += static_cast<uint32_t>(p.x);
+      s.y += static_cast<uint32_t>(p.y);
+      s.z += static_cast<uint32_t>(p.z);
+      s.w += static_cast<uint32_t>(p.w);
+    }
+    *reinterpret_cast<uint4*>(dst) = s;
+  }
+  if (tid == 0) a.split_arrivals[tile] = 0;
+  __syncthreads();
+  return true;
+}
+
 template <int BM, int BN, Storage kA, ConvLoad kLoad>
 __global__ void __launch_bounds__(Tile<BM, BN, kA, kLoad>::kThreads, Tile<BM, BN, kA, kLoad>::kMinBlocks)
     conv_igemm_kernel(const ConvArgs a) {
   using T = Tile<BM, BN, kA, kLoad>;
   extern __shared__ __align__(128) uint8_t smem[];
+  grid_dependency_sync();
   const int tid = threadIdx.x;
   const int lane = tid & 31, warp = tid >> 5;
   const int wm = warp % (BM / 64), wn = warp / (BM / 64);
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * BM;
   const int n0 = blockIdx.y * BN;
   const int plane = a.oh * a.ow;
-  const int k_tiles = static_cast<int>(a.k_pad / T::kBK);
+  // Split K (gridDim.z > 1): this block reduces K tiles [kt0, kt0 + k_tiles) of its output tile.
+  const int all_k_tiles = static_cast<int>(a.k_pad / T::kBK);
+  const int split = static_cast<int>(gridDim.z), zs = static_cast<int>(blockIdx.z);
+  const int kt0 = static_cast<int>(int64_t{all_k_tiles} * zs / split);
+  const int k_tiles = static_cast<int>(int64_t{all_k_tiles} * (zs + 1) / split) - kt0;
 
   // The pixel of A row `row`: its image's base pixel and its window's top-left input coordinate.
   auto locate = [&](int row, int64_t& base, int& ih, int& iw) {
@@ -216,7 +268,7 @@ __global__ void __launch_bounds__(Tile<BM, BN, kA, kLoad>::kThreads, Tile<BM, BN
 
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
-    if (s < k_tiles) load_tile(s, s);
+    if (s < k_tiles) load_tile(kt0 + s, s);
     cp_async_commit();
   }
 
@@ -232,7 +284,7 @@ __global__ void __launch_bounds__(Tile<BM, BN, kA, kLoad>::kThreads, Tile<BM, BN
     cp_async_wait<kStages - 2>();
     __syncthreads();
     const int next = kt + kStages - 1;
-    if (next < k_tiles) load_tile(next, next % kStages);
+    if (next < k_tiles) load_tile(kt0 + next, next % kStages);
     cp_async_commit();
 
     const uint8_t* sa = smem + (kt % kStages) * T::kStageBytes;
@@ -311,6 +363,7 @@ __global__ void __launch_bounds__(Tile<BM, BN, kA, kLoad>::kThreads, Tile<BM, BN
     }
   }
   __syncthreads();
+  if (split > 1 && !reduce_split_k<BM, BN, T::kCRow, T::kThreads>(a, ctile, split, zs, tid)) return;
 
   // Epilogue, 8 maps of one pixel per unit: bias, residual, ReLU, requantization, store. The
   // threads of a block cover whole rows, so a thread keeps one group of 8 maps for all its units:
@@ -348,7 +401,7 @@ __global__ void __launch_bounds__(Tile<BM, BN, kA, kLoad>::kThreads, Tile<BM, BN
 }
 
 template <int BM, int BN, Storage kA, ConvLoad kLoad>
-void launch_tile(const ConvArgs& a, cudaStream_t stream) {
+void launch_tile(const ConvArgs& a, cudaStream_t stream, int split) {
   using T = Tile<BM, BN, kA, kLoad>;
   static bool configured = false;  // the attribute is per function; setting it again is harmless
   if (!configured) {
@@ -356,39 +409,66 @@ void launch_tile(const ConvArgs& a, cudaStream_t stream) {
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, T::kSmem));
     configured = true;
   }
-  const dim3 grid(static_cast<unsigned>((a.pixels + BM - 1) / BM), static_cast<unsigned>((a.m + BN - 1) / BN));
-  conv_igemm_kernel<BM, BN, kA, kLoad><<<grid, T::kThreads, T::kSmem, stream>>>(a);
-  NIBBLE_CUDA_LAUNCHED();
+  const dim3 grid(static_cast<unsigned>((a.pixels + BM - 1) / BM), static_cast<unsigned>((a.m + BN - 1) / BN),
+                  static_cast<unsigned>(split));
+  launch_kernel(conv_igemm_kernel<BM, BN, kA, kLoad>, grid, dim3(T::kThreads), T::kSmem, stream, a);
 }
 
 template <int BM, int BN>
-const char* launch_storage(const ConvArgs& a, cudaStream_t stream) {
+const char* launch_storage(const ConvArgs& a, cudaStream_t stream, int split = 1) {
   switch (a.load) {
     case ConvLoad::vec:
       switch (a.x_storage) {
-        case Storage::u8: launch_tile<BM, BN, Storage::u8, ConvLoad::vec>(a, stream); return "igemm_u8s8";
-        case Storage::s8: launch_tile<BM, BN, Storage::s8, ConvLoad::vec>(a, stream); return "igemm_s8s8";
-        case Storage::u4: launch_tile<BM, BN, Storage::u4, ConvLoad::vec>(a, stream); return "igemm_u4s4";
-        case Storage::s4: launch_tile<BM, BN, Storage::s4, ConvLoad::vec>(a, stream); return "igemm_s4s4";
+        case Storage::u8: launch_tile<BM, BN, Storage::u8, ConvLoad::vec>(a, stream, split); return "igemm_u8s8";
+        case Storage::s8: launch_tile<BM, BN, Storage::s8, ConvLoad::vec>(a, stream, split); return "igemm_s8s8";
+        case Storage::u4: launch_tile<BM, BN, Storage::u4, ConvLoad::vec>(a, stream, split); return "igemm_u4s4";
+        case Storage::s4: launch_tile<BM, BN, Storage::s4, ConvLoad::vec>(a, stream, split); return "igemm_s4s4";
         default: break;
       }
       break;
     case ConvLoad::taps:
       switch (a.x_storage) {
-        case Storage::u8: launch_tile<BM, BN, Storage::u8, ConvLoad::taps>(a, stream); return "igemm_u8s8_taps";
-        case Storage::s8: launch_tile<BM, BN, Storage::s8, ConvLoad::taps>(a, stream); return "igemm_s8s8_taps";
+        case Storage::u8: launch_tile<BM, BN, Storage::u8, ConvLoad::taps>(a, stream, split); return "igemm_u8s8_taps";
+        case Storage::s8: launch_tile<BM, BN, Storage::s8, ConvLoad::taps>(a, stream, split); return "igemm_s8s8_taps";
         default: break;
       }
       break;
     case ConvLoad::gather:
       switch (a.x_storage) {
-        case Storage::u8: launch_tile<BM, BN, Storage::u8, ConvLoad::gather>(a, stream); return "igemm_u8s8_gather";
-        case Storage::s8: launch_tile<BM, BN, Storage::s8, ConvLoad::gather>(a, stream); return "igemm_s8s8_gather";
+        case Storage::u8: launch_tile<BM, BN, Storage::u8, ConvLoad::gather>(a, stream, split); return "igemm_u8s8_gather";
+        case Storage::s8: launch_tile<BM, BN, Storage::s8, ConvLoad::gather>(a, stream, split); return "igemm_s8s8_gather";
         default: break;
       }
       break;
   }
   throw_cuda_error(cudaErrorInvalidValue, "launch_conv: unsupported input storage", __FILE__, __LINE__);
+}
+
+// Split K where the output tiles would leave most multiprocessors idle (small batches, such as
+// the single images of SingleStream): up to 4 blocks per 64 x 64 tile, each reducing at least 4
+// K tiles, within the workspace. NIBBLE_CUDA_SPLIT_K=N sets the most blocks per tile (0 or 1: no
+// split; for measurements).
+int split_k(const ConvArgs& a, int64_t tiles, int sms) {
+  static const int most = [] {
+    const char* e = std::getenv("NIBBLE_CUDA_SPLIT_K");
+    return e ? std::clamp(std::atoi(e), 1, 32) : 4;
+  }();
+  if (most < 2 || !a.split_partials || tiles * 2 > sms || tiles > a.split_tiles) return 1;
+  const bool packed = a.x_storage == Storage::u4 || a.x_storage == Storage::s4;
+  const int64_t k_tiles = a.k_pad / (packed ? 32 : 64);
+  int64_t split = std::min<int64_t>({sms / tiles, k_tiles / 4, most});
+  while (split > 1 && tiles * split * 64 * 64 * 4 > a.split_bytes) --split;
+  return static_cast<int>(std::max<int64_t>(split, 1));
+}
+
+// The kernel name of a split-K launch: the plain one with "_splitk".
+const char* split_name(const char* base) {
+  static std::mutex mu;
+  static std::map<std::string, std::string> names;
+  const std::lock_guard<std::mutex> lock(mu);
+  std::string& s = names[base];
+  if (s.empty()) s = std::string(base) + "_splitk";
+  return s.c_str();
 }
 
 }  // namespace
@@ -402,6 +482,8 @@ const char* launch_conv_mma(const ConvArgs& a, cudaStream_t stream) {
     return n;
   }();
   auto blocks = [&](int bm, int bn) { return ((a.pixels + bm - 1) / bm) * ((a.m + bn - 1) / bn); };
+  const int split = split_k(a, blocks(64, 64), sms);
+  if (split > 1) return split_name(launch_storage<64, 64>(a, stream, split));
   if (a.m > 64 && blocks(128, 128) >= 2 * sms) return launch_storage<128, 128>(a, stream);
   if (blocks(128, 64) >= 2 * sms) return launch_storage<128, 64>(a, stream);
   return launch_storage<64, 64>(a, stream);

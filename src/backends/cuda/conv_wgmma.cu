@@ -66,14 +66,19 @@ enum class Epi { staged, prefetch, direct };
 
 // kCtas: blocks per multiprocessor. Two (direct epilogue only) halve the shared memory and
 // registers of each, for twice the warps to run the epilogue of short reductions.
-template <int BN, Storage kA, Epi kE, int kCtas = 1>
+// kResW (two blocks only): the block's weights stay in shared memory for all its tiles, loaded
+// once (up to kWBytes: short reductions, and a block whose tiles all have the same maps); the
+// pipeline stages then carry activations only, a third less traffic from L2 for 64-map tiles.
+template <int BN, Storage kA, Epi kE, int kCtas = 1, bool kResW = false>
 struct WgTile {
   static constexpr bool kPacked = kA == Storage::u4 || kA == Storage::s4;
   static constexpr bool kUnsignedA = kA == Storage::u8 || kA == Storage::u4;
   static constexpr int kARow = kPacked ? 32 : 64;  // bytes of one pixel's 64 channels
   static constexpr int kABytes = kBM * kARow;
   static constexpr int kBBytes = BN * 64;          // 64 s8 weights per map
-  static constexpr int kStageBytes = kABytes + kBBytes;
+  static_assert(!kResW || kCtas == 2, "resident weights only with two blocks per multiprocessor");
+  static constexpr int kWBytes = kResW ? (BN == 64 ? 48 * 1024 : 16 * 1024) : 0;
+  static constexpr int kStageBytes = kABytes + (kResW ? 0 : kBBytes);
   // Staging of the accumulators (64 rows x 64 maps per consumer); prefetch: two residual tiles
   // (128 rows, up to BN bytes) and two sets of per-map constants (bias s32, sat u32, factor u16,
   // residual factor u16).
@@ -92,10 +97,11 @@ struct WgTile {
   // staging area, as boxes of up to 128 bytes under the copy engine's swizzle of that width.
   static constexpr int kOutRow = BN;  // bytes of a row at 8 bits, the widest output
   static constexpr int kEpiBytes = kStageEpi + kResBytes + kParBytes;
-  static constexpr int kFixed = kEpiBytes + 1024 + 512;  // + alignment slack + barriers
+  static constexpr int kFixed = kEpiBytes + kWBytes + 1024 + 512;  // + alignment slack + barriers
   static constexpr int kStagesFit = (kLimit - kFixed) / kStageBytes;
   static constexpr int kStages = kStagesFit > 8 ? 8 : kStagesFit;
-  static constexpr int kEpiOffset = kStages * kStageBytes;
+  static constexpr int kWOffset = kStages * kStageBytes;  // resident weights: k tile kt at kWOffset + kt x kBBytes
+  static constexpr int kEpiOffset = kWOffset + kWBytes;
   static constexpr int kResOffset = kEpiOffset + kStageEpi;
   static constexpr int kParOffset = kResOffset + kResBytes;
   static constexpr int kBarOffset = kEpiOffset + kEpiBytes;
@@ -299,17 +305,21 @@ __device__ __forceinline__ void direct_epilogue(const ConvArgs& a, const int32_t
         v1 = requantize_saturating(v1, f1, sat.y, shift, lo, hi);
       }
       uint8_t* op = out + box_offset(row, cl * kBits / 8, 64, kOutLw, ox);
+      // Both values are inside the output's range: their low bytes (nibbles) are the packed values.
       if constexpr (kBits == 8) {
-        *reinterpret_cast<uint16_t*>(op) = static_cast<uint16_t>((v0 & 0xFF) | ((v1 & 0xFF) << 8));
+        *reinterpret_cast<uint16_t*>(op) = static_cast<uint16_t>(__byte_perm(v0, v1, 0x0040));
+      } else if constexpr (kRelu) {
+        *op = static_cast<uint8_t>(v0 | (v1 << 4));  // unsigned: both below 16
       } else {
-        *op = static_cast<uint8_t>((v0 & 0xF) | ((v1 & 0xF) << 4));
+        *op = static_cast<uint8_t>((v0 & 0xF) | (v1 << 4));
       }
     }
   }
 }
 
 // The direct epilogue's variants, chosen per launch (the same for every tile): `kind` as
-// direct_kind returns it (kinds 4 to 7: the variants 0 to 3 with 8-bit outputs of a 4-bit input).
+// direct_kind returns it (kinds 4 to 7: the variants 0 to 3 with outputs of the other width than
+// the input's: 8-bit outputs of a 4-bit input, 4-bit outputs of an 8-bit one).
 template <int BN, int kBits>
 __device__ __forceinline__ void direct_variant(int kind, const ConvArgs& a, const int32_t (&acc)[BN / 2],
                                                const uint8_t* res, const uint8_t* par, uint8_t* out, int cw, int warp,
@@ -325,30 +335,29 @@ template <int BN, bool kPackedInput>
 __device__ __forceinline__ void direct_dispatch(int kind, const ConvArgs& a, const int32_t (&acc)[BN / 2],
                                                 const uint8_t* res, const uint8_t* par, uint8_t* out, int cw, int warp,
                                                 int g, int t) {
-  if constexpr (kPackedInput) {
-    if (kind < 4) {
-      direct_variant<BN, 4>(kind, a, acc, res, par, out, cw, warp, g, t);
-      return;
-    }
+  if ((kind >= 4) == kPackedInput) {
+    direct_variant<BN, 8>(kind & 3, a, acc, res, par, out, cw, warp, g, t);
+  } else {
+    direct_variant<BN, 4>(kind & 3, a, acc, res, par, out, cw, warp, g, t);
   }
-  direct_variant<BN, 8>(kind & 3, a, acc, res, par, out, cw, warp, g, t);
 }
 
-template <int BN, Storage kA, Epi kE, int kCtas>
-__global__ void __launch_bounds__(WgTile<BN, kA, kE, kCtas>::kThreadsT) __maxnreg__(kCtas == 2 ? 96 : 168)
+template <int BN, Storage kA, Epi kE, int kCtas, bool kResW>
+__global__ void __launch_bounds__(WgTile<BN, kA, kE, kCtas, kResW>::kThreadsT) __maxnreg__(kCtas == 2 ? 96 : 168)
     conv_wgmma_kernel(const __grid_constant__ CUtensorMap tma_x, const __grid_constant__ CUtensorMap tma_w,
                       const __grid_constant__ CUtensorMap tma_r, const __grid_constant__ CUtensorMap tma_y,
                       const __grid_constant__ ConvArgs a,
                       const __grid_constant__ WgShape shape) {
 #if NIBBLE_SM90A
   using namespace sm90;
-  using T = WgTile<BN, kA, kE, kCtas>;
+  using T = WgTile<BN, kA, kE, kCtas, kResW>;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = smem_raw + ((1024 - (smem_u32(smem_raw) & 1023)) & 1023);
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + T::kBarOffset);
   uint64_t* empty = full + T::kStages;
   uint64_t* rfull = empty + T::kStages;  // prefetch: residual tile and constants of a tile arrived
   uint64_t* rempty = rfull + 2;          // prefetch: both consumers are done with them
+  uint64_t* wfull = rempty + 2;          // resident weights: arrived
   const bool producer = kCtas == 2 ? threadIdx.x >= 256 : threadIdx.x < 128;
   const int tid = threadIdx.x % 128;
   if (threadIdx.x == 0) {
@@ -360,9 +369,11 @@ __global__ void __launch_bounds__(WgTile<BN, kA, kE, kCtas>::kThreadsT) __maxnre
       mbar_init(&rfull[b], 1);
       mbar_init(&rempty[b], 2);
     }
+    mbar_init(wfull, 1);
     mbar_fence_init();
   }
   __syncthreads();
+  grid_dependency_sync();  // the layer ahead has completed: its output (this one's input) is ready
   const int plane = a.oh * a.ow;
 
   if (producer) {
@@ -370,6 +381,15 @@ __global__ void __launch_bounds__(WgTile<BN, kA, kE, kCtas>::kThreadsT) __maxnre
     if (tid == 0) {
       tma_prefetch_map(&tma_x);
       tma_prefetch_map(&tma_w);
+      if constexpr (kResW) {
+        // Every tile of this block has map tile blockIdx.x % n_tiles (the host checks): its
+        // weights, all k tiles, once.
+        const int nt = static_cast<int>(blockIdx.x) % shape.n_tiles;
+        mbar_arrive_expect_tx(wfull, static_cast<uint32_t>(shape.k_iters * T::kBBytes));
+        for (int kt = 0; kt < shape.k_iters; ++kt) {
+          tma_load_2d(smem + T::kWOffset + kt * T::kBBytes, &tma_w, wfull, kt * 64, nt * BN);
+        }
+      }
       int stage = 0, local = 0;
       uint32_t phase = 0;
       for (int tile = blockIdx.x; tile < shape.tiles; tile += gridDim.x, ++local) {
@@ -409,7 +429,7 @@ __global__ void __launch_bounds__(WgTile<BN, kA, kE, kCtas>::kThreadsT) __maxnre
           mbar_arrive_expect_tx(&full[stage], T::kStageBytes);
           tma_load_im2col(sa, &tma_x, &full[stage], cc * T::kARow, bw, bh, static_cast<int>(img),
                           static_cast<uint16_t>(s * a.dw), static_cast<uint16_t>(r * a.dh));
-          tma_load_2d(sa + T::kABytes, &tma_w, &full[stage], kt * 64, nt * BN);
+          if constexpr (!kResW) tma_load_2d(sa + T::kABytes, &tma_w, &full[stage], kt * 64, nt * BN);
           if (++stage == T::kStages) {
             stage = 0;
             phase ^= 1;
@@ -430,6 +450,7 @@ __global__ void __launch_bounds__(WgTile<BN, kA, kE, kCtas>::kThreadsT) __maxnre
     const int lrow = cw * 64 + warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
     const int lchunk = (lane >> 4) ^ ((lrow >> 2) & 1);
     const int a_lane_off = lrow * 32 + lchunk * 16;
+    if constexpr (kResW) mbar_wait(wfull, 0);
     for (int tile = blockIdx.x; tile < shape.tiles; tile += gridDim.x, ++local) {
       const int mt = tile / shape.n_tiles, nt = tile - mt * shape.n_tiles;
       int prev = 0;
@@ -438,7 +459,7 @@ __global__ void __launch_bounds__(WgTile<BN, kA, kE, kCtas>::kThreadsT) __maxnre
         for (int kt = 0; kt < shape.k_iters; ++kt) {
           mbar_wait(&full[stage], phase);
           const uint8_t* sa = smem + stage * T::kStageBytes;
-          const uint8_t* sb = sa + T::kABytes;
+          const uint8_t* sb = kResW ? smem + T::kWOffset + kt * T::kBBytes : sa + T::kABytes;
           wgmma_fence();
           const uint8_t* mine = sa + cw * 64 * T::kARow;
           wgmma_ss<BN, T::kUnsignedA>(acc, smem_desc<64>(mine), smem_desc<64>(sb), kt > 0);
@@ -457,7 +478,7 @@ __global__ void __launch_bounds__(WgTile<BN, kA, kE, kCtas>::kThreadsT) __maxnre
         for (int kt = 0; kt < shape.k_iters; ++kt) {
           mbar_wait(&full[stage], phase);
           const uint8_t* sa = smem + stage * T::kStageBytes;
-          const uint8_t* sb = sa + T::kABytes;
+          const uint8_t* sb = kResW ? smem + T::kWOffset + kt * T::kBBytes : sa + T::kABytes;
           uint32_t r[4];
           ldmatrix_x4(smem_u32(sa) + a_lane_off, r);
           constexpr bool kS = !T::kUnsignedA;
@@ -589,7 +610,7 @@ CUtensorMap activation_map(const ConvArgs& a, int chunk) {
   // Corners (W, H): the base positions of the filter's top-left tap run from -pad to
   // extent - 1 + pad - (k - 1) x dilation.
   const int lower[2] = {-a.pw, -a.ph};
-  const int upper[2] = {a.pw - (a.kw - 1) * a.dw, a.ph - (a.kh - 1) * a.dh};
+  const int upper[2] = {a.pw_end - (a.kw - 1) * a.dw, a.ph_end - (a.kh - 1) * a.dh};
   const cuuint32_t estrides[4] = {1, static_cast<cuuint32_t>(a.sw), static_cast<cuuint32_t>(a.sh), 1};
   CUtensorMap m;
   check_encode(e.im2col(&m, CU_TENSOR_MAP_DATA_TYPE_UINT8, 4, const_cast<uint8_t*>(a.x), dims, strides, lower, upper,
@@ -647,13 +668,13 @@ bool prefetch_epilogue(const ConvArgs& a) {
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 // The direct epilogue's variant for `a`, whose input is `in_bits` wide, or -1 where it does not
-// apply: requantized outputs with thresholds at the input's width (or 8 bits from a 4-bit input:
-// kinds + 4), unsigned after ReLU or signed without it, in rows the copy engine can address; no
-// residual, or one with a factor that is unsigned at the output's width or s8 (ReLU).
+// apply: requantized 4- or 8-bit outputs with thresholds (kinds + 4 where the output's width is
+// not the input's), unsigned after ReLU or signed without it, in rows the copy engine can address;
+// no residual, or one with a factor that is unsigned at the output's width or s8 (ReLU).
 int direct_kind(const ConvArgs& a, int in_bits) {
   if (!a.factor || !a.sat || a.shift < 0 || a.shift > 31 || a.res_shift < 0 || a.res_shift > 31) return -1;
+  if (!narrow(a.y_storage)) return -1;
   const int bits = storage_bits(a.y_storage);
-  if (bits != in_bits && !(in_bits == 4 && bits == 8)) return -1;
   const Storage y_unsigned = bits == 8 ? Storage::u8 : Storage::u4, y_signed = bits == 8 ? Storage::s8 : Storage::s4;
   if (a.y_storage != (a.relu ? y_unsigned : y_signed)) return -1;
   if (a.y_row % 16 != 0 || !aligned16(a.y) || (int64_t{a.m} * bits) % 8 != 0 || a.pixels >= (int64_t{1} << 31)) {
@@ -667,15 +688,15 @@ int direct_kind(const ConvArgs& a, int in_bits) {
   return -1;
 }
 
-template <int BN, Storage kA, Epi kE, int kCtas = 1>
+template <int BN, Storage kA, Epi kE, int kCtas = 1, bool kResW = false>
 void launch_wg(const ConvArgs& a, cudaStream_t stream) {
-  using T = WgTile<BN, kA, kE, kCtas>;
+  using T = WgTile<BN, kA, kE, kCtas, kResW>;
   static std::once_flag once;
   std::call_once(once, [] {
-    NIBBLE_CUDA_CHECK(
-        cudaFuncSetAttribute(conv_wgmma_kernel<BN, kA, kE, kCtas>, cudaFuncAttributeMaxDynamicSharedMemorySize, T::kSmem));
+    NIBBLE_CUDA_CHECK(cudaFuncSetAttribute(conv_wgmma_kernel<BN, kA, kE, kCtas, kResW>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, T::kSmem));
     // All of the unified L1/shared storage as shared memory, so that kCtas blocks fit.
-    NIBBLE_CUDA_CHECK(cudaFuncSetAttribute(conv_wgmma_kernel<BN, kA, kE, kCtas>,
+    NIBBLE_CUDA_CHECK(cudaFuncSetAttribute(conv_wgmma_kernel<BN, kA, kE, kCtas, kResW>,
                                            cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
   });
   WgShape s{};
@@ -709,8 +730,11 @@ void launch_wg(const ConvArgs& a, cudaStream_t stream) {
     s.par_bytes[3] = a.res ? 2 : 0;
   }
   const int grid = std::min(s.tiles, kCtas * multiprocessors());
-  conv_wgmma_kernel<BN, kA, kE, kCtas><<<grid, T::kThreadsT, T::kSmem, stream>>>(tx, tw, tr, ty, a, s);
-  NIBBLE_CUDA_LAUNCHED();
+  if (kResW && (int64_t{s.k_iters} * T::kBBytes > T::kWBytes || (grid != s.tiles && grid % s.n_tiles != 0))) {
+    throw_cuda_error(cudaErrorInvalidValue, "launch_wg: the weights cannot stay resident", __FILE__, __LINE__);
+  }
+  launch_kernel(conv_wgmma_kernel<BN, kA, kE, kCtas, kResW>, dim3(grid), dim3(T::kThreadsT), T::kSmem, stream, tx, tw,
+                tr, ty, a, s);
 }
 
 // NIBBLE_WGMMA_EPILOGUE=staged forces the staged epilogue everywhere, =prefetch takes the
@@ -727,8 +751,9 @@ int epilogue_forced() {
 template <int BN, Storage kA>
 int launch_epi(const ConvArgs& a, cudaStream_t stream) {
   const int forced = epilogue_forced();
-  // The direct epilogue is compiled for unsigned inputs (every layer after the stem).
-  constexpr bool kDirect = kA == Storage::u8 || kA == Storage::u4;
+  // The direct epilogue is compiled for unsigned inputs (every layer after the stem) and s8 ones
+  // (the stem).
+  constexpr bool kDirect = kA == Storage::u8 || kA == Storage::u4 || kA == Storage::s8;
   if constexpr (kDirect) {
     if (forced == 0 && direct_kind(a, storage_bits(kA)) >= 0) {
       launch_wg<BN, kA, Epi::direct>(a, stream);
@@ -771,13 +796,40 @@ int two_ctas(const ConvArgs& a, int in_bits) {
   return a.m <= 64 ? 64 : 0;
 }
 
+// Whether a two-block launch of BN-map tiles keeps its weights resident (WgTile::kResW): they
+// fit, and every block's tiles share one map tile. NIBBLE_WGMMA_RESIDENT=0 never does (for
+// measurements).
+template <int BN, Storage kA>
+bool resident_weights(const ConvArgs& a) {
+  static const bool allowed = [] {
+    const char* e = std::getenv("NIBBLE_WGMMA_RESIDENT");
+    return !(e && std::string(e) == "0");
+  }();
+  using T = WgTile<BN, kA, Epi::direct, 2, true>;
+  const int64_t k_iters = int64_t{a.kh} * a.kw * (a.x_row / T::kARow);
+  const int64_t n_tiles = (a.m + BN - 1) / BN, tiles = (a.pixels + kBM - 1) / kBM * n_tiles;
+  const int64_t grid = std::min<int64_t>(tiles, 2 * multiprocessors());
+  return allowed && k_iters * T::kBBytes <= T::kWBytes && (grid == tiles || grid % n_tiles == 0);
+}
+
+// Two blocks per multiprocessor of BN-map tiles, with resident weights where they apply; returns
+// the variant's name (`names`: without, with).
+template <int BN, Storage kA>
+const char* launch_two(const ConvArgs& a, cudaStream_t stream, const char* const* names) {
+  if (resident_weights<BN, kA>(a)) {
+    launch_wg<BN, kA, Epi::direct, 2, true>(a, stream);
+    return names[1];
+  }
+  launch_wg<BN, kA, Epi::direct, 2>(a, stream);
+  return names[0];
+}
+
 template <Storage kA>
-const char* launch_bn(const ConvArgs& a, cudaStream_t stream, const Names& names, const char* two64,
-                      const char* two128) {
-  if constexpr (kA == Storage::u8 || kA == Storage::u4) {
+const char* launch_bn(const ConvArgs& a, cudaStream_t stream, const Names& names, const char* const (&two)[4]) {
+  if constexpr (kA == Storage::u8 || kA == Storage::u4 || kA == Storage::s8) {
     switch (two_ctas(a, storage_bits(kA))) {
-      case 64: launch_wg<64, kA, Epi::direct, 2>(a, stream); return two64;
-      case 128: launch_wg<128, kA, Epi::direct, 2>(a, stream); return two128;
+      case 64: return launch_two<64, kA>(a, stream, two);
+      case 128: return launch_two<128, kA>(a, stream, two + 2);
       default: break;
     }
   }
@@ -795,7 +847,7 @@ bool wgmma_conv_fits(const ConvArgs& a) {
   if (a.x_row % (packed ? 32 : 64) != 0) return false;
   // im2col limits of a 4-D tensor map: corners within [-128, 127], traversal strides 1..8,
   // tap offsets below 256.
-  const int corners[4] = {-a.pw, -a.ph, a.pw - (a.kw - 1) * a.dw, a.ph - (a.kh - 1) * a.dh};
+  const int corners[4] = {-a.pw, -a.ph, a.pw_end - (a.kw - 1) * a.dw, a.ph_end - (a.kh - 1) * a.dh};
   for (int c : corners) {
     if (c < -128 || c > 127) return false;
   }
@@ -828,13 +880,18 @@ bool wgmma_conv_preferred(const ConvArgs& a) {
 const char* launch_conv_wgmma(const ConvArgs& a, cudaStream_t stream) {
   static Names u8 = NIBBLE_WGMMA_NAMES("wgmma_u8s8"), s8 = NIBBLE_WGMMA_NAMES("wgmma_s8s8");
   static Names u4 = NIBBLE_WGMMA_NAMES("wgmma_u4s4"), s4 = NIBBLE_WGMMA_NAMES("wgmma_s4s4");
+  // Two blocks per multiprocessor: 64-map tiles, the same with resident weights, 128-map tiles, the same.
+#define NIBBLE_WGMMA_TWO(p) {p "_n64_direct_x2", p "_n64_direct_x2_rw", p "_n128_direct_x2", p "_n128_direct_x2_rw"}
+  static const char* const u8_two[4] = NIBBLE_WGMMA_TWO("wgmma_u8s8");
+  static const char* const s8_two[4] = NIBBLE_WGMMA_TWO("wgmma_s8s8");
+  static const char* const u4_two[4] = NIBBLE_WGMMA_TWO("wgmma_u4s4");
+  static const char* const none[4] = {nullptr, nullptr, nullptr, nullptr};
+#undef NIBBLE_WGMMA_TWO
   switch (a.x_storage) {
-    case Storage::u8:
-      return launch_bn<Storage::u8>(a, stream, u8, "wgmma_u8s8_n64_direct_x2", "wgmma_u8s8_n128_direct_x2");
-    case Storage::s8: return launch_bn<Storage::s8>(a, stream, s8, nullptr, nullptr);
-    case Storage::u4:
-      return launch_bn<Storage::u4>(a, stream, u4, "wgmma_u4s4_n64_direct_x2", "wgmma_u4s4_n128_direct_x2");
-    case Storage::s4: return launch_bn<Storage::s4>(a, stream, s4, nullptr, nullptr);
+    case Storage::u8: return launch_bn<Storage::u8>(a, stream, u8, u8_two);
+    case Storage::s8: return launch_bn<Storage::s8>(a, stream, s8, s8_two);
+    case Storage::u4: return launch_bn<Storage::u4>(a, stream, u4, u4_two);
+    case Storage::s4: return launch_bn<Storage::s4>(a, stream, s4, none);
     default: break;
   }
   throw_cuda_error(cudaErrorInvalidValue, "launch_conv_wgmma: unsupported input storage", __FILE__, __LINE__);

@@ -2,9 +2,11 @@
 // an activation arena, pinned host buffers and one CUDA graph per batch size.
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <random>
+#include <string>
 
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/kernels.cuh"
@@ -35,9 +37,16 @@ struct DevConv {
   const uint32_t* sat = nullptr;
 };
 
+// The split-K workspace of a context's stream (ConvArgs::split_partials): partial sums for up to
+// kSplitTiles output tiles, their arrival counters zeroed once (each launch leaves them zero).
+constexpr int64_t kSplitBytes = int64_t{16} << 20;
+constexpr int64_t kSplitTiles = 1024;
+
 struct Context {
   cudaStream_t stream = nullptr;
   uint8_t* arena = nullptr;
+  int32_t* split_partials = nullptr;
+  uint32_t* split_arrivals = nullptr;
   uint8_t* d_input = nullptr;
   uint8_t* h_input = nullptr;               // pinned
   std::vector<uint8_t*> h_outputs;          // pinned, one per graph output
@@ -92,11 +101,13 @@ struct CudaEngine::Impl {
       fail(graph.source, "unknown convolution kernel family '{}' (auto, wgmma or mma)", options.conv_kernels);
     }
     NIBBLE_CUDA_CHECK(cudaSetDevice(0));
-    plan = cuda::make_plan(graph, options.int8_storage ? cuda::StorageMode::int8 : cuda::StorageMode::native);
+    cuda::PlanOptions plan_options;
+    // NIBBLE_CUDA_UNFOLD_STEM=0 keeps the stem on its plain input (for measurements).
+    if (const char* e = std::getenv("NIBBLE_CUDA_UNFOLD_STEM"); e && std::string(e) == "0") plan_options.unfold_stem = false;
+    plan = cuda::make_plan(graph, options.int8_storage ? cuda::StorageMode::int8 : cuda::StorageMode::native, plan_options);
     upload_constants();
     choose_kernels();
-    const Value& in = plan.values[static_cast<size_t>(plan.input_value)];
-    input_bytes_per_image = in.c * in.h * in.w * static_cast<int64_t>(dtype_storage_bytes(plan.input_dtype, 1));
+    input_bytes_per_image = plan.input_c * plan.input_h * plan.input_w * static_cast<int64_t>(dtype_storage_bytes(plan.input_dtype, 1));
     contexts.resize(static_cast<size_t>(std::max(1, options.contexts)));
     for (Context& c : contexts) make_context(c);
   }
@@ -106,6 +117,8 @@ struct CudaEngine::Impl {
       for (auto& [b, g] : c.graphs) cudaGraphExecDestroy(g);
       for (cudaEvent_t e : c.ev) if (e) cudaEventDestroy(e);
       cudaFree(c.arena);
+      cudaFree(c.split_partials);
+      cudaFree(c.split_arrivals);
       cudaFree(c.d_input);
       cudaFreeHost(c.h_input);
       for (uint8_t* h : c.h_outputs) cudaFreeHost(h);
@@ -180,6 +193,9 @@ struct CudaEngine::Impl {
     NIBBLE_CUDA_CHECK(cudaMalloc(&c.arena, static_cast<size_t>(plan.arena_bytes_per_image * b)));
     // Zeroed once: channel padding then reads as zeros (their weights are zero anyway).
     NIBBLE_CUDA_CHECK(cudaMemset(c.arena, 0, static_cast<size_t>(plan.arena_bytes_per_image * b)));
+    NIBBLE_CUDA_CHECK(cudaMalloc(&c.split_partials, static_cast<size_t>(cuda::kSplitBytes)));
+    NIBBLE_CUDA_CHECK(cudaMalloc(&c.split_arrivals, static_cast<size_t>(cuda::kSplitTiles) * 4));
+    NIBBLE_CUDA_CHECK(cudaMemset(c.split_arrivals, 0, static_cast<size_t>(cuda::kSplitTiles) * 4));
     NIBBLE_CUDA_CHECK(cudaMalloc(&c.d_input, static_cast<size_t>(input_bytes_per_image * b)));
     NIBBLE_CUDA_CHECK(cudaMallocHost(&c.h_input, static_cast<size_t>(input_bytes_per_image * b)));
     for (int o : plan.outputs) {
@@ -195,8 +211,9 @@ struct CudaEngine::Impl {
     return arena + plan.values[static_cast<size_t>(v)].arena_offset * batch;
   }
 
-  // The kernel arguments of conv step `s` for `batch` images in `arena`.
-  cuda::ConvArgs conv_args(uint8_t* arena, size_t s, int64_t batch) const {
+  // The kernel arguments of conv step `s` for `batch` images in `arena` (and the split-K
+  // workspace of context `c`, where given).
+  cuda::ConvArgs conv_args(uint8_t* arena, size_t s, int64_t batch, const Context* c = nullptr) const {
     const Step& st = plan.steps[s];
     const Value& x = plan.values[static_cast<size_t>(st.x)];
     const Value& y = plan.values[static_cast<size_t>(st.y)];
@@ -211,6 +228,8 @@ struct CudaEngine::Impl {
     a.ow = static_cast<int>(y.w);
     a.pixels = batch * y.h * y.w;
     a.kh = k.kh; a.kw = k.kw; a.sh = k.sh; a.sw = k.sw; a.ph = k.ph; a.pw = k.pw; a.dh = k.dh; a.dw = k.dw;
+    a.ph_end = k.ph_end;
+    a.pw_end = k.pw_end;
     a.weights = convs[s].weights;
     a.k_bytes = k.k_bytes;
     a.k_pad = k.k_pad;
@@ -229,6 +248,12 @@ struct CudaEngine::Impl {
     a.y = value_ptr(arena, st.y, batch);
     a.y_storage = y.storage;
     a.y_row = y.row;
+    if (c) {
+      a.split_partials = c->split_partials;
+      a.split_bytes = cuda::kSplitBytes;
+      a.split_arrivals = c->split_arrivals;
+      a.split_tiles = cuda::kSplitTiles;
+    }
     if (k.res >= 0) {
       const Value& r = plan.values[static_cast<size_t>(k.res)];
       a.res = value_ptr(arena, k.res, batch);
@@ -261,12 +286,12 @@ struct CudaEngine::Impl {
       case StepKind::input:
         cuda::launch_input(c.d_input, st.input.host_dtype, batch, plan.input_c, plan.input_h, plan.input_w,
                            step_floats[s], static_cast<int64_t>(st.input.scale.size()), st.input.lo, st.input.hi,
-                           value_ptr(c, st.y, batch), y.storage, y.row, c.stream);
-        return "input_nchw_to_nhwc";
+                           value_ptr(c, st.y, batch), y.storage, y.row, st.input.unfold, c.stream);
+        return st.input.unfold.on ? "input_unfold_stem" : "input_nchw_to_nhwc";
       case StepKind::conv: {
         int count = 0;
         const cuda::ConvKernel* table = cuda::conv_kernels(&count);
-        return table[convs[s].kernel].launch(conv_args(c.arena, s, batch), c.stream);
+        return table[convs[s].kernel].launch(conv_args(c.arena, s, batch, &c), c.stream);
       }
       case StepKind::max_pool: {
         const Value& x = plan.values[static_cast<size_t>(st.x)];
@@ -428,6 +453,7 @@ struct CudaEngine::Impl {
   std::vector<CudaLayerProfile> profile(int64_t batch, int reps) {
     if (batch < 1 || batch > options.max_batch) fail(graph.source, "profile batch {} is outside 1..{}", batch, options.max_batch);
     fill_random_inputs(batch);
+    const cuda::PdlSuspend one_step_at_a_time;  // each step timed alone, not overlapping the one ahead
     Context& c = contexts[0];
     NIBBLE_CUDA_CHECK(cudaMemcpy(c.d_input, c.h_input, static_cast<size_t>(input_bytes_per_image * batch), cudaMemcpyHostToDevice));
     const size_t n = plan.steps.size();

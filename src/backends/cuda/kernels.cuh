@@ -18,6 +18,7 @@ struct ConvArgs {
   int oh = 0, ow = 0;
   int64_t pixels = 0;  // batch x oh x ow
   int kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1;
+  int ph_end = 0, pw_end = 0;  // padding after the last row and column
   const int8_t* weights = nullptr;  // m_pad x k_pad
   int64_t k_bytes = 0, k_pad = 0;
   int m = 0;
@@ -42,6 +43,12 @@ struct ConvArgs {
   const uint16_t* res_factor = nullptr;  // nullptr: added as stored (s32)
   int res_shift = 0;
   int64_t res_lo = 0, res_hi = 0;
+  // Split-K workspace of the stream (nullptr: none): partial sums of `split_bytes` bytes and one
+  // arrival counter per output tile for up to `split_tiles` tiles, zero between launches.
+  int32_t* split_partials = nullptr;
+  int64_t split_bytes = 0;
+  uint32_t* split_arrivals = nullptr;
+  int64_t split_tiles = 0;
 };
 
 // ---- the convolution kernel table ----
@@ -72,10 +79,11 @@ bool wgmma_conv_fits(const ConvArgs& a);
 bool wgmma_conv_preferred(const ConvArgs& a);
 const char* launch_conv_wgmma(const ConvArgs& a, cudaStream_t stream);
 
-// NCHW host dtype (u8, s8 or f32 quantized by `scale`) to NHWC `storage` rows (u8 or s8).
+// NCHW host dtype (u8, s8 or f32 quantized by `scale`) to NHWC `storage` rows (u8 or s8), or to
+// the unfolded stem input where `unfold.on` (plan.h).
 void launch_input(const void* src, DType src_dtype, int64_t batch, int64_t c, int64_t h, int64_t w,
                   const float* scale, int64_t scale_count, int64_t lo, int64_t hi, uint8_t* dst, Storage storage,
-                  int64_t row, cudaStream_t stream);
+                  int64_t row, const InputUnfold& unfold, cudaStream_t stream);
 
 // Max pool over NHWC rows of u8, s8, u4 or s4 (padding never wins).
 void launch_max_pool(const uint8_t* x, uint8_t* y, Storage storage, int64_t row, int64_t batch, int h, int w, int oh,

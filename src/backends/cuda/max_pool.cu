@@ -38,6 +38,7 @@ template <Storage kS, int kV, typename Idx>
 __global__ void max_pool_kernel(const uint32_t* x, uint32_t* y, Idx vecs, Idx vpp, int h, int w, int oh, int ow,
                                 PoolStep p) {
   using Vec = std::conditional_t<kV == 4, uint4, uint32_t>;
+  grid_dependency_sync();
   const Idx i = static_cast<Idx>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= vecs) return;
   const Idx pixel = i / vpp;
@@ -76,12 +77,12 @@ void launch_storage(const uint32_t* x, uint32_t* y, int64_t row, int64_t batch, 
   const bool small = (batch * h * w + 1) * vpp < (int64_t{1} << 31) && vecs < (int64_t{1} << 31);
   const unsigned blocks = static_cast<unsigned>((vecs + threads - 1) / threads);
   if (kv == 4 && small) {
-    max_pool_kernel<kS, 4, int32_t><<<blocks, threads, 0, stream>>>(x, y, static_cast<int32_t>(vecs),
-                                                                    static_cast<int32_t>(vpp), h, w, oh, ow, p);
+    launch_kernel(max_pool_kernel<kS, 4, int32_t>, dim3(blocks), dim3(threads), 0, stream, x, y,
+                  static_cast<int32_t>(vecs), static_cast<int32_t>(vpp), h, w, oh, ow, p);
   } else if (kv == 4) {
-    max_pool_kernel<kS, 4, int64_t><<<blocks, threads, 0, stream>>>(x, y, vecs, vpp, h, w, oh, ow, p);
+    launch_kernel(max_pool_kernel<kS, 4, int64_t>, dim3(blocks), dim3(threads), 0, stream, x, y, vecs, vpp, h, w, oh, ow, p);
   } else {
-    max_pool_kernel<kS, 1, int64_t><<<blocks, threads, 0, stream>>>(x, y, vecs, vpp, h, w, oh, ow, p);
+    launch_kernel(max_pool_kernel<kS, 1, int64_t>, dim3(blocks), dim3(threads), 0, stream, x, y, vecs, vpp, h, w, oh, ow, p);
   }
 }
 
@@ -98,7 +99,6 @@ void launch_max_pool(const uint8_t* x, uint8_t* y, Storage storage, int64_t row,
     case Storage::s4: launch_storage<Storage::s4>(xs, ys, row, batch, h, w, oh, ow, p, stream); break;
     default: throw_cuda_error(cudaErrorInvalidValue, "launch_max_pool: unsupported storage", __FILE__, __LINE__);
   }
-  NIBBLE_CUDA_LAUNCHED();
 }
 
 }  // namespace nibble::cuda

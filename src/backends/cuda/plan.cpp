@@ -57,7 +57,7 @@ struct Use {
 
 class Planner {
  public:
-  Planner(const Graph& graph, StorageMode mode) : g_(graph) {
+  Planner(const Graph& graph, StorageMode mode, const PlanOptions& options) : g_(graph), options_(options) {
     plan_.source = graph.source;
     plan_.mode = mode;
   }
@@ -73,6 +73,7 @@ class Planner {
       plan_.output_flat.push_back(flat_aliases_.count(o.name) != 0);
     }
     choose_storage();
+    if (options_.unfold_stem) unfold_stem();
     finish_steps();
     plan_arena();
     return std::move(plan_);
@@ -219,6 +220,8 @@ class Planner {
     c.dw = static_cast<int>(dil[1]);
     c.ph = static_cast<int>(pads[0]);
     c.pw = static_cast<int>(pads[1]);
+    c.ph_end = static_cast<int>(pads[2]);
+    c.pw_end = static_cast<int>(pads[3]);
     const Value xv = plan_.values[static_cast<size_t>(x)];  // a copy: new_value() may reallocate
     if (!xv.spatial || w.dim(1) != xv.c) {
       fail("{}: weight {} does not match input '{}' of {} channels", n.label(), shape_str(w.shape()), xv.name, xv.c);
@@ -492,6 +495,47 @@ class Planner {
     return i;
   }
 
+  // InputUnfold (plan.h): the input step writes the unfolded rows of the one convolution that
+  // reads the input, where that convolution has row stride 2, a kernel of at most kTapRow
+  // columns, no dilation, and an input of one word per pixel at 8 bits.
+  void unfold_stem() {
+    Step& in = plan_.steps[0];
+    const int xv = in.y;
+    Value& x = plan_.values[static_cast<size_t>(xv)];
+    if ((x.storage != Storage::u8 && x.storage != Storage::s8) || x.row != 4 || x.bits > 8) return;
+    const auto& uses = uses_[static_cast<size_t>(xv)];
+    if (uses.size() != 1 || uses[0].kind != Use::conv_x) return;
+    for (int o : plan_.outputs) {
+      if (o == xv) return;
+    }
+    Step& st = plan_.steps[static_cast<size_t>(uses[0].step)];
+    ConvStep& c = st.conv;
+    const Value& y = plan_.values[static_cast<size_t>(st.y)];
+    if (c.sh != 2 || c.kw > kTapRow || c.dh != 1 || c.dw != 1 || c.ph < 0 || c.pw < 0) return;
+    InputUnfold& u = in.input.unfold;
+    u.on = true;
+    u.row_offset = -(c.ph % 2);
+    u.stride_w = c.sw;
+    u.pad_w = c.pw;
+    // Every input row lies in some pair: rows row_offset .. 2 h2 + row_offset - 1.
+    u.h2 = (x.h - u.row_offset + 1) / 2;
+    u.ow = y.w;
+    // Output row oy reads rows 2 oy - ph .. + kh - 1, the pairs oy - ph / 2 .. + ceil(kh / 2) - 1.
+    c.unfold_kh = c.kh;
+    c.unfold_kw = c.kw;
+    c.kh = (c.kh + 1) / 2;
+    c.kw = 1;
+    c.sh = 1;
+    c.sw = 1;
+    c.ph = c.ph / 2;
+    c.ph_end = static_cast<int>(y.h + c.kh - 1 - c.ph - u.h2);  // the pair rows past the last one
+    c.pw = 0;
+    c.pw_end = 0;
+    x.h = u.h2;
+    x.w = u.ow;
+    x.row = 2 * kTapRow * 4;
+  }
+
   // Weights in the kernel's layout, K-tile choices and the traffic of each step.
   void finish_steps() {
     for (const auto& [name, v] : flattened_) {
@@ -512,6 +556,7 @@ class Planner {
         ConvStep& c = st.conv;
         const Tensor& w = *weight_tensors_[ci++];
         const int64_t tile = is_packed(x.storage) ? kTileChannels / 2 : kTileChannels;
+        const bool unfolded = c.unfold_kh > 0;
         if (x.row % tile == 0) {
           c.load = ConvLoad::vec;
         } else if (x.row == 4 && c.kw <= kTapRow) {
@@ -519,18 +564,21 @@ class Planner {
         } else {
           c.load = ConvLoad::gather;
         }
-        // Bytes of one kernel row (kh): kTapRow taps of one word in `taps` mode.
-        const int64_t kh_bytes = c.load == ConvLoad::taps ? kTapRow * 4 : c.kw * x.row;
-        const int64_t tap_bytes = c.load == ConvLoad::taps ? 4 : x.row;
-        c.k_bytes = c.kh * kh_bytes;
+        // Bytes of one kernel row (kh): kTapRow taps of one word in `taps` mode and unfolded
+        // (where a pair of kernel rows fills one unfolded pixel: row a at byte 32 a).
+        const bool tap_rows = c.load == ConvLoad::taps || unfolded;
+        const int64_t kh_bytes = tap_rows ? kTapRow * 4 : c.kw * x.row;
+        const int64_t tap_bytes = tap_rows ? 4 : x.row;
+        const int64_t kh = unfolded ? c.unfold_kh : c.kh, kw = unfolded ? c.unfold_kw : c.kw;
+        c.k_bytes = unfolded ? c.kh * x.row : kh * kh_bytes;
         c.k_pad = round_up(c.k_bytes, tile);
         c.weights.assign(static_cast<size_t>(c.m_pad * c.k_pad), 0);
         const int64_t cin = w.dim(1);
         for (int64_t m = 0; m < c.m; ++m) {
           for (int64_t ch = 0; ch < cin; ++ch) {
-            for (int64_t a = 0; a < c.kh; ++a) {
-              for (int64_t b = 0; b < c.kw; ++b) {
-                const int v = static_cast<int>(w.get(((m * cin + ch) * c.kh + a) * c.kw + b));
+            for (int64_t a = 0; a < kh; ++a) {
+              for (int64_t b = 0; b < kw; ++b) {
+                const int v = static_cast<int>(w.get(((m * cin + ch) * kh + a) * kw + b));
                 const int64_t tap = a * kh_bytes + b * tap_bytes;
                 int8_t* dst = c.weights.data() + m * c.k_pad + tap;
                 if (is_packed(x.storage)) {
@@ -542,11 +590,13 @@ class Planner {
             }
           }
         }
-        plan_.weight_bytes += c.m * c.kh * c.kw * x.row;
+        plan_.weight_bytes += c.m * kh * kw * (unfolded ? 4 : x.row);
         st.bytes_per_image = x.image_bytes() + y.image_bytes();
         if (c.res >= 0) st.bytes_per_image += plan_.values[static_cast<size_t>(c.res)].image_bytes();
       } else if (st.kind == StepKind::input) {
-        st.bytes_per_image = x.c * x.h * x.w * static_cast<int64_t>(dtype_storage_bytes(st.input.host_dtype, 1)) + y.image_bytes();
+        st.bytes_per_image = plan_.input_c * plan_.input_h * plan_.input_w *
+                                 static_cast<int64_t>(dtype_storage_bytes(st.input.host_dtype, 1)) +
+                             y.image_bytes();
       } else {
         st.bytes_per_image = x.image_bytes() + y.image_bytes();
       }
@@ -598,6 +648,7 @@ class Planner {
   }
 
   const Graph& g_;
+  const PlanOptions options_;
   Plan plan_;
   std::map<std::string, int> names_;
   std::vector<std::vector<Use>> uses_;
@@ -611,7 +662,33 @@ class Planner {
 
 }  // namespace
 
-Plan make_plan(const Graph& graph, StorageMode mode) { return Planner(graph, mode).run(); }
+Plan make_plan(const Graph& graph, StorageMode mode, const PlanOptions& options) {
+  return Planner(graph, mode, options).run();
+}
+
+std::vector<uint8_t> unfold_input(const Tensor& x, const InputUnfold& u) {
+  const int64_t n = x.dim(0), c = x.dim(1), h = x.dim(2), w = x.dim(3);
+  const int64_t row = 2 * kTapRow * 4;
+  std::vector<uint8_t> out(static_cast<size_t>(n * u.h2 * u.ow * row), 0);
+  for (int64_t b = 0; b < n; ++b) {
+    for (int64_t y2 = 0; y2 < u.h2; ++y2) {
+      for (int64_t ox = 0; ox < u.ow; ++ox) {
+        uint8_t* dst = out.data() + ((b * u.h2 + y2) * u.ow + ox) * row;
+        for (int half = 0; half < 2; ++half) {
+          const int64_t y = 2 * y2 + u.row_offset + half;
+          for (int tap = 0; tap < kTapRow; ++tap) {
+            const int64_t xx = ox * u.stride_w - u.pad_w + tap;
+            if (y < 0 || y >= h || xx < 0 || xx >= w) continue;
+            for (int64_t ch = 0; ch < c && ch < 4; ++ch) {
+              dst[32 * half + 4 * tap + ch] = static_cast<uint8_t>(static_cast<int64_t>(x.get(((b * c + ch) * h + y) * w + xx)));
+            }
+          }
+        }
+      }
+    }
+  }
+  return out;
+}
 
 std::vector<int8_t> wgmma_weights(const ConvStep& c, const Value& x) {
   if (!is_packed(x.storage) || c.load != ConvLoad::vec || x.row % 32 != 0) return {};

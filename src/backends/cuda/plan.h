@@ -60,6 +60,10 @@ constexpr int kTapRow = 8;
 
 struct ConvStep {
   int kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1;
+  int ph_end = 0, pw_end = 0;  // padding after the last row and column (ONNX pads[2], pads[3])
+  // The stem convolution reading an unfolded input (InputStep::unfold): its original kernel size,
+  // 0 otherwise. kh, kw, strides and pads above then describe the convolution over the unfolded rows.
+  int unfold_kh = 0, unfold_kw = 0;
   int64_t m = 0;               // output channels
   int64_t k_bytes = 0;         // kh x kw x input row bytes
   int64_t k_pad = 0;           // k_bytes rounded up to a whole K tile
@@ -86,11 +90,27 @@ struct PoolStep {
   int kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0;
 };
 
+// The unfolded stem input. A convolution of stride 2 (rows) over an input of at most 4 channels
+// (one word per pixel), kernel width up to kTapRow, reads its input through TMA-fed wgmma only in
+// rows of 64 bytes: the input step then writes, for every pair of input rows and every output
+// column, the kTapRow taps of both rows that the output column reads (2 x 8 taps x 4 bytes).
+// Pixel (n, y2, ox) of 64 bytes holds at byte 32 half + 4 b + ch the value x[n][ch][y][x] with
+//   y = 2 y2 - (pad_h % 2) + half,  x = ox x stride_w - pad_w + b   (zero outside the image),
+// and the stem becomes a convolution of ceil(kh / 2) x 1 taps, stride 1, over H2 x OW pixels.
+// Its weights are the `taps` layout of the original kernel (kernel row a at byte 32 a).
+struct InputUnfold {
+  bool on = false;
+  int row_offset = 0;    // -(pad_h % 2)
+  int stride_w = 1, pad_w = 0;
+  int64_t h2 = 0, ow = 0;  // unfolded rows and columns
+};
+
 struct InputStep {
   DType host_dtype = DType::s8;  // what the caller passes (NCHW)
   bool quantize = false;         // nibble:QuantizeFloat folded in: f32 -> integer
   std::vector<float> scale;      // 1 or C values
   int64_t lo = 0, hi = 0;
+  InputUnfold unfold;
 };
 
 struct Step {
@@ -123,10 +143,19 @@ struct Plan {
   int64_t macs_per_image = 0;
 };
 
+// Planning choices (for measurements; the defaults are the fastest measured).
+struct PlanOptions {
+  bool unfold_stem = true;  // InputUnfold where it applies
+};
+
 // Plans `graph` (a fused integer graph: nibble:IntConvFused, nibble:Requantize feeding residuals,
 // MaxPool, nibble:IntAvgPool, Flatten, nibble:IntLinear, nibble:Scale, an input nibble:QuantizeFloat).
 // Throws nibble::Error naming the model and node for anything the CUDA backend cannot run.
-Plan make_plan(const Graph& graph, StorageMode mode);
+Plan make_plan(const Graph& graph, StorageMode mode, const PlanOptions& options = {});
+
+// The unfolded stem input of `x` (N x C x H x W, u8 or s8, C <= 4) as the input step writes it
+// (InputUnfold), for tests and host-side checks: N x h2 x ow pixels of 64 bytes.
+std::vector<uint8_t> unfold_input(const Tensor& x, const InputUnfold& u);
 
 // The `sat` thresholds of requantizing with `factor` and `shift` into [lo, hi] (ConvStep::sat);
 // empty when some map's product would not fit 32 bits.

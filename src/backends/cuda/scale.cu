@@ -7,6 +7,7 @@ namespace nibble::cuda {
 namespace {
 
 __global__ void scale_kernel(const int32_t* x, float* y, const float* scale, int64_t total, int64_t k) {
+  grid_dependency_sync();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i < total) y[i] = __fdiv_rn(static_cast<float>(x[i]), scale[i % k]);
 }
@@ -16,8 +17,8 @@ __global__ void scale_kernel(const int32_t* x, float* y, const float* scale, int
 void launch_scale(const int32_t* x, float* y, const float* scale, int64_t batch, int64_t k, cudaStream_t stream) {
   const int64_t total = batch * k;
   const int threads = 256;
-  scale_kernel<<<static_cast<unsigned>((total + threads - 1) / threads), threads, 0, stream>>>(x, y, scale, total, k);
-  NIBBLE_CUDA_LAUNCHED();
+  launch_kernel(scale_kernel, dim3(static_cast<unsigned>((total + threads - 1) / threads)), dim3(threads), 0, stream, x, y,
+                scale, total, k);
 }
 
 }  // namespace nibble::cuda
