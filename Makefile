@@ -4,7 +4,7 @@ PYTHON ?= /usr/bin/python3
 CMAKE_FLAGS ?=
 JOBS ?= $(shell nproc)
 MODEL ?= models/fmnist_resnet.onnx
-SEED_MODEL ?= ../shared/models/mlperf-v0.5-int4-resnet50/model
+SEED_MODEL ?= models/mlperf-v0.5-int4-resnet50/model
 
 .PHONY: all setup build demo test test-cpp test-python test-sanitize fuzz-build test-fuzz clean
 

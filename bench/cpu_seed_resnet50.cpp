@@ -84,7 +84,7 @@ std::map<std::string, double> profile(const nibble::Graph& g, const nibble::Tens
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string seed_dir = std::string(NIBBLE_SOURCE_DIR) + "/../shared/models/mlperf-v0.5-int4-resnet50";
+  std::string seed_dir = std::string(NIBBLE_SOURCE_DIR) + "/models/mlperf-v0.5-int4-resnet50";
   std::vector<int64_t> batches;
   int iters = 10, ref_iters = 1;
   bool with_ref = true, with_profile = false, per_node = false;

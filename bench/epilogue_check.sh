@@ -10,9 +10,9 @@ set -uo pipefail
 C=$(cd "$1" && pwd) OUT=$2
 mkdir -p "$OUT"
 for f in "$C"/bin/*.gz "$C"/lib/*.gz; do [ -e "$f" ] && gunzip -f "$f"; done  # pack_device.sh compresses them
-export LD_LIBRARY_PATH="$C/lib:${LD_LIBRARY_PATH:-}" NIBBLE_SOURCE_DIR="$(pwd)" NIBBLE_SEED_DIR="$C/seed"
+export LD_LIBRARY_PATH="$C/lib:${LD_LIBRARY_PATH:-}" NIBBLE_SOURCE_DIR="$(pwd)" NIBBLE_SEED_DIR="$(pwd)/models/mlperf-v0.5-int4-resnet50"
 N="$C/bin/nibble"
-M="$C/seed/model"
+M="$NIBBLE_SEED_DIR/model"
 timeout 300 "$C/bin/nibble_tests" --gtest_filter='Cuda*' > "$OUT/gtest_default.txt" 2>&1
 echo "gtest exit $?" >> "$OUT/gtest_default.txt"
 for v in NIBBLE_WGMMA_EPILOGUE=prefetch NIBBLE_WGMMA_EPILOGUE=staged NIBBLE_WGMMA_CTAS=1; do

@@ -3,7 +3,7 @@
 # seed model's benchmark for both convolution kernel families (mma, auto) and both storages,
 # with a per-layer profile. Logs and JSON go to OUT_DIR; a summary table is printed last.
 #   bench/hopper_check.sh CARRY_DIR OUT_DIR [BATCHES] [TESTS]
-# CARRY_DIR is what bench/pack_device.sh made (bin/, lib/, seed/); run it from the repository
+# CARRY_DIR is what bench/pack_device.sh made (bin/, lib/); run it from the repository
 # root (the tests read models/ from there). TESTS: a gtest filter, or "none".
 # Environment: FAMILIES (default "mma auto"): the kernel families benchmarked; AB (e.g.
 # "NIBBLE_CUDA_UNFOLD_STEM=0 NIBBLE_CUDA_PDL=0"): also benchmark auto INT8 (Offline and
@@ -15,7 +15,7 @@ C=$(cd "$1" && pwd) OUT=$2 BATCHES=${3:-256,1024} TESTS=${4:-Cuda*}
 FAMILIES=${FAMILIES:-mma auto} AB=${AB:-} NCU_SKIPS=${NCU_SKIPS:-} SASS=${SASS:-0}
 mkdir -p "$OUT"
 for f in "$C"/bin/*.gz "$C"/lib/*.gz; do [ -e "$f" ] && gunzip -f "$f"; done  # pack_device.sh compresses them
-export LD_LIBRARY_PATH="$C/lib:${LD_LIBRARY_PATH:-}" NIBBLE_SOURCE_DIR="$(pwd)" NIBBLE_SEED_DIR="$C/seed"
+export LD_LIBRARY_PATH="$C/lib:${LD_LIBRARY_PATH:-}" NIBBLE_SOURCE_DIR="$(pwd)" NIBBLE_SEED_DIR="$(pwd)/models/mlperf-v0.5-int4-resnet50"
 N="$C/bin/nibble"
 {
   date -u
@@ -32,26 +32,26 @@ for kernels in $FAMILIES; do
   for storage in int8 native; do
     flag=""; [ "$storage" = int8 ] && flag="--int8-storage"
     prof=""; [ "$kernels" = auto ] && prof="--profile"
-    timeout 120 "$N" bench "$C/seed/model" --device cuda --batch "$BATCHES" $flag --kernels $kernels --duration 1 $prof \
+    timeout 120 "$N" bench "$NIBBLE_SEED_DIR/model" --device cuda --batch "$BATCHES" $flag --kernels $kernels --duration 1 $prof \
       --json "$OUT/bench_${kernels}_$storage.json" > "$OUT/bench_${kernels}_$storage.txt" 2>&1
     echo "bench $kernels $storage exit $?" >> "$OUT/bench_${kernels}_$storage.txt"
   done
-  timeout 60 "$N" bench "$C/seed/model" --device cuda --scenario singlestream --kernels $kernels --duration 1 \
+  timeout 60 "$N" bench "$NIBBLE_SEED_DIR/model" --device cuda --scenario singlestream --kernels $kernels --duration 1 \
     --profile --json "$OUT/single_$kernels.json" > "$OUT/single_$kernels.txt" 2>&1
 done
 for ab in $AB; do
   tag=$(echo "$ab" | tr -c 'A-Za-z0-9\n' _)
-  env "$ab" timeout 120 "$N" bench "$C/seed/model" --device cuda --batch "$BATCHES" --int8-storage --kernels auto --duration 1 \
+  env "$ab" timeout 120 "$N" bench "$NIBBLE_SEED_DIR/model" --device cuda --batch "$BATCHES" --int8-storage --kernels auto --duration 1 \
     --json "$OUT/bench_ab_$tag.json" > "$OUT/bench_ab_$tag.txt" 2>&1
   echo "bench $ab exit $?" >> "$OUT/bench_ab_$tag.txt"
-  env "$ab" timeout 60 "$N" bench "$C/seed/model" --device cuda --scenario singlestream --kernels auto --duration 1 \
+  env "$ab" timeout 60 "$N" bench "$NIBBLE_SEED_DIR/model" --device cuda --scenario singlestream --kernels auto --duration 1 \
     --json "$OUT/single_ab_$tag.json" > "$OUT/single_ab_$tag.txt" 2>&1
 done
 for skip in $NCU_SKIPS; do
   timeout 150 ncu --clock-control none --kernel-name regex:conv_wgmma --launch-skip "$skip" --launch-count 1 \
     --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section LaunchStats \
     --section Occupancy --section MemoryWorkloadAnalysis --section InstructionStats --section SourceCounters \
-    "$N" bench "$C/seed/model" --device cuda --batch 256 --int8-storage --kernels auto --duration 0.1 --contexts 1 \
+    "$N" bench "$NIBBLE_SEED_DIR/model" --device cuda --batch 256 --int8-storage --kernels auto --duration 0.1 --contexts 1 \
     > "$OUT/ncu_wgmma_$skip.txt" 2>&1
   grep -E "conv_wgmma_kernel<|Duration|Compute \(SM\) Throughput|Memory Throughput|Issued Warp|Executed Instructions  " \
     "$OUT/ncu_wgmma_$skip.txt" | head -8

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Packs what a GPU machine needs to run bench/hopper_check.sh into one folder (git-ignored
 # .device/ by default): the CUDA build's nibble and nibble_tests (stripped) and the shared
-# libraries they load that a CUDA image may lack, all gzipped, and the seed model.
-#   bench/pack_device.sh [BUILD_DIR] [SEED_DIR] [DEST]
+# libraries they load that a CUDA image may lack, all gzipped. The seed model travels with the
+# repository (models/mlperf-v0.5-int4-resnet50).
+#   bench/pack_device.sh [BUILD_DIR] [DEST]
 set -euo pipefail
 BUILD=${1:-build}
-SEED=${2:-../shared/models/mlperf-v0.5-int4-resnet50}
-DEST=${3:-.device}
+DEST=${2:-.device}
 rm -rf "$DEST"
-mkdir -p "$DEST/bin" "$DEST/lib" "$DEST/seed"
+mkdir -p "$DEST/bin" "$DEST/lib"
 strip -o "$DEST/bin/nibble" "$BUILD/nibble"
 strip -o "$DEST/bin/nibble_tests" "$BUILD/tests/cpp/nibble_tests"
 for bin in "$DEST/bin/nibble" "$DEST/bin/nibble_tests"; do
@@ -16,7 +16,6 @@ for bin in "$DEST/bin/nibble" "$DEST/bin/nibble_tests"; do
     cp -L "$lib" "$DEST/lib/"
   done
 done
-cp -r "$SEED/model" "$SEED/golden" "$DEST/seed/"
 # The scripts that run them unpack them (the working tree that travels is limited to 64 MiB).
 gzip -9 "$DEST/bin/nibble" "$DEST/bin/nibble_tests" "$DEST"/lib/*
 du -sh "$DEST"

@@ -10,7 +10,7 @@ mkdir -p "$OUT"
 for f in "$C"/bin/*.gz "$C"/lib/*.gz; do [ -e "$f" ] && gunzip -f "$f"; done  # pack_device.sh compresses them
 export LD_LIBRARY_PATH="$C/lib:${LD_LIBRARY_PATH:-}"
 N="$C/bin/nibble"
-M="$C/seed/model"
+M="$NIBBLE_SEED_DIR/model"
 run_profile() {  # NAME KERNELS [ENV=VALUE]
   env ${3:-} timeout 120 "$N" bench "$M" --device cuda --batch 256 --int8-storage --duration 0.5 \
     --kernels "$2" --profile --profile-runs 10 > "$OUT/profile_$1.txt" 2>&1

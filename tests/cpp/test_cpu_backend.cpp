@@ -611,7 +611,7 @@ TEST(CpuBackend, MaxPoolMatchesReference) {
 }
 
 const std::string kSeedModelDir =
-    testing_util::source_dir() + "/../shared/models/mlperf-v0.5-int4-resnet50";
+    testing_util::source_dir() + "/models/mlperf-v0.5-int4-resnet50";
 
 TEST(CpuBackend, SeedResNet50LogitsMatchReference) {
   SKIP_WITHOUT_CPU_KERNELS();

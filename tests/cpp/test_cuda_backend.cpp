@@ -31,7 +31,7 @@ using testing_util::error_of;
 
 std::string seed_dir() {
   const char* env = std::getenv("NIBBLE_SEED_DIR");
-  return env ? env : testing_util::source_dir() + "/../shared/models/mlperf-v0.5-int4-resnet50";
+  return env ? env : testing_util::source_dir() + "/models/mlperf-v0.5-int4-resnet50";
 }
 
 #define REQUIRE_CUDA()                                                              \

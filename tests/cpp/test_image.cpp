@@ -26,7 +26,7 @@ namespace fs = std::filesystem;
 // Debian's python3-skimage sample photographs (data/README.md); tests that need them skip without.
 const std::string kSkimageData = testing_util::source_dir() + "/data/images/";
 const std::string kGolden =
-    testing_util::source_dir() + "/../shared/models/mlperf-v0.5-int4-resnet50/golden/";
+    testing_util::source_dir() + "/models/mlperf-v0.5-int4-resnet50/golden/";
 
 
 using testing_util::error_of;

@@ -22,7 +22,7 @@ using testing_util::error_of;
 
 namespace fs = std::filesystem;
 
-const std::string kSeedModel = testing_util::source_dir() + "/../shared/models/mlperf-v0.5-int4-resnet50/model";
+const std::string kSeedModel = testing_util::source_dir() + "/models/mlperf-v0.5-int4-resnet50/model";
 
 std::string slurp(const fs::path& p) {
   std::ifstream f(p, std::ios::binary);

@@ -15,7 +15,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-const std::string kSeedDir = testing_util::source_dir() + "/../shared/models/mlperf-v0.5-int4-resnet50";
+const std::string kSeedDir = testing_util::source_dir() + "/models/mlperf-v0.5-int4-resnet50";
 
 class SeedModel : public ::testing::Test {
  protected:

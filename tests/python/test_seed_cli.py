@@ -8,7 +8,7 @@ import pytest
 from test_cli_errors import assert_one_line_error
 
 REPO = Path(__file__).resolve().parents[2]
-SEED = REPO.parent / "shared" / "models" / "mlperf-v0.5-int4-resnet50"
+SEED = REPO / "models" / "mlperf-v0.5-int4-resnet50"
 IMAGES = REPO / "data" / "images"
 
 pytestmark = pytest.mark.skipif(not (SEED / "model" / "model").exists(), reason="seed model not found")
