@@ -7,6 +7,7 @@ import sys
 from . import calib as calib_io
 from . import data as data_io
 from . import graph, onnx_io, train
+from . import sparsity as sparsity_io
 
 EPILOG = """\
 The output directory gets model.onnx (the fine-tuned FP32 model: same graph, trained weights,
@@ -18,6 +19,17 @@ ranges), which go straight into nibble:
 Use the same --precision (and --all-layers / --layer-precision) there, and no --gptq: the
 fake-quantized model rounds weights to the nearest level, as plain `nibble quantize` does.
 A checkpoint (checkpoint.pt) is written after every epoch; --resume continues from it.
+
+2:4 sparsity (NVIDIA's workflow for sparse INT8): prune, fine-tune the sparse model in FP32,
+then quantize it after training (PTQ) or fine-tune it with quantization (QAT); --sparsity 2:4
+keeps the pruned zeros through every step, and quantize records the pattern:
+
+  nibble prune model.onnx --pattern 2:4 -o pruned.onnx
+  python3 -m nibble_qat finetune pruned.onnx --precision float --sparsity 2:4 -o fp32/
+  nibble calibrate fp32/model.onnx --method percentile:99.999 --precision int8 -o fp32.calib
+  nibble quantize fp32/model.onnx --calib fp32.calib --precision int8 -o ptq.nbl             # PTQ
+  python3 -m nibble_qat finetune fp32/model.onnx --calib fp32.calib --precision int8 --sparsity 2:4 -o qat/
+  nibble quantize qat/model.onnx --calib qat/model.calib --precision int8 -o qat.nbl           # QAT
 """
 
 
@@ -41,9 +53,15 @@ def main(argv=None):
                                    "calibration table.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     f.add_argument("model", help="FP32 ONNX model (the one the table was calibrated on)")
-    f.add_argument("--calib", required=True,
-                   help="calibration table from `nibble calibrate` (the seed's recipe: --method percentile:99.999)")
-    f.add_argument("--precision", default="int4", choices=graph.PRECISIONS, help="integer precision (default int4)")
+    f.add_argument("--calib",
+                   help="calibration table from `nibble calibrate` (the seed's recipe: --method percentile:99.999); "
+                        "not needed with --precision float")
+    f.add_argument("--precision", default="int4", choices=graph.PRECISIONS + ("float",),
+                   help="integer precision (default int4), or float: fine-tune the FP32 model itself (with "
+                        "--sparsity, the sparse FP32 step), writing no calibration table")
+    f.add_argument("--sparsity", choices=sparsity_io.PATTERNS,
+                   help="keep the zeros of the layers that are 2:4 sparse along their input channels (a model "
+                        "pruned by `nibble prune --pattern 2:4`) through every step")
     f.add_argument("--all-layers", action="store_true",
                    help="quantize the first and last layers at --precision too (default: 8 bits, as nibble quantize)")
     f.add_argument("--layer-precision", type=_layer_precision, default={},
@@ -106,7 +124,12 @@ def _finetune(args):
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     model_file = onnx_io.load(args.model)
-    table = calib_io.read(args.calib)
+    if args.calib:
+        table = calib_io.read(args.calib)
+    elif args.precision == "float":
+        table = calib_io.CalibTable("(no table)")
+    else:
+        raise ValueError(f"--calib is required for --precision {args.precision} (only float fine-tunes without one)")
     qat = graph.QatModel(model_file, table, args.precision, first_last_8bit=not args.all_layers,
                          layer_precision=args.layer_precision, learn_ranges=args.learn_ranges)
     layers = qat.quantized_layers()
@@ -114,26 +137,34 @@ def _finetune(args):
     for _, _, p in layers:
         counts[p] = counts.get(p, 0) + 1
     print(f"model: {args.model} ({len(layers)} conv/linear layers: "
-          f"{', '.join(f'{n} {p}' for p, n in sorted(counts.items()))}); table: {args.calib}")
+          f"{', '.join(f'{n} {p}' for p, n in sorted(counts.items()))}); table: {args.calib or 'none'}")
+    ranges = ("none (float)" if args.precision == "float" else
+              "learned (LSQ)" if args.learn_ranges else "fixed at the calibrated values")
     print(f"training: {args.epochs} epochs, batch {args.batch_size}, lr {args.lr} (cosine), device {args.device}, "
-          f"ranges {'learned (LSQ)' if args.learn_ranges else 'fixed at the calibrated values'}")
-    settings = {"model": os.path.abspath(args.model), "calib": os.path.abspath(args.calib),
+          f"ranges {ranges}")
+    settings = {"model": os.path.abspath(args.model), "calib": os.path.abspath(args.calib) if args.calib else None,
                 "precision": args.precision, "all_layers": args.all_layers, "layer_precision": args.layer_precision,
                 "learn_ranges": args.learn_ranges, "range_lr": args.range_lr, "epochs": args.epochs,
                 "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
                 "limit_train": args.limit_train, "max_steps": args.max_steps, "seed": args.seed,
                 "distill": args.distill}
+    if args.sparsity:
+        settings["sparsity"] = args.sparsity
     teacher = graph.QatModel(model_file, table, "float") if args.distill > 0 else None
     train.finetune(qat, args.output, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                    weight_decay=args.weight_decay, range_lr=args.range_lr, data_dir=args.data_dir,
                    device=args.device, seed=args.seed, limit_train=args.limit_train, limit_test=args.limit_test,
                    max_steps=args.max_steps, resume=args.resume, settings=settings,
                    teacher=teacher, distill=args.distill, step_mode=args.step_mode,
-                   teacher_graph=not args.eager_teacher)
+                   teacher_graph=not args.eager_teacher, sparsity=args.sparsity)
     flags = "" if not args.all_layers else " --all-layers"
     if args.layer_precision:
         flags += " --layer-precision " + ",".join(f"{k}:{v}" for k, v in args.layer_precision.items())
     out = args.output.rstrip("/")
+    if args.precision == "float":
+        print(f"wrote {out}/{train.MODEL}; next, calibrate it and quantize it, or fine-tune it with quantization:\n"
+              f"  nibble calibrate {out}/{train.MODEL} --method percentile:99.999 -o {out}/model.calib")
+        return 0
     print(f"wrote {out}/{train.MODEL} and {out}/{train.TABLE}; next:\n"
           f"  nibble quantize {out}/{train.MODEL} --calib {out}/{train.TABLE} --precision {args.precision}{flags} "
           f"-o {out}/model.nbl")

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from . import arith
 from . import calib as calib_io
 from . import data as data_io
+from . import sparsity as sparsity_io
 
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.onnx"
@@ -192,9 +193,12 @@ def evaluate(model, images, labels, device, batch=500, exact=False, progress=Non
 
 
 def write_outputs(model, out_dir, note):
-    """The trained FP32 ONNX model and the calibration table with the learned ranges."""
+    """The trained FP32 ONNX model and the calibration table with the learned ranges (none for
+    precision float: its activations changed, so the model is calibrated again)."""
     data = model.onnx.save(None, model.onnx_initializers())
     _atomic_bytes(data, os.path.join(out_dir, MODEL))
+    if model.precision == "float":
+        return
     table = calib_io.with_ranges(model.calib, model.learned_ranges(), note)
     calib_io.write(table, os.path.join(out_dir, TABLE))
 
@@ -202,14 +206,15 @@ def write_outputs(model, out_dir, note):
 def finetune(model, out_dir, epochs=15, batch_size=128, lr=0.005, weight_decay=5e-4, range_lr=None,
              data_dir=data_io.DEFAULT_DIR, device="cpu", seed=0, limit_train=0, limit_test=0, max_steps=0,
              resume=False, log=print, settings=None, teacher=None, distill=0.0, step_mode="auto",
-             teacher_graph=True):
+             teacher_graph=True, sparsity=None):
     """Fine-tunes `model` (a QatModel) and writes OUT/{model.onnx, model.calib, checkpoint.pt,
     finetune.json}. Returns the history (one dict per epoch). `settings` (a dict) is stored in
     the checkpoint; a resumed run must have the same. With a `teacher` (a module giving logits, such as
     the FP32 model) and `distill` in (0, 1], the loss is (1 - distill) * cross-entropy + distill *
     KL(teacher || model), at temperature 1. `step_mode` is one of STEP_MODES (step_function;
     docs/qat.md, "Training speed"); in step mode graphed the teacher's forward pass is a CUDA graph
-    too unless `teacher_graph` is False (teacher_function)."""
+    too unless `teacher_graph` is False (teacher_function). `sparsity` ("2:4") keeps the zeros of
+    the model's 2:4-sparse layers (a model pruned by `nibble prune`) through every step."""
     if not 0.0 <= distill <= 1.0:
         raise ValueError(f"--distill must be between 0 and 1, got {distill}")
     if distill > 0 and teacher is None:
@@ -222,6 +227,13 @@ def finetune(model, out_dir, epochs=15, batch_size=128, lr=0.005, weight_decay=5
                               f"choose another output directory")
     dev = training_device(device)
     model.to(dev)
+    masker = None
+    if sparsity:
+        mask = sparsity_io.masks(model, sparsity)
+        masker = sparsity_io.Masker(model, mask).to(dev)
+        kept = sum(int(m.sum()) for m in mask.values())
+        log(f"sparsity {sparsity}: {len(mask)} layers keep their zeros ({kept} of "
+            f"{sum(m.numel() for m in mask.values())} weights non-zero)")
     if distill > 0:
         teacher.to(dev).eval().requires_grad_(False)
     train_x, train_y = data_io.load_split(data_dir, "train")
@@ -268,7 +280,8 @@ def finetune(model, out_dir, epochs=15, batch_size=128, lr=0.005, weight_decay=5
         p = Progress("eval (before fine-tuning)", len(test_x))
         correct, _ = evaluate(model, test_x, test_y, dev, progress=p)
         p.close()
-        log(f"epoch  0/{epochs}  test top-1 {100 * correct / len(test_x):.2f}% (the calibrated ranges, no training)")
+        note = "no training" if model.precision == "float" else "the calibrated ranges, no training"
+        log(f"epoch  0/{epochs}  test top-1 {100 * correct / len(test_x):.2f}% ({note})")
         history.append({"epoch": 0, "test_top1": correct / len(test_x), "steps": 0})
 
     run, teacher_run = model, teacher
@@ -304,7 +317,11 @@ def finetune(model, out_dir, epochs=15, batch_size=128, lr=0.005, weight_decay=5
                 g["lr"] = g["initial_lr"] * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
             opt.zero_grad(set_to_none=True)
             logits, loss = forward_backward(run, teacher_run, distill, x, y)
+            if masker:
+                masker.gradients()
             opt.step()
+            if masker:
+                masker.weights()
             model.clamp_thresholds()
             step += 1
             loss_sum += loss.detach().double() * len(y)

@@ -355,6 +355,8 @@ def test_cli_errors_are_one_line_and_exit_2(work, small_calib):
         (["finetune", SMALL, "--calib", small_calib, "--resume", "-o", taken], "not a readable checkpoint"),
         (["finetune", SMALL, "--calib", small_calib, "--distill", 1.5, "-o", work / "o9"], "--distill"),
         (["finetune", SMALL, "--calib", small_calib, "--step-mode", "graphed", "-o", work / "o10"], "CUDA"),
+        (["finetune", SMALL, "--precision", "int8", "-o", work / "o11"], "--calib"),
+        (["finetune", SMALL, "--precision", "float", "--sparsity", "2:4", "-o", work / "o12"], "nibble prune"),
     ]
     for args, needle in cases:
         proc = qat_cli(*args, timeout=300)
@@ -503,3 +505,57 @@ def test_graphed_teacher_matches_eager_on_cuda(work, r18_calib):
     assert "step mode graphed: captured the training step as CUDA graphs" in proc.stdout
     losses = [json.loads((d / "finetune.json").read_text())["history"][-1]["train_loss"] for d in (out, eager_out)]
     assert abs(losses[0] - losses[1]) <= 1e-3 * abs(losses[1]), losses
+
+
+def _sparse_layers(path):
+    """{weight name: array} of the conv and Gemm weights of an ONNX file that are 2:4 sparse along
+    their input channels."""
+    import onnx
+    from onnx import numpy_helper
+    m = onnx.load(str(path))
+    weights = {n.input[1] for n in m.graph.node if n.op_type in ("Conv", "Gemm")}
+    out = {}
+    for t in m.graph.initializer:
+        if t.name not in weights:
+            continue
+        w = numpy_helper.to_array(t)
+        w3 = w.reshape(w.shape[0], w.shape[1], -1)
+        if w3.shape[1] % 4 == 0 and (np.count_nonzero(w3.reshape(w3.shape[0], -1, 4, w3.shape[2]), axis=2) <= 2).all():
+            out[t.name] = w
+    return out
+
+
+def test_sparse_finetuning_keeps_the_pruned_zeros(work, nb):
+    """The seed's 2:4 workflow: prune, fine-tune the sparse model in FP32 (--precision float), then
+    quantization-aware fine-tuning; every step keeps exactly the pruned zeros, and quantize
+    records the pattern."""
+    pruned = work / "pruned.onnx"
+    nb("prune", SMALL, "--pattern", "2:4", "-o", pruned)
+    before = _sparse_layers(pruned)
+    assert len(before) == 11  # every layer but the 1-channel stem
+    fp32 = work / "sparse_fp32"
+    proc = qat_cli("finetune", pruned, "--precision", "float", "--sparsity", "2:4", "--epochs", 1, "--max-steps", 8,
+                   "--limit-train", 1024, "--limit-test", 200, "--threads", 2, "-o", fp32)
+    assert proc.returncode == 0, proc.stderr
+    assert "11 layers keep their zeros" in proc.stdout
+    assert not (fp32 / "model.calib").exists()  # float: calibrate the fine-tuned model again
+    after = _sparse_layers(fp32 / "model.onnx")
+    assert sorted(after) == sorted(before)
+    for name, w in before.items():
+        np.testing.assert_array_equal(after[name] == 0, w == 0, err_msg=name)
+    assert any(not np.array_equal(after[n], before[n]) for n in before)  # it trained
+    table = work / "sparse.calib"
+    nb("calibrate", fp32 / "model.onnx", "--samples", 200, "--method", "percentile:99.999", "--precision", "int8",
+       "-o", table)
+    qat = work / "sparse_qat"
+    proc = qat_cli("finetune", fp32 / "model.onnx", "--calib", table, "--precision", "int8", "--sparsity", "2:4",
+                   "--epochs", 1, "--max-steps", 8, "--limit-train", 1024, "--limit-test", 200, "--threads", 2, "-o", qat)
+    assert proc.returncode == 0, proc.stderr
+    final = _sparse_layers(qat / "model.onnx")
+    for name, w in before.items():
+        np.testing.assert_array_equal(final[name] == 0, w == 0, err_msg=name)
+    nbl = work / "sparse_qat.nbl"
+    out = nb("quantize", qat / "model.onnx", "--calib", qat / "model.calib", "--precision", "int8", "-o", nbl)
+    assert "wrote" in out
+    layers = [p for p in nbl.iterdir() if p.is_file() and "sparsity=2:2 4" in p.read_text(errors="ignore")]
+    assert len(layers) == 11
