@@ -4,6 +4,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <exception>
+#include <string>
 
 #include "cli/commands.h"
 #include "nibble/error.h"
@@ -43,11 +44,30 @@ int main(int argc, char** argv) {
   nibble::cli::add_prune_command(app);
   nibble::cli::add_classify_command(app);
   nibble::cli::add_bench_command(app);
+  if (argc > 1 && argv[1][0] != '-') {
+    std::string names;
+    bool known = false;
+    for (const CLI::App* sub : app.get_subcommands({})) {
+      known = known || sub->get_name() == argv[1];
+      names += (names.empty() ? "" : ", ") + sub->get_name();
+    }
+    if (!known) {
+      fmt::print(stderr, "nibble: error: unknown command '{}' (commands: {})\n", argv[1], names);
+      return 2;
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    const int rc = app.exit(e);
-    return rc == 0 ? 0 : 2;
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help, --version
+    // A bad command line gets the same one-line error as everything else.
+    std::string command = "nibble";
+    for (const CLI::App* sub = &app; !sub->get_subcommands().empty();) {
+      sub = sub->get_subcommands().front();
+      command += " " + sub->get_name();
+    }
+    fmt::print(stderr, "nibble: error: {} (see '{} --help')\n", e.what(), command);
+    return 2;
   } catch (const nibble::Error& e) {
     fmt::print(stderr, "nibble: error: {}\n", e.what());
     return 2;

@@ -174,3 +174,13 @@ def test_output_never_half_written(run_nibble, small_cnn, tmp_path, x_npy):
     proc = run_nibble("run", model, "-i", x_npy, "-o", out)
     assert_one_line_error(proc, out, "cannot write")
     assert list(tmp_path.glob("**/*.tmp.*")) == []
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["quantize"], ["model is required", "nibble quantize --help"]),
+    (["bench", "--batch", "x", "m.onnx"], ["--batch", "nibble bench --help"]),
+    (["frob"], ["unknown command 'frob'", "quantize"]),
+    ([], ["subcommand is required", "nibble --help"]),
+])
+def test_command_line_mistakes_are_one_line_errors(run_nibble, args, fragments):
+    assert_one_line_error(run_nibble(*args), "", *fragments)
