@@ -157,6 +157,7 @@ nlohmann::json print_profile(CudaEngine& engine, int64_t batch, const BenchArgs&
 }
 
 void bench(const BenchArgs& args) {
+  if (!args.json.empty()) check_writable(args.json);
   const bool single = args.scenario == "singlestream";
   std::vector<int64_t> batches = args.batches;
   if (batches.empty()) batches = single ? std::vector<int64_t>{1} : (args.device == "cuda" ? std::vector<int64_t>{256} : std::vector<int64_t>{1, 16});

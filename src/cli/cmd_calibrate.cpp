@@ -5,6 +5,7 @@
 #include "cli/quant_common.h"
 #include "nibble/engine.h"
 #include "nibble/error.h"
+#include "nibble/file_util.h"
 #include "nibble/model_dir.h"
 
 namespace nibble::cli {
@@ -38,6 +39,7 @@ void calibrate(const CalibrateArgs& args) {
     }
   }
   if (args.output.empty() && !compare) fail("-o", "give the calibration table's path");
+  if (!args.output.empty()) check_writable(args.output);
   const InputData data = load_data(args.data, fp32, args.model);
   const std::vector<std::string> comments = {
       "nibble calibration table: one line per tensor, its range [lo, hi]",

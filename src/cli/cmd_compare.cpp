@@ -238,6 +238,7 @@ void sweep(const CompareArgs& args, const Graph& fp32, const quant::CalibTable& 
 }
 
 void compare(const CompareArgs& args) {
+  if (!args.write_layers.empty()) check_writable(args.write_layers);
   const Graph fp32 = load_fp32_onnx(args.fp32);
   ModelDir m = read_model_dir(args.quantized);
   const InputData data = load_data(args.data, fp32, args.fp32);

@@ -10,6 +10,7 @@
 #include "nibble/cuda_engine.h"
 #include "nibble/engine.h"
 #include "nibble/error.h"
+#include "nibble/file_util.h"
 #include "nibble/model_loader.h"
 #include "nibble/npy.h"
 
@@ -55,6 +56,7 @@ std::vector<int64_t> predict_cuda(const Graph& graph, const InputData& data, con
 }
 
 void eval(const EvalArgs& args) {
+  if (!args.predictions.empty()) check_writable(args.predictions);
   if (args.device != "cpu" && args.device != "cuda") fail("--device", "expected cpu or cuda, got '{}'", args.device);
   Graph graph = load_model(args.model);
   const InputData data = load_data(args.data, graph, args.model);

@@ -4,6 +4,7 @@
 #include "cli/commands.h"
 #include "nibble/engine.h"
 #include "nibble/error.h"
+#include "nibble/file_util.h"
 #include "nibble/npy.h"
 #include "nibble/model_loader.h"
 
@@ -18,6 +19,7 @@ struct RunArgs {
 };
 
 void run(const RunArgs& args) {
+  for (const std::string& o : args.outputs) check_writable(o);
   const Engine engine(load_model(args.model));
   const Graph& g = engine.graph();
   if (args.inputs.size() != g.inputs.size()) {

@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "nibble/error.h"
+#include "nibble/file_util.h"
 #include "nibble/model_loader.h"
 #include "quant/gptq.h"
 #include "quant/observer.h"
@@ -87,6 +88,7 @@ void require_new_path(const std::string& path) {
   if (std::filesystem::exists(std::filesystem::symlink_status(path, ec))) {
     fail(path, "already exists; refusing to overwrite it (choose another -o)");
   }
+  check_writable(path);
 }
 
 }  // namespace nibble::cli

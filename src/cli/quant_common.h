@@ -34,7 +34,7 @@ std::map<std::string, quant::Precision> parse_layer_precisions(const std::vector
 // Prints the per-layer table of a quantization.
 void print_layer_report(const quant::QuantizeResult& r);
 
-// Refuses an output path that exists (before any work is done).
+// Refuses an output path that exists or cannot be written (before any work is done).
 void require_new_path(const std::string& path);
 
 }  // namespace nibble::cli

@@ -517,6 +517,7 @@ void write_model_dir(const ModelDir& model, const std::string& path) {
   const fs::path tmp = target + ".tmp." + std::to_string(::getpid());
   // A leftover from an earlier process that had our pid and died mid-write.
   fs::remove_all(tmp, ec);
+  TempOutput guard(tmp.string());  // an interrupt removes it
   if (!fs::create_directory(tmp, ec) || ec) {
     fail(path, "cannot create the temporary directory {}: {}", tmp.string(), ec ? ec.message() : "it exists");
   }
@@ -527,6 +528,7 @@ void write_model_dir(const ModelDir& model, const std::string& path) {
       write_bytes(out, p.data, p.size);
     }
     fs::rename(tmp, target);
+    guard.release();
   } catch (const fs::filesystem_error& e) {
     fs::remove_all(tmp, ec);
     fail(path, "cannot write the model: {}", e.code().message());

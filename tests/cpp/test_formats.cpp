@@ -1,5 +1,8 @@
 // .npy and IDX readers and writers, including their error cases.
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <filesystem>
@@ -135,6 +138,52 @@ TEST(FashionMnist, RealTestSetLoads) {
   EXPECT_EQ(d.images.shape(), (Shape{100, 28, 28}));
   // The first test label of Fashion-MNIST is 9 (ankle boot).
   EXPECT_EQ(d.labels.data<uint8_t>()[0], 9);
+}
+
+
+// A temporary output alive when SIGTERM or SIGINT arrives is removed before the process ends
+// (files and directory trees); one released after its rename stays.
+TEST(TempOutput, InterruptsRemoveTemporaries) {
+  const fs::path root = fs::temp_directory_path() / ("nibble_temp_output_" + std::to_string(::getpid()));
+  fs::remove_all(root);
+  fs::create_directories(root);
+  for (int sig : {SIGTERM, SIGINT}) {
+    const fs::path dir = root / ("out.nbl.tmp." + std::to_string(sig));
+    const fs::path file = root / ("t.calib.tmp." + std::to_string(sig));
+    const fs::path kept = root / ("kept." + std::to_string(sig));
+    const pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+      TempOutput d(dir.string()), f(file.string()), k((kept.string() + ".tmp"));
+      fs::create_directories(dir / "npdata" / "deeper");
+      for (const fs::path& p : {dir / "model", dir / "npdata" / "w.bin", dir / "npdata" / "deeper" / "x", file}) {
+        std::ofstream(p) << "partial";
+      }
+      std::ofstream(kept.string() + ".tmp") << "done";
+      fs::rename(kept.string() + ".tmp", kept);
+      k.release();
+      ::raise(sig);
+      ::_exit(0);  // not reached
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(child, &status, 0), child);
+    EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == sig) << "status " << status;
+    EXPECT_FALSE(fs::exists(dir)) << dir;
+    EXPECT_FALSE(fs::exists(file)) << file;
+    EXPECT_TRUE(fs::exists(kept)) << kept;
+  }
+  fs::remove_all(root);
+}
+
+TEST(CheckWritable, NamesTheMissingOrReadOnlyDirectory) {
+  const fs::path root = fs::temp_directory_path() / ("nibble_check_writable_" + std::to_string(::getpid()));
+  fs::create_directories(root);
+  EXPECT_NO_THROW(check_writable((root / "out.npy").string()));
+  const std::string missing = (root / "no" / "out.npy").string();
+  const std::string e = testing_util::error_of([&] { check_writable(missing); });
+  EXPECT_EQ(e.rfind(missing + ": ", 0), 0u) << e;
+  EXPECT_NE(e.find("does not exist"), std::string::npos) << e;
+  fs::remove_all(root);
 }
 
 }  // namespace

@@ -184,3 +184,13 @@ def test_output_never_half_written(run_nibble, small_cnn, tmp_path, x_npy):
 ])
 def test_command_line_mistakes_are_one_line_errors(run_nibble, args, fragments):
     assert_one_line_error(run_nibble(*args), "", *fragments)
+
+
+def test_outputs_in_a_missing_directory_fail_before_the_work(run_nibble, small_cnn, tmp_path, x_npy):
+    model, _ = small_cnn
+    missing = tmp_path / "no" / "such"
+    for args, out in [(["run", model, "-i", x_npy, "-o", missing / "y.npy"], missing / "y.npy"),
+                      (["calibrate", model, "--data", x_npy, "-o", missing / "t.calib"], missing / "t.calib"),
+                      (["quantize", model, "--calib", tmp_path / "none.calib", "-o", missing / "q.nbl"], missing / "q.nbl"),
+                      (["bench", model, "--json", missing / "r.json"], missing / "r.json")]:
+        assert_one_line_error(run_nibble(*args), out, "does not exist")
