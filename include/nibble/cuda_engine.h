@@ -33,6 +33,7 @@ struct CudaBenchOptions {
   double seconds = 3.0;
   int min_queries = 10;
   double warmup_seconds = 0.5;
+  const Tensor* input = nullptr;  // the batch to replay (NCHW, `batch` images); random when null
 };
 
 struct CudaBenchResult {
@@ -72,8 +73,14 @@ class CudaEngine {
   // Inputs in graph order (NCHW, as the CPU engine takes them); outputs in graph order.
   std::vector<Tensor> run(const std::vector<Tensor>& inputs);
 
-  // Random inputs of `batch`, replayed for the requested time after a warm-up.
+  // Random (or the given) inputs of `batch`, replayed for the requested time after a warm-up.
   CudaBenchResult bench(const CudaBenchOptions& options);
+
+  // For callers that issue queries themselves (the Server scenario): prepare_inputs() puts
+  // `batch` images (random, or `input`) in every context's pinned buffer; infer(n) runs the first
+  // n of them on one context, copies in and out included, and waits.
+  void prepare_inputs(int64_t batch, const Tensor* input = nullptr);
+  void infer(int64_t batch);
 
   // Each step timed alone (device events around its kernel), median of `repetitions`.
   std::vector<CudaLayerProfile> profile(int64_t batch, int repetitions);

@@ -50,6 +50,11 @@ class Engine {
   size_t slot_count_ = 0;
 };
 
+// Threads of the CPU backend's kernels, the calling thread included (0: one per core, the
+// default). Takes effect for runs that start afterwards; call it while no run is in progress.
+void set_cpu_threads(int threads);
+int cpu_threads();
+
 // The op types in `graph` that the reference backend cannot run (empty when none).
 std::vector<std::string> unsupported_ops(const Graph& graph);
 

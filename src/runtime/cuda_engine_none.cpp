@@ -19,6 +19,8 @@ std::string CudaEngine::storage_summary() const { return {}; }
 std::string CudaEngine::conv_kernel_summary() const { return {}; }
 std::vector<Tensor> CudaEngine::run(const std::vector<Tensor>&) { fail("", "no CUDA backend"); }
 CudaBenchResult CudaEngine::bench(const CudaBenchOptions&) { fail("", "no CUDA backend"); }
+void CudaEngine::prepare_inputs(int64_t, const Tensor*) { fail("", "no CUDA backend"); }
+void CudaEngine::infer(int64_t) { fail("", "no CUDA backend"); }
 std::vector<CudaLayerProfile> CudaEngine::profile(int64_t, int) { fail("", "no CUDA backend"); }
 
 }  // namespace nibble

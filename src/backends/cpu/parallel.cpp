@@ -1,9 +1,12 @@
 // The CPU backend's thread pool: workers sleep on a condition variable between jobs.
 #include "backends/cpu/parallel.h"
 
+#include "nibble/engine.h"
+
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -94,9 +97,19 @@ class Pool {
   std::atomic<bool> busy_{false};
 };
 
-Pool& pool() {
-  static Pool p(std::max(1u, std::thread::hardware_concurrency()));
+int default_threads() { return static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
+
+std::mutex pool_mutex;
+std::unique_ptr<Pool>& pool_slot() {
+  static std::unique_ptr<Pool> p;
   return p;
+}
+
+Pool& pool() {
+  const std::lock_guard<std::mutex> lock(pool_mutex);
+  auto& p = pool_slot();
+  if (!p) p = std::make_unique<Pool>(default_threads());
+  return *p;
 }
 
 }  // namespace
@@ -105,4 +118,18 @@ int thread_count() { return pool().threads(); }
 
 void parallel_for(int64_t n, const std::function<void(int64_t)>& fn) { pool().run(n, fn); }
 
+void set_thread_count(int threads) {
+  const std::lock_guard<std::mutex> lock(pool_mutex);
+  auto& p = pool_slot();
+  const int n = threads > 0 ? threads : default_threads();
+  if (!p || p->threads() != n) p = std::make_unique<Pool>(n);
+}
+
 }  // namespace nibble::cpu
+
+namespace nibble {
+
+void set_cpu_threads(int threads) { cpu::set_thread_count(threads); }
+int cpu_threads() { return cpu::thread_count(); }
+
+}  // namespace nibble

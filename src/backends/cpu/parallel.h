@@ -14,4 +14,7 @@ int thread_count();
 // Engine::run, or a nested call from inside a task) the caller runs every task itself.
 void parallel_for(int64_t n, const std::function<void(int64_t)>& fn);
 
+// Replaces the pool with one of `threads` threads (0: one per core); only while no parallel_for runs.
+void set_thread_count(int threads);
+
 }  // namespace nibble::cpu

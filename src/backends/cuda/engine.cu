@@ -411,9 +411,28 @@ struct CudaEngine::Impl {
     }
   }
 
+  void prepare_inputs(int64_t batch, const Tensor* input) {
+    if (batch < 1 || batch > options.max_batch) fail(graph.source, "batch {} is outside 1..{}", batch, options.max_batch);
+    if (!input) return fill_random_inputs(batch);
+    if (input->dtype() != plan.input_dtype || input->rank() != 4 || input->dim(0) != batch ||
+        input->dim(1) != plan.input_c || input->dim(2) != plan.input_h || input->dim(3) != plan.input_w) {
+      fail(graph.source, "input '{}' must be {} [{}, {}, {}, {}], got {} {}", plan.input_name, dtype_name(plan.input_dtype),
+           batch, plan.input_c, plan.input_h, plan.input_w, dtype_name(input->dtype()), shape_str(input->shape()));
+    }
+    for (Context& c : contexts) std::memcpy(c.h_input, input->bytes(), static_cast<size_t>(batch * input_bytes_per_image));
+  }
+
+  void infer(int64_t batch) {
+    if (batch < 1 || batch > options.max_batch) fail(graph.source, "batch {} is outside 1..{}", batch, options.max_batch);
+    Context& c = contexts[0];
+    submit(c, batch);
+    NIBBLE_CUDA_CHECK(cudaStreamSynchronize(c.stream));
+    c.pending_batch = 0;
+  }
+
   CudaBenchResult bench(const CudaBenchOptions& o) {
     if (o.batch < 1 || o.batch > options.max_batch) fail(graph.source, "bench batch {} is outside 1..{}", o.batch, options.max_batch);
-    fill_random_inputs(o.batch);
+    prepare_inputs(o.batch, o.input);
     const size_t k = o.single_stream ? 1 : contexts.size();
     for (size_t i = 0; i < k; ++i) graph_for(contexts[i], o.batch);
     CudaBenchResult r;
@@ -519,6 +538,8 @@ std::string CudaEngine::conv_kernel_summary() const {
 }
 std::vector<Tensor> CudaEngine::run(const std::vector<Tensor>& inputs) { return impl_->run(inputs); }
 CudaBenchResult CudaEngine::bench(const CudaBenchOptions& options) { return impl_->bench(options); }
+void CudaEngine::prepare_inputs(int64_t batch, const Tensor* input) { impl_->prepare_inputs(batch, input); }
+void CudaEngine::infer(int64_t batch) { impl_->infer(batch); }
 std::vector<CudaLayerProfile> CudaEngine::profile(int64_t batch, int repetitions) {
   return impl_->profile(batch, repetitions);
 }
