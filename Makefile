@@ -39,10 +39,11 @@ test: build
 # The C++ tests (the fuzz corpus and its kept crash inputs among them) and the command-line
 # tests again under AddressSanitizer and UndefinedBehaviorSanitizer.
 test-sanitize: setup
-	cmake -S . -B $(BUILD_DIR)-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNIBBLE_SANITIZE=ON -DNIBBLE_CUDA=OFF
+	cmake -S . -B $(BUILD_DIR)-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNIBBLE_SANITIZE=ON -DNIBBLE_CUDA=OFF \
+	  -DNIBBLE_PYTHON=OFF
 	cmake --build $(BUILD_DIR)-asan -j $(JOBS)
 	cd $(BUILD_DIR)-asan && ctest --output-on-failure -j $(JOBS)
-	NIBBLE_BIN=$(abspath $(BUILD_DIR))-asan/nibble $(PYTHON) -m pytest -q tests/python
+	NIBBLE_BIN=$(abspath $(BUILD_DIR))-asan/nibble NIBBLE_PYTHON_PACKAGE=off $(PYTHON) -m pytest -q tests/python
 
 # The libFuzzer targets (clang), and a short run of each from the seed corpus
 # (FUZZ_SECONDS each; docs/reliability.md runs them longer).

@@ -7,7 +7,7 @@ packages=(
   build-essential g++ cmake ninja-build pkg-config clang libclang-rt-14-dev
   libonnx-dev libprotobuf-dev protobuf-compiler
   libcli11-dev nlohmann-json3-dev libfmt-dev libstb-dev zlib1g-dev libturbojpeg0-dev libpng-dev
-  libopenblas-dev liblapacke-dev
+  libopenblas-dev liblapacke-dev pybind11-dev python3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libonnx-testdata dataset-fashion-mnist
   python3 python3-torch python3-torchvision python3-onnx python3-numpy python3-pytest python3-matplotlib python3-pil
