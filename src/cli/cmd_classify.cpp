@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <numeric>
 
 #include "cli/commands.h"
@@ -16,10 +17,22 @@ namespace nibble::cli {
 
 namespace {
 
+// The ImageNet class names: installed beside the command (PREFIX/share/nibble), else in the
+// source tree it was built from.
+std::string default_class_names() {
+  std::error_code ec;
+  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    const std::filesystem::path installed = exe.parent_path().parent_path() / "share" / "nibble" / "imagenet_classes.txt";
+    if (std::filesystem::exists(installed, ec)) return installed.string();
+  }
+  return std::string(NIBBLE_SOURCE_DIR) + "/data/imagenet_classes.txt";
+}
+
 struct ClassifyArgs {
   std::string model;
   std::vector<std::string> images;
-  std::string classes = std::string(NIBBLE_SOURCE_DIR) + "/data/imagenet_classes.txt";
+  std::string classes = default_class_names();
   int top = 5;
   int64_t batch = 16;
 };
