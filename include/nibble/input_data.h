@@ -50,4 +50,8 @@ struct InputData {
 InputData load_input_data(const std::string& spec, const Shape& chw, const Preprocess& pre,
                           const std::string& data_dir = "", int64_t limit = 0);
 
+// Image files as model inputs (f32 N x C x H x W, C of 1 or 3), each decoded, resized and
+// cropped as the images of a directory are.
+Tensor load_image_files(const std::vector<std::string>& files, const Shape& chw, const Preprocess& pre);
+
 }  // namespace nibble

@@ -50,24 +50,31 @@ Shape input_chw(const Graph& graph, const std::string& model) {
   return chw;
 }
 
+bool nhwc_images(const Shape& chw) {
+  return chw.size() == 3 && (chw[2] == 1 || chw[2] == 3) && chw[0] != 1 && chw[0] != 3;
+}
+
+Tensor nchw_to_nhwc(const Tensor& x) {
+  const int64_t n = x.dim(0), c = x.dim(1), h = x.dim(2), w = x.dim(3), hw = h * w;
+  Tensor t(DType::f32, {n, h, w, c});
+  const float* src = x.data<float>();
+  float* dst = t.data<float>();
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t ch = 0; ch < c; ++ch) {
+      for (int64_t p = 0; p < hw; ++p) dst[(i * hw + p) * c + ch] = src[(i * c + ch) * hw + p];
+    }
+  }
+  return t;
+}
+
 InputData load_data(const DataArgs& args, const Graph& graph, const std::string& model) {
   const Shape chw = input_chw(graph, model);
-  // A model that declares N x H x W x C (C of 1 or 3, the first dimension not) takes decoded
-  // images in that layout; an .npy batch is taken as it is.
+  // A model that declares N x H x W x C takes decoded images in that layout; an .npy batch is
+  // taken as it is.
   const bool npy = args.data.size() > 4 && args.data.substr(args.data.size() - 4) == ".npy";
-  const bool nhwc = chw.size() == 3 && (chw[2] == 1 || chw[2] == 3) && chw[0] != 1 && chw[0] != 3;
-  if (nhwc && !npy) {
+  if (nhwc_images(chw) && !npy) {
     InputData d = load_input_data(args.data, {chw[2], chw[0], chw[1]}, args.pre, args.data_dir, args.limit);
-    const int64_t n = d.size(), c = chw[2], hw = chw[0] * chw[1];
-    Tensor t(DType::f32, {n, chw[0], chw[1], c});
-    const float* src = d.inputs.data<float>();
-    float* dst = t.data<float>();
-    for (int64_t i = 0; i < n; ++i) {
-      for (int64_t ch = 0; ch < c; ++ch) {
-        for (int64_t p = 0; p < hw; ++p) dst[(i * hw + p) * c + ch] = src[(i * c + ch) * hw + p];
-      }
-    }
-    d.inputs = std::move(t);
+    d.inputs = nchw_to_nhwc(d.inputs);
     return d;
   }
   InputData d = load_input_data(args.data, chw, args.pre, args.data_dir, args.limit);

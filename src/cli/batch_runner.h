@@ -35,6 +35,12 @@ Shape input_chw(const Graph& graph, const std::string& model);
 
 InputData load_data(const DataArgs& args, const Graph& graph, const std::string& model);
 
+// Whether a model input of `chw` (without the batch) takes images as H x W x C: C of 1 or 3, the
+// first dimension not.
+bool nhwc_images(const Shape& chw);
+// f32 N x C x H x W to N x H x W x C.
+Tensor nchw_to_nhwc(const Tensor& x);
+
 // Calls fn(begin, end) for each batch of [0, n) on up to `threads` workers (0: one per core),
 // with a progress bar. The first exception stops the loop and is rethrown.
 void for_each_batch(const std::string& label, int64_t n, int64_t batch, int threads,

@@ -7,10 +7,12 @@
 #include <filesystem>
 #include <numeric>
 
+#include "cli/batch_runner.h"
 #include "cli/commands.h"
 #include "nibble/engine.h"
 #include "nibble/error.h"
 #include "nibble/image.h"
+#include "nibble/input_data.h"
 #include "nibble/model_loader.h"
 
 namespace nibble::cli {
@@ -32,37 +34,80 @@ std::string default_class_names() {
 struct ClassifyArgs {
   std::string model;
   std::vector<std::string> images;
-  std::string classes = default_class_names();
+  std::string classes;
   int top = 5;
   int64_t batch = 16;
+  Preprocess pre;
 };
 
-void classify(const ClassifyArgs& args) {
-  const std::vector<std::string> names = read_class_names(args.classes);
-  const Engine engine(load_model(args.model));
-  const Graph& g = engine.graph();
-  if (g.inputs.size() != 1 || g.inputs[0].dtype != DType::s8) {
-    fail(args.model, "classify needs a model with one s8 image input (a seed-format model directory)");
+// The seed's models: one s8 N x 3 x 224 x 224 input and an f32 "scores" output, fed by the
+// seed's own preprocessing.
+bool seed_format(const Graph& g) {
+  if (g.inputs.size() != 1 || g.inputs[0].dtype != DType::s8 || !g.inputs[0].shape) return false;
+  const Shape& s = *g.inputs[0].shape;
+  if (s.size() != 4 || s[1] != 3 || s[2] != 224 || s[3] != 224) return false;
+  for (const ValueInfo& o : g.outputs) {
+    if (o.name == "scores") return true;
   }
-  size_t scores_index = g.outputs.size();
+  return false;
+}
+
+// The output holding the class scores: "scores" where there is one, else the first f32 output.
+size_t scores_output(const Graph& g, const std::string& model) {
   for (size_t i = 0; i < g.outputs.size(); ++i) {
-    if (g.outputs[i].name == "scores") scores_index = i;
+    if (g.outputs[i].name == "scores") return i;
   }
-  if (scores_index == g.outputs.size()) fail(args.model, "the model has no 'scores' output");
+  for (size_t i = 0; i < g.outputs.size(); ++i) {
+    if (!g.outputs[i].dtype || *g.outputs[i].dtype == DType::f32) return i;
+  }
+  fail(model, "the model has no f32 output of class scores");
+}
+
+void classify(const ClassifyArgs& args) {
+  const Graph graph = load_model(args.model);
+  const bool seed = seed_format(graph);
+  Shape chw;
+  bool nhwc = false;
+  if (!seed) {
+    chw = input_chw(graph, args.model);
+    if (graph.inputs[0].dtype != DType::f32) {
+      fail(args.model, "classify takes a model with one f32 image input (or the seed's s8 one), this one's is {}",
+           graph.inputs[0].dtype ? dtype_name(*graph.inputs[0].dtype) : "untyped");
+    }
+    nhwc = nhwc_images(chw);
+    if (nhwc) chw = {chw[2], chw[0], chw[1]};
+  }
+  const Engine engine(graph);
+  const size_t scores_index = scores_output(engine.graph(), args.model);
+  std::vector<std::string> names;
+  bool names_checked = false;
 
   const int64_t total = static_cast<int64_t>(args.images.size());
   for (int64_t lo = 0; lo < total; lo += args.batch) {
     const int64_t hi = std::min(total, lo + args.batch);
-    Tensor x(DType::s8, {hi - lo, 3, 224, 224});
-    const size_t image_bytes = 3 * 224 * 224;
-    for (int64_t i = lo; i < hi; ++i) {
-      const Tensor pre = preprocess_imagenet_s8(read_image_rgb(args.images[static_cast<size_t>(i)]));
-      std::memcpy(x.bytes() + (i - lo) * image_bytes, pre.bytes(), image_bytes);
+    Tensor x;
+    if (seed) {
+      x = Tensor(DType::s8, {hi - lo, 3, 224, 224});
+      const size_t image_bytes = 3 * 224 * 224;
+      for (int64_t i = lo; i < hi; ++i) {
+        const Tensor pre = preprocess_imagenet_s8(read_image_rgb(args.images[static_cast<size_t>(i)]));
+        std::memcpy(x.bytes() + (i - lo) * image_bytes, pre.bytes(), image_bytes);
+      }
+    } else {
+      x = load_image_files({args.images.begin() + lo, args.images.begin() + hi}, chw, args.pre);
+      if (nhwc) x = nchw_to_nhwc(x);
     }
     const Tensor scores = engine.run({x})[scores_index];
-    const int64_t classes = scores.dim(1);
-    if (static_cast<size_t>(classes) != names.size()) {
-      fail(args.classes, "lists {} class names but the model scores {} classes", names.size(), classes);
+    const int64_t classes = scores.numel() / (hi - lo);
+    if (!names_checked) {
+      // The given class names must match; the default ImageNet ones are used where they do.
+      const std::string file = args.classes.empty() ? default_class_names() : args.classes;
+      names = read_class_names(file);
+      if (static_cast<int64_t>(names.size()) != classes) {
+        if (!args.classes.empty()) fail(file, "lists {} class names but the model scores {} classes", names.size(), classes);
+        names.clear();
+      }
+      names_checked = true;
     }
     for (int64_t i = lo; i < hi; ++i) {
       const float* s = scores.data<float>() + (i - lo) * classes;
@@ -79,7 +124,8 @@ void classify(const ClassifyArgs& args) {
       fmt::print("{}\n", args.images[static_cast<size_t>(i)]);
       for (int r = 0; r < k; ++r) {
         const int64_t c = order[static_cast<size_t>(r)];
-        fmt::print("  {}. {:>4} {:<32} score {:8.3f}  p {:5.1f}%\n", r + 1, c, names[static_cast<size_t>(c)], s[c],
+        const std::string name = names.empty() ? fmt::format("class {}", c) : names[static_cast<size_t>(c)];
+        fmt::print("  {}. {:>4} {:<32} score {:8.3f}  p {:5.1f}%\n", r + 1, c, name, s[c],
                    100.0 * std::exp(static_cast<double>(s[c] - top)) / sum);
       }
     }
@@ -89,14 +135,21 @@ void classify(const ClassifyArgs& args) {
 }  // namespace
 
 void add_classify_command(CLI::App& app) {
-  auto* cmd = app.add_subcommand("classify", "Top-k ImageNet classes of photos (PNG, JPEG, ...) with a seed model");
+  auto* cmd = app.add_subcommand(
+      "classify", "Top-k classes of photos (PNG, JPEG, ...) with an image classifier: the seed's INT4 ResNet-50, or "
+                  "any model of one f32 image input (ONNX or quantized) given its preprocessing");
   auto args = std::make_shared<ClassifyArgs>();
-  cmd->add_option("model", args->model, "Model directory (seed format)")->required();
+  cmd->add_option("model", args->model, "Model: an ONNX file or a model directory")->required();
   cmd->add_option("images", args->images, "Image files")->required();
-  cmd->add_option("--classes", args->classes, "Class names, one per line in index order")
-      ->default_str(args->classes);
+  cmd->add_option("--classes", args->classes,
+                  "Class names, one per line in index order (default: the ImageNet ones where the model scores 1000 "
+                  "classes, else class numbers)")
+      ->default_str(default_class_names());
   cmd->add_option("--top", args->top, "Classes to print per image")->default_val(5)->check(CLI::PositiveNumber);
   cmd->add_option("--batch", args->batch, "Images per inference")->default_val(16)->check(CLI::PositiveNumber);
+  // The seed's models take their own preprocessing (shorter side 256, centre 224, ImageNet mean
+  // and std, int8); other models these flags.
+  add_normalization_flags(*cmd, args->pre);
   cmd->callback([args] { classify(*args); });
 }
 

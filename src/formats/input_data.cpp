@@ -154,6 +154,22 @@ InputData from_images(const std::string& spec, const Shape& chw, const Preproces
   return d;
 }
 
+}  // namespace
+
+Tensor load_image_files(const std::vector<std::string>& files, const Shape& chw, const Preprocess& pre) {
+  if (chw.size() != 3 || (chw[0] != 1 && chw[0] != 3)) {
+    fail(files.empty() ? std::string() : files[0], "images need a model input of 1 or 3 channels x H x W, the model takes {}",
+         shape_str(chw));
+  }
+  pre.check(chw[0]);
+  const int64_t n = static_cast<int64_t>(files.size()), per = chw[0] * chw[1] * chw[2];
+  Tensor t(DType::f32, {n, chw[0], chw[1], chw[2]});
+  for (int64_t i = 0; i < n; ++i) image_to_chw(files[static_cast<size_t>(i)], chw, pre, t.data<float>() + i * per);
+  return t;
+}
+
+namespace {
+
 InputData from_npy(const std::string& spec, const Shape& chw, const Preprocess& pre, int64_t limit) {
   Tensor t = read_npy(spec);
   if (t.rank() == 3) t = t.reshaped({t.dim(0), 1, t.dim(1), t.dim(2)});

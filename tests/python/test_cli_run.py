@@ -1,7 +1,12 @@
-"""`nibble run` and `nibble inspect` on small generated models, checked against numpy."""
+"""`nibble run`, `nibble inspect` and `nibble classify`: small generated models checked against numpy, and
+image classifiers on the demo photos."""
+from pathlib import Path
+
 import numpy as np
 
 from conftest import small_cnn_reference
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_run_matches_numpy(run_nibble, small_cnn, tmp_path):
@@ -48,3 +53,24 @@ def test_help_on_every_subcommand(run_nibble):
         assert sub in top.stdout
         proc = run_nibble(sub, "--help")
         assert proc.returncode == 0 and "Usage" in proc.stdout, sub
+
+
+def test_classify_any_image_classifier(run_nibble, tmp_path):
+    """classify takes ONNX and quantized models of one f32 image input with their preprocessing
+    (here the Fashion-MNIST model, grey 28 x 28 images), and names classes from --classes."""
+    model = REPO_ROOT / "models" / "fmnist_resnet.onnx"
+    photos = [REPO_ROOT / "data" / "images" / p for p in ("coffee.png", "rocket.jpg")]
+    names = tmp_path / "fmnist.txt"
+    names.write_text("\n".join(["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                                "Bag", "Ankle boot"]) + "\n")
+    out = run_nibble("classify", model, *photos, "--classes", names, "--top", 2, check=True).stdout
+    assert out.count("1. ") == 2 and "score" in out
+    plain = run_nibble("classify", model, *photos, "--top", 1, check=True).stdout
+    assert "class " in plain  # 10 classes: the ImageNet names do not apply
+    run_nibble("calibrate", model, "--samples", 200, "-o", tmp_path / "m.calib", check=True)
+    run_nibble("quantize", model, "--calib", tmp_path / "m.calib", "-o", tmp_path / "m.nbl", check=True)
+    q = run_nibble("classify", tmp_path / "m.nbl", *photos, "--classes", names, "--top", 1, check=True).stdout
+    top = [line.split()[1] for line in out.splitlines() if line.strip().startswith("1.")]
+    assert top == [line.split()[1] for line in q.splitlines() if line.strip().startswith("1.")]
+    bad = run_nibble("classify", model, photos[0], "--classes", REPO_ROOT / "data" / "imagenet_classes.txt")
+    assert bad.returncode == 2 and "1000 class names but the model scores 10 classes" in bad.stderr

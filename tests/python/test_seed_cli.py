@@ -51,7 +51,7 @@ def test_bench_reports_batches(run_nibble):
     out = run_nibble("bench", SEED / "model", "--batch", "1,2", "--duration", "0.1", "--min-runs", 1,
                      check=True).stdout
     heads = [line for line in out.splitlines() if line.startswith("=== Performance summary")]
-    assert heads == ["=== Performance summary (batch 1) ===", "=== Performance summary (batch 2) ==="]
+    assert heads == ["=== Performance summary (offline, batch 1) ===", "=== Performance summary (offline, batch 2) ==="]
     rates = [float(line.split()[3]) for line in out.splitlines() if line.startswith("Throughput:")]
     assert len(rates) == 2 and all(r > 0 for r in rates)
 
