@@ -33,6 +33,13 @@ keeps the pruned zeros through every step, and quantize records the pattern:
 """
 
 
+def _floats(text):
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number or a comma-separated list of them") from None
+
+
 def _layer_precision(text):
     out = {}
     for item in filter(None, (text or "").split(",")):
@@ -78,7 +85,19 @@ def main(argv=None):
                    help="peak learning rate, cosine decay (default 0.005; lower it, e.g. to 0.0025, for a deep "
                         "model whose test accuracy after the first epoch stays far below FP32)")
     f.add_argument("--weight-decay", type=float, default=5e-4, help="on weights only (default 5e-4)")
-    f.add_argument("--data", default="fashion-mnist", help="training data: fashion-mnist (the only one so far)")
+    f.add_argument("--data", default="fashion-mnist",
+                   help="training data: fashion-mnist, or a directory of images with one subfolder per class "
+                        "(resized and cropped to the model's input, normalized by --mean and --std as nibble "
+                        "calibrate --data DIR does)")
+    f.add_argument("--test-data", default="",
+                   help="with --data DIR: the test images, in the same class subfolders (default: every tenth "
+                        "image of each class of --data, held out)")
+    f.add_argument("--resize", type=int, default=0,
+                   help="with --data DIR: resize each image's shorter side to N pixels, then crop the centre "
+                        "(ImageNet: 256 for 224; 0: the shorter side becomes the input's size)")
+    f.add_argument("--mean", type=_floats, default=[0.0],
+                   help="with --data DIR: subtract after scaling pixels to [0, 1]; one value or one per channel")
+    f.add_argument("--std", type=_floats, default=[1.0], help="with --data DIR: divide by, after the mean")
     f.add_argument("--data-dir", default=data_io.DEFAULT_DIR, help="directory of Fashion-MNIST's IDX files")
     f.add_argument("--limit-train", type=int, default=0, help="use only the first N training images")
     f.add_argument("--limit-test", type=int, default=0, help="evaluate on the first N test images only")
@@ -114,8 +133,11 @@ def main(argv=None):
 def _finetune(args):
     import torch
 
-    if args.data not in ("fashion-mnist", "fashion-mnist:train"):
-        raise ValueError(f"--data {args.data}: fine-tuning reads fashion-mnist (train split; test split for accuracy)")
+    folder = args.data not in ("fashion-mnist", "fashion-mnist:train")
+    if folder and not os.path.isdir(args.data):
+        raise ValueError(f"--data {args.data}: neither fashion-mnist nor a directory of class subfolders")
+    if not folder and (args.test_data or args.resize or args.mean != [0.0] or args.std != [1.0]):
+        raise ValueError("--test-data, --resize, --mean and --std go with --data DIR (an image folder)")
     for name in ("epochs", "batch_size", "limit_train", "limit_test", "max_steps", "threads"):
         v = getattr(args, name)
         if v < 0 or (name in ("epochs", "batch_size") and v == 0):
@@ -132,6 +154,15 @@ def _finetune(args):
         raise ValueError(f"--calib is required for --precision {args.precision} (only float fine-tunes without one)")
     qat = graph.QatModel(model_file, table, args.precision, first_last_8bit=not args.all_layers,
                          layer_precision=args.layer_precision, learn_ranges=args.learn_ranges)
+    data = None
+    if folder:
+        data = data_io.image_folders(args.data, args.test_data, qat.input_shape, args.resize, args.mean, args.std)
+        with torch.no_grad():
+            outputs = qat(torch.zeros((1,) + qat.input_shape)).shape[-1]
+        if outputs != len(data.classes):
+            raise ValueError(f"--data {args.data}: {len(data.classes)} classes, the model scores {outputs}")
+        print(f"data: {args.data}: {len(data.train_y)} training and {len(data.test_y)} test images of "
+              f"{len(data.classes)} classes")
     layers = qat.quantized_layers()
     counts = {}
     for _, _, p in layers:
@@ -150,13 +181,16 @@ def _finetune(args):
                 "distill": args.distill}
     if args.sparsity:
         settings["sparsity"] = args.sparsity
+    if folder:
+        settings.update(data=os.path.abspath(args.data), test_data=os.path.abspath(args.test_data) if args.test_data else "",
+                        resize=args.resize, mean=args.mean, std=args.std)
     teacher = graph.QatModel(model_file, table, "float") if args.distill > 0 else None
     train.finetune(qat, args.output, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                    weight_decay=args.weight_decay, range_lr=args.range_lr, data_dir=args.data_dir,
                    device=args.device, seed=args.seed, limit_train=args.limit_train, limit_test=args.limit_test,
                    max_steps=args.max_steps, resume=args.resume, settings=settings,
                    teacher=teacher, distill=args.distill, step_mode=args.step_mode,
-                   teacher_graph=not args.eager_teacher, sparsity=args.sparsity)
+                   teacher_graph=not args.eager_teacher, sparsity=args.sparsity, data=data)
     flags = "" if not args.all_layers else " --all-layers"
     if args.layer_precision:
         flags += " --layer-precision " + ",".join(f"{k}:{v}" for k, v in args.layer_precision.items())

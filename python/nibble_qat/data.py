@@ -1,4 +1,6 @@
-"""Fashion-MNIST for fine-tuning: the IDX files as nibble reads them, scaled to [0, 1]."""
+"""Training data for fine-tuning: Fashion-MNIST (the IDX files as nibble reads them, scaled to
+[0, 1]) or a directory of images with one subfolder per class, at the model's input size and
+normalized as `nibble calibrate --data DIR --mean M --std S` normalizes them."""
 
 import gzip
 import os
@@ -61,7 +63,9 @@ def to_input(images_u8, size, device):
     x = torch.from_numpy(np.ascontiguousarray(images_u8).copy())
     if torch.device(device).type == "cuda":
         x = x.pin_memory().to(device, non_blocking=True)  # no wait for the device's queued work
-    x = x.to(device=device, dtype=torch.float32).unsqueeze(1)
+    x = x.to(device=device, dtype=torch.float32)
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
     x = div(x, 255.0)
     if size != x.shape[-1] or size != x.shape[-2]:
         x = resize(x, size, size)
@@ -93,8 +97,111 @@ def resize(x, out_h, out_w):
     return (a0[:, None] * top + a1[:, None] * bottom).to(torch.float32)
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tga", ".pnm", ".ppm", ".pgm")
+
+
+def load_image_folder(path, chw, resize=0, classes=None):
+    """(images u8 N x C x H x W, labels i64 N, class names) of `path`, a directory with one
+    subfolder of images per class (sorted names give the labels; `classes`, when given, must be
+    the same names). Each image's shorter side is resized to `resize` (0: the larger of H and W)
+    with bilinear filtering and the centre H x W is cropped, in grey when C is 1."""
+    from PIL import Image
+    c, h, w = chw
+    if c not in (1, 3):
+        raise DataError(f"{path}: images need a model input of 1 or 3 channels, the model takes {c}")
+    if not os.path.isdir(path):
+        raise DataError(f"{path}: not a directory of class subfolders")
+    names = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+    if not names:
+        raise DataError(f"{path}: no class subfolders (one folder of images per class)")
+    if classes is not None and names != list(classes):
+        raise DataError(f"{path}: its classes {names} are not the training data's {list(classes)}")
+    images, labels = [], []
+    shorter = resize if resize > 0 else max(h, w)
+    for label, name in enumerate(names):
+        folder = os.path.join(path, name)
+        for f in sorted(os.listdir(folder)):
+            if not f.lower().endswith(IMAGE_SUFFIXES):
+                continue
+            file = os.path.join(folder, f)
+            try:
+                with Image.open(file) as im:
+                    im = im.convert("L" if c == 1 else "RGB")
+                    scale = shorter / min(im.size)
+                    rw, rh = max(w, round(im.size[0] * scale)), max(h, round(im.size[1] * scale))
+                    im = im.resize((rw, rh), Image.BILINEAR)
+                    left, top = (rw - w) // 2, (rh - h) // 2
+                    a = np.asarray(im.crop((left, top, left + w, top + h)), dtype=np.uint8)
+            except (OSError, ValueError) as e:
+                raise DataError(f"{file}: cannot read the image ({e})") from None
+            images.append(a[None] if c == 1 else a.transpose(2, 0, 1))
+            labels.append(label)
+    if not images:
+        raise DataError(f"{path}: the class subfolders hold no images ({', '.join(IMAGE_SUFFIXES)})")
+    return np.stack(images), np.array(labels, dtype=np.int64), names
+
+
+class Data:
+    """The training and test images (u8, N x H x W or N x C x H x W) with their labels, and how
+    a batch of them becomes the model's input."""
+
+    def __init__(self, name, train, test, size, mean=None, std=None, classes=None):
+        self.name = name
+        self.train_x, self.train_y = train
+        self.test_x, self.test_y = test
+        self.size = size
+        self.mean, self.std = mean, std
+        self.classes = classes
+
+    def input(self, images_u8, device):
+        x = to_input(images_u8, self.size, device)
+        if self.mean is not None:
+            c = x.shape[1]
+            mean = torch.tensor(_per_channel(self.mean, c, "--mean"), dtype=torch.float32, device=x.device)
+            std = torch.tensor(_per_channel(self.std, c, "--std"), dtype=torch.float32, device=x.device)
+            x = (x - mean[None, :, None, None]) / std[None, :, None, None]
+        return x
+
+
+def _per_channel(values, c, flag):
+    values = list(values)
+    if len(values) == 1:
+        return values * c
+    if len(values) != c:
+        raise DataError(f"{flag}: {len(values)} values for {c} channels")
+    return values
+
+
+def fashion_mnist(data_dir, size):
+    return Data("fashion-mnist", load_split(data_dir, "train"), load_split(data_dir, "test"), size)
+
+
+def image_folders(train_dir, test_dir, chw, resize=0, mean=(0.0,), std=(1.0,)):
+    """Data from a training directory and a test directory of class subfolders; without a test
+    directory every tenth image of each class (in file order) is held out for testing."""
+    train_x, train_y, classes = load_image_folder(train_dir, chw, resize)
+    if test_dir:
+        test_x, test_y, _ = load_image_folder(test_dir, chw, resize, classes)
+    else:
+        held = np.zeros(len(train_y), dtype=bool)
+        for label in range(len(classes)):
+            idx = np.flatnonzero(train_y == label)
+            held[idx[9::10]] = True
+        if not held.any():
+            raise DataError(f"{train_dir}: too few images to hold any out for testing (give --test-data)")
+        test_x, test_y = train_x[held], train_y[held]
+        train_x, train_y = train_x[~held], train_y[~held]
+    if any(s <= 0 for s in std):
+        raise DataError(f"--std: every value must be positive, got {list(std)}")
+    return Data(train_dir, (train_x, train_y), (test_x, test_y), chw[-1], list(mean), list(std), classes)
+
+
 def augment(x_u8, gen, pad=2):
-    """Random crop with `pad` pixels of zero padding and random horizontal flips, on u8 N x H x W."""
+    """Random crop with `pad` pixels of zero padding and random horizontal flips, on u8 N x H x W
+    (or N x C x H x W)."""
+    if x_u8.dim() == 4:
+        n, c, h, w = x_u8.shape
+        return augment(x_u8.reshape(n * c, h, w), gen, pad).reshape(n, c, h, w) if c == 1 else _augment_nchw(x_u8, gen, pad)
     n, h, w = x_u8.shape
     xp = F.pad(x_u8, (pad, pad, pad, pad))
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
@@ -105,3 +212,18 @@ def augment(x_u8, gen, pad=2):
     out = xp[idx, rows[:, :, None], cols[:, None, :]]
     flip = (torch.rand(n, generator=gen) < 0.5).to(x_u8.device)
     return torch.where(flip[:, None, None], out.flip(-1), out)
+
+
+def _augment_nchw(x_u8, gen, pad):
+    """augment() for N x C x H x W: one crop and flip per image, the same for its channels."""
+    n, c, h, w = x_u8.shape
+    xp = F.pad(x_u8, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h)[None, :]).to(x_u8.device)
+    cols = (dx[:, None] + torch.arange(w)[None, :]).to(x_u8.device)
+    idx = torch.arange(n, device=x_u8.device)[:, None, None, None]
+    ch = torch.arange(c, device=x_u8.device)[None, :, None, None]
+    out = xp[idx, ch, rows[:, None, :, None], cols[:, None, None, :]]
+    flip = (torch.rand(n, generator=gen) < 0.5).to(x_u8.device)
+    return torch.where(flip[:, None, None, None], out.flip(-1), out)

@@ -171,8 +171,9 @@ def _load_checkpoint(path):
     return state
 
 
-def evaluate(model, images, labels, device, batch=500, exact=False, progress=None):
-    """Top-1 (correct count) and the logits of `model` on u8 images."""
+def evaluate(model, images, labels, device, batch=500, exact=False, progress=None, to_input=None):
+    """Top-1 (correct count) and the logits of `model` on u8 images (`to_input(images, device)`
+    makes a batch the model's input; default: Fashion-MNIST's scaling)."""
     was, was_training = model.exact, model.training
     model.exact = exact
     model.eval()  # a graphed model (step_function) runs its ordinary forward pass in eval mode
@@ -180,7 +181,8 @@ def evaluate(model, images, labels, device, batch=500, exact=False, progress=Non
     try:
         with torch.no_grad():
             for i in range(0, len(images), batch):
-                x = data_io.to_input(images[i:i + batch], model.input_shape[-1], device)
+                x = (to_input(images[i:i + batch], device) if to_input else
+                     data_io.to_input(images[i:i + batch], model.input_shape[-1], device))
                 y = model(x).float()
                 outs.append(y.cpu())
                 correct += int((y.argmax(1).cpu() == torch.from_numpy(labels[i:i + batch])).sum())
@@ -206,12 +208,12 @@ def write_outputs(model, out_dir, note):
 def finetune(model, out_dir, epochs=15, batch_size=128, lr=0.005, weight_decay=5e-4, range_lr=None,
              data_dir=data_io.DEFAULT_DIR, device="cpu", seed=0, limit_train=0, limit_test=0, max_steps=0,
              resume=False, log=print, settings=None, teacher=None, distill=0.0, step_mode="auto",
-             teacher_graph=True, sparsity=None):
+             teacher_graph=True, sparsity=None, data=None):
     """Fine-tunes `model` (a QatModel) and writes OUT/{model.onnx, model.calib, checkpoint.pt,
     finetune.json}. Returns the history (one dict per epoch). `settings` (a dict) is stored in
     the checkpoint; a resumed run must have the same. With a `teacher` (a module giving logits, such as
     the FP32 model) and `distill` in (0, 1], the loss is (1 - distill) * cross-entropy + distill *
-    KL(teacher || model), at temperature 1. `step_mode` is one of STEP_MODES (step_function;
+    KL(teacher || model), at temperature 1. `data` (data.Data: an image folder) replaces Fashion-MNIST. `step_mode` is one of STEP_MODES (step_function;
     docs/qat.md, "Training speed"); in step mode graphed the teacher's forward pass is a CUDA graph
     too unless `teacher_graph` is False (teacher_function). `sparsity` ("2:4") keeps the zeros of
     the model's 2:4-sparse layers (a model pruned by `nibble prune`) through every step."""
@@ -236,16 +238,17 @@ def finetune(model, out_dir, epochs=15, batch_size=128, lr=0.005, weight_decay=5
             f"{sum(m.numel() for m in mask.values())} weights non-zero)")
     if distill > 0:
         teacher.to(dev).eval().requires_grad_(False)
-    train_x, train_y = data_io.load_split(data_dir, "train")
-    test_x, test_y = data_io.load_split(data_dir, "test")
+    if data is None:
+        if model.input_shape[0] != 1:
+            raise ValueError(f"Fashion-MNIST gives 1-channel images, the model takes {model.input_shape[0]} channels "
+                             f"(train on an image folder: --data DIR)")
+        data = data_io.fashion_mnist(data_dir, model.input_shape[-1])
+    train_x, train_y, test_x, test_y = data.train_x, data.train_y, data.test_x, data.test_y
     if limit_train:
         train_x, train_y = train_x[:limit_train], train_y[:limit_train]
     if limit_test:
         test_x, test_y = test_x[:limit_test], test_y[:limit_test]
     step_mode = check_step_mode(step_mode, dev, batch_size, len(train_x))
-    size = model.input_shape[-1]
-    if model.input_shape[0] != 1:
-        raise ValueError(f"Fashion-MNIST gives 1-channel images, the model takes {model.input_shape[0]} channels")
 
     ranges = [p for p in model.thresholds.values() if p.requires_grad]
     weights = [p for n, p in model.named_parameters() if not n.startswith("thresholds.") and p.dim() > 1]
@@ -278,7 +281,7 @@ def finetune(model, out_dir, epochs=15, batch_size=128, lr=0.005, weight_decay=5
         log(f"resumed from {ckpt_path}: epoch {start_epoch}/{epochs} done, step {step}")
     elif start_epoch == 0:
         p = Progress("eval (before fine-tuning)", len(test_x))
-        correct, _ = evaluate(model, test_x, test_y, dev, progress=p)
+        correct, _ = evaluate(model, test_x, test_y, dev, progress=p, to_input=data.input)
         p.close()
         note = "no training" if model.precision == "float" else "the calibrated ranges, no training"
         log(f"epoch  0/{epochs}  test top-1 {100 * correct / len(test_x):.2f}% ({note})")
@@ -311,7 +314,7 @@ def finetune(model, out_dir, epochs=15, batch_size=128, lr=0.005, weight_decay=5
                 break
             idx = order[b * batch_size:(b + 1) * batch_size]
             xb = data_io.augment(train_x_t[idx], gen)
-            x = data_io.to_input(xb.numpy(), size, dev)
+            x = data.input(xb.numpy(), dev)
             y = train_y_t[idx].to(dev)
             for g in opt.param_groups:
                 g["lr"] = g["initial_lr"] * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
@@ -334,7 +337,7 @@ def finetune(model, out_dir, epochs=15, batch_size=128, lr=0.005, weight_decay=5
         loss_sum, correct = float(loss_sum), int(correct)
         train_secs = time.time() - t0
         p = Progress("eval", len(test_x))
-        test_correct, _ = evaluate(model, test_x, test_y, dev, progress=p)
+        test_correct, _ = evaluate(model, test_x, test_y, dev, progress=p, to_input=data.input)
         p.close()
         rec = {"epoch": epoch + 1, "steps": step, "train_loss": loss_sum / max(seen, 1),
                "train_top1": correct / max(seen, 1), "test_top1": test_correct / len(test_x),

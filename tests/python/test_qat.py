@@ -559,3 +559,34 @@ def test_sparse_finetuning_keeps_the_pruned_zeros(work, nb):
     assert "wrote" in out
     layers = [p for p in nbl.iterdir() if p.is_file() and "sparsity=2:2 4" in p.read_text(errors="ignore")]
     assert len(layers) == 11
+
+
+def test_finetune_on_an_image_folder(work, small_calib, nb):
+    """--data DIR: class subfolders of images (here Fashion-MNIST test images saved as PNG), a
+    tenth of each class held out for testing; the result quantizes and runs like any other."""
+    from PIL import Image
+    images, labels = data.load_split(data.DEFAULT_DIR, "test")
+    folder = work / "folder"
+    for i in range(200):
+        d = folder / f"c{labels[i]}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i]).save(d / f"{i:04d}.png")
+    got = data.image_folders(str(folder), "", (1, 28, 28))
+    assert got.classes == [f"c{k}" for k in range(10)]
+    assert len(got.train_y) + len(got.test_y) == 200 and 10 <= len(got.test_y) <= 30
+    # The images come back as they were saved (28 x 28 grey: no resize, no crop).
+    first = [i for i in range(200) if labels[i] == 0][0]
+    np.testing.assert_array_equal(got.train_x[0, 0], images[first])
+    out = work / "folder_qat"
+    proc = qat_cli("finetune", SMALL, "--calib", small_calib, "--precision", "int8", "--data", folder, "--epochs", 1,
+                   "--batch-size", 32, "--threads", 2, "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "data: " in proc.stdout and "of 10 classes" in proc.stdout
+    nb("quantize", out / "model.onnx", "--calib", out / "model.calib", "--precision", "int8", "-o", work / "folder.nbl")
+    assert "top-1" in nb("eval", work / "folder.nbl", "--data", folder)
+    few = work / "few"
+    for k in range(3):
+        (few / f"c{k}").mkdir(parents=True)
+        Image.fromarray(images[k]).save(few / f"c{k}" / "a.png")
+    proc = qat_cli("finetune", SMALL, "--calib", small_calib, "--data", few, "--test-data", few, "-o", work / "few_out")
+    assert proc.returncode == 2 and "3 classes, the model scores 10" in proc.stderr
