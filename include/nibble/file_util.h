@@ -16,6 +16,9 @@ void write_file_atomic(const std::string& path, std::string_view bytes);
 // is writable. Commands check their outputs so before long work, not after it.
 void check_writable(const std::string& path);
 
+// check_writable() for an output that must not exist yet (a model directory, an exported file).
+void check_new_output(const std::string& path);
+
 // A temporary output (a file, or a directory with its contents) being written before it is
 // renamed into place. While one is alive, SIGINT, SIGTERM and SIGHUP remove it before the process
 // ends, so that an interrupt leaves no half-written `.tmp.PID` behind (a handler is installed for

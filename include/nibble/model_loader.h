@@ -23,6 +23,14 @@ struct LoadOptions {
 // A directory is read as a model directory, anything else as an ONNX file.
 Graph load_model(const std::string& path, const LoadOptions& options = {});
 
+// An FP32 ONNX model for calibration and quantization; a model directory is refused with a
+// clear message.
+Graph load_fp32_onnx(const std::string& path);
+
+// The fused integer graph of an in-memory model directory, as load_model() reads one from disk:
+// every layer checked as the engine reads it (so a model the engine cannot run is never written).
+Graph quantized_graph(const ModelDir& model);
+
 // The graph of a model directory: nibble:* integer ops in the seed's layer order. Input
 // "input" (s8 N x 3 x H x W); outputs "logits" (s32, the fc layer) and "scores" (f32).
 Graph graph_from_model_dir(const ModelDir& model, std::optional<int64_t> fixed_batch = std::nullopt);

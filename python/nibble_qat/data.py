@@ -198,24 +198,9 @@ def image_folders(train_dir, test_dir, chw, resize=0, mean=(0.0,), std=(1.0,)):
 
 def augment(x_u8, gen, pad=2):
     """Random crop with `pad` pixels of zero padding and random horizontal flips, on u8 N x H x W
-    (or N x C x H x W)."""
-    if x_u8.dim() == 4:
-        n, c, h, w = x_u8.shape
-        return augment(x_u8.reshape(n * c, h, w), gen, pad).reshape(n, c, h, w) if c == 1 else _augment_nchw(x_u8, gen, pad)
-    n, h, w = x_u8.shape
-    xp = F.pad(x_u8, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    rows = (dy[:, None] + torch.arange(h)[None, :]).to(x_u8.device)
-    cols = (dx[:, None] + torch.arange(w)[None, :]).to(x_u8.device)
-    idx = torch.arange(n, device=x_u8.device)[:, None, None]
-    out = xp[idx, rows[:, :, None], cols[:, None, :]]
-    flip = (torch.rand(n, generator=gen) < 0.5).to(x_u8.device)
-    return torch.where(flip[:, None, None], out.flip(-1), out)
-
-
-def _augment_nchw(x_u8, gen, pad):
-    """augment() for N x C x H x W: one crop and flip per image, the same for its channels."""
+    or N x C x H x W (one crop and flip per image, the same for its channels)."""
+    if x_u8.dim() == 3:
+        return augment(x_u8[:, None], gen, pad)[:, 0]
     n, c, h, w = x_u8.shape
     xp = F.pad(x_u8, (pad, pad, pad, pad))
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)

@@ -247,12 +247,17 @@ nlohmann::json report(const Measured& m, bool gpu, const std::string& scenario) 
 using Clock = std::chrono::steady_clock;
 double ms_between(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double, std::milli>(b - a).count(); }
 
-// Queries of `batch` images back to back, each waited for, after `warmup_ms` of the same: the
-// Offline, SingleStream and MultiStream scenarios on a synchronous runner (the CPU engine).
-Measured back_to_back(const std::function<void(int64_t)>& run, int64_t batch, const BenchArgs& args) {
-  const auto warm = Clock::now();
+// Runs of `batch` images for --warmup milliseconds (one at least).
+void warm_up(const std::function<void(int64_t)>& run, int64_t batch, const BenchArgs& args) {
+  const auto start = Clock::now();
   do run(batch);
-  while (ms_between(warm, Clock::now()) < args.warmup_ms);
+  while (ms_between(start, Clock::now()) < args.warmup_ms);
+}
+
+// Queries of `batch` images back to back, each waited for, after the warm-up: the Offline,
+// SingleStream and MultiStream scenarios on a synchronous runner (the CPU engine).
+Measured back_to_back(const std::function<void(int64_t)>& run, int64_t batch, const BenchArgs& args) {
+  warm_up(run, batch, args);
   Measured m;
   m.batch = batch;
   const auto start = Clock::now();
@@ -337,9 +342,7 @@ nlohmann::json server_scenario(const std::function<void(int64_t)>& run, int64_t 
                r.qps, r.achieved, r.queries, r.batches, r.latency.median, r.latency.p99, r.valid ? "valid" : "INVALID");
   };
   nlohmann::json j = {{"max_batch", max_batch}, {"latency_bound_ms", args.latency_bound_ms}};
-  const auto warm = Clock::now();
-  do run(max_batch);
-  while (ms_between(warm, Clock::now()) < args.warmup_ms);
+  warm_up(run, max_batch, args);
   if (args.server_qps > 0) {
     const ServerRun r = serve(run, args.server_qps, max_batch, args, 7);
     show(r);

@@ -7,6 +7,7 @@
 #include "nibble/error.h"
 #include "nibble/file_util.h"
 #include "nibble/model_dir.h"
+#include "nibble/model_loader.h"
 
 namespace nibble::cli {
 

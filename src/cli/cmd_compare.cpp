@@ -12,6 +12,7 @@
 #include "nibble/file_util.h"
 #include "nibble/error.h"
 #include "nibble/model_dir.h"
+#include "nibble/model_loader.h"
 #include "quant/observer.h"
 
 namespace nibble::cli {

@@ -3,7 +3,9 @@
 
 #include "cli/commands.h"
 #include "cli/quant_common.h"
+#include "nibble/file_util.h"
 #include "nibble/model_dir.h"
+#include "nibble/model_loader.h"
 #include "nibble/qdq_export.h"
 
 namespace nibble::cli {
@@ -18,7 +20,7 @@ void add_export_command(CLI::App& app) {
   cmd->add_option("model", args->model, "Model directory made by `nibble quantize`")->required();
   cmd->add_option("-o,--output", args->output, "ONNX file to write (must not exist)")->required();
   cmd->callback([args] {
-    require_new_path(args->output);
+    check_new_output(args->output);
     const ModelDir m = read_model_dir(args->model);
     quantized_graph(m);  // every layer checked as the engine reads it, before anything is written
     export_qdq_onnx(m, args->output);

@@ -8,6 +8,7 @@
 #include "cli/commands.h"
 #include "cli/quant_common.h"
 #include "nibble/error.h"
+#include "nibble/file_util.h"
 #include "nibble/model_loader.h"
 #include "nibble/onnx_import.h"
 #include "quant/sparsity.h"
@@ -30,7 +31,7 @@ void prune(const PruneArgs& args) {
     fail(args.model, "prune reads FP32 ONNX models; prune before quantizing (the quantized model keeps the pattern)");
   }
   if (std::filesystem::equivalent(args.model, args.output, ec)) fail(args.output, "is the input model; write elsewhere");
-  require_new_path(args.output);
+  check_new_output(args.output);
   LoadOptions opts;
   opts.fixed_batch = 1;  // MACs per input
   const Graph g = load_model(args.model, opts);

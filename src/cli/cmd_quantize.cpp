@@ -11,7 +11,9 @@
 #include "cli/progress.h"
 #include "cli/quant_common.h"
 #include "nibble/error.h"
+#include "nibble/file_util.h"
 #include "nibble/model_dir.h"
+#include "nibble/model_loader.h"
 #include "quant/gptq.h"
 #include "quant/qdq_import.h"
 
@@ -32,7 +34,7 @@ struct QuantizeArgs {
 };
 
 void quantize(const QuantizeArgs& args) {
-  require_new_path(args.output);
+  check_new_output(args.output);
   const Graph fp32 = load_fp32_onnx(args.model);
   quant::QuantizeOptions opt;
   opt.precision = quant::parse_precision(args.precision, "--precision");

@@ -3,23 +3,11 @@
 
 #include <fmt/format.h>
 
-#include <filesystem>
-
 #include "nibble/error.h"
-#include "nibble/file_util.h"
-#include "nibble/model_loader.h"
 #include "quant/gptq.h"
 #include "quant/observer.h"
 
 namespace nibble::cli {
-
-Graph load_fp32_onnx(const std::string& path) {
-  std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) {
-    fail(path, "is a model directory; this command takes the FP32 ONNX model");
-  }
-  return load_model(path);
-}
 
 std::vector<quant::CalibTable> calibrate_tables(const Graph& fp32, const InputData& data, const DataArgs& args,
                                                 const std::vector<quant::CalibSpec>& specs, int bits,
@@ -55,12 +43,6 @@ std::map<std::string, std::vector<double>> collect_hessians(const Graph& fp32, c
   return collector.hessians();
 }
 
-Graph quantized_graph(const ModelDir& model) {
-  Graph g = graph_from_model_dir(model);
-  fuse_int_conv_epilogues(g);
-  return g;
-}
-
 std::map<std::string, quant::Precision> parse_layer_precisions(const std::vector<std::string>& items) {
   std::map<std::string, quant::Precision> out;
   for (const auto& item : items) {
@@ -81,14 +63,6 @@ void print_layer_report(const quant::QuantizeResult& r) {
     fmt::print("{:<{}}  {:<4}  {:<9}  {}\n", l.layer, width, l.op, quant::precision_name(l.precision), l.note);
   }
   for (const auto& w : r.warnings) fmt::print("warning: {}\n", w);
-}
-
-void require_new_path(const std::string& path) {
-  std::error_code ec;
-  if (std::filesystem::exists(std::filesystem::symlink_status(path, ec))) {
-    fail(path, "already exists; refusing to overwrite it (choose another -o)");
-  }
-  check_writable(path);
 }
 
 }  // namespace nibble::cli

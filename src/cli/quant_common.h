@@ -12,9 +12,6 @@
 
 namespace nibble::cli {
 
-// Loads an FP32 ONNX model; a model directory is refused with a clear message.
-Graph load_fp32_onnx(const std::string& path);
-
 // Calibrates `fp32` on `data` and returns one table per spec, in order. All specs share the
 // range pass and (unless every spec is max) the histogram pass.
 std::vector<quant::CalibTable> calibrate_tables(const Graph& fp32, const InputData& data, const DataArgs& args,
@@ -25,16 +22,10 @@ std::vector<quant::CalibTable> calibrate_tables(const Graph& fp32, const InputDa
 std::map<std::string, std::vector<double>> collect_hessians(const Graph& fp32, const DataArgs& args,
                                                             const std::string& model);
 
-// The fused integer graph of an in-memory model directory.
-Graph quantized_graph(const ModelDir& model);
-
 // "a:int4,b:int8" -> map; "a,b" -> set. Errors name the flag.
 std::map<std::string, quant::Precision> parse_layer_precisions(const std::vector<std::string>& items);
 
 // Prints the per-layer table of a quantization.
 void print_layer_report(const quant::QuantizeResult& r);
-
-// Refuses an output path that exists or cannot be written (before any work is done).
-void require_new_path(const std::string& path);
 
 }  // namespace nibble::cli

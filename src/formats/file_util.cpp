@@ -62,6 +62,14 @@ void check_writable(const std::string& path) {
   if (::access(dir.c_str(), W_OK) != 0) fail(path, "cannot write in {}: {}", dir.string(), std::strerror(errno));
 }
 
+void check_new_output(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::exists(std::filesystem::symlink_status(path, ec))) {
+    fail(path, "already exists; refusing to overwrite it (choose another output path)");
+  }
+  check_writable(path);
+}
+
 // ---- temporaries removed on interrupts ----
 // The handler may only use async-signal-safe calls: the paths live in fixed arrays, and
 // directories are removed with openat, getdents64, unlinkat and close.

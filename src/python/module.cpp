@@ -6,7 +6,6 @@
 #include <pybind11/stl.h>
 
 #include <cstring>
-#include <filesystem>
 #include <map>
 #include <memory>
 #include <set>
@@ -196,15 +195,9 @@ class Model {
 
 // ---- calibration and quantization ----
 
-Graph load_fp32(const std::string& path) {
-  std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) fail(path, "is a model directory; calibration and quantization take the FP32 ONNX model");
-  return load_model(path);
-}
-
 class Calibrator {
  public:
-  explicit Calibrator(const std::string& path) : path_(path), graph_(load_fp32(path)), observer_(graph_) {
+  explicit Calibrator(const std::string& path) : path_(path), graph_(load_fp32_onnx(path)), observer_(graph_) {
     if (graph_.inputs.size() != 1) fail(path, "calibration takes models of one input, this one has {}", graph_.inputs.size());
   }
   void observe_ranges(const py::array& x) {
@@ -238,7 +231,7 @@ class Calibrator {
 
 class Hessians {
  public:
-  explicit Hessians(const std::string& path) : graph_(load_fp32(path)), collector_(graph_) {}
+  explicit Hessians(const std::string& path) : graph_(load_fp32_onnx(path)), collector_(graph_) {}
   void observe(const py::array& x) {
     const Tensor t = to_tensor(x, "GPTQ batch");
     py::gil_scoped_release unlocked;
@@ -256,14 +249,8 @@ class Hessians {
 py::list quantize(const std::string& model, const py::object& calib, const std::string& output,
                   const std::string& precision, const std::map<std::string, std::string>& layer_precision,
                   const std::vector<std::string>& exclude, bool all_layers, Hessians* hessians, int threads) {
-  {
-    std::error_code ec;
-    if (std::filesystem::exists(std::filesystem::symlink_status(output, ec))) {
-      fail(output, "already exists; refusing to overwrite it");
-    }
-    check_writable(output);
-  }
-  const Graph fp32 = load_fp32(model);
+  check_new_output(output);
+  const Graph fp32 = load_fp32_onnx(model);
   quant::QuantizeOptions opt;
   opt.precision = quant::parse_precision(precision, "precision");
   for (const auto& [name, p] : layer_precision) opt.layer_precision[name] = quant::parse_precision(p, "layer_precision");
@@ -289,8 +276,7 @@ py::list quantize(const std::string& model, const py::object& calib, const std::
       result = quant::quantize_model(fp32, table, opt);
     }
     result.model.path = output;
-    Graph check = graph_from_model_dir(result.model);  // a model the engine cannot run is never written
-    fuse_int_conv_epilogues(check);
+    quantized_graph(result.model);  // a model the engine cannot run is never written
     write_model_dir(result.model, output);
   }
   py::list report;
