@@ -5,7 +5,7 @@ Every number in the report comes from the nibble commands this script runs:
 
     nibble eval MODEL.onnx                                    FP32 top-1
     nibble calibrate MODEL.onnx --method M --precision P      one table per method (and bits)
-    nibble quantize MODEL.onnx --calib T --precision P [--gptq]
+    nibble quantize MODEL.onnx --calib T --precision P [--gptq | --dpq]
     nibble eval OUT.nbl                                       quantized top-1
     nibble compare MODEL.onnx OUT.nbl --sensitivity --auto-mixed --max-drop D
 
@@ -45,8 +45,6 @@ MODELS = {
 }
 METHODS = ["max", "percentile:99.99", "percentile:99.999", "entropy", "mse"]
 PRECISIONS = ["int8", "w4a8", "int4"]
-# The FP8 reference kernel is exact but plain C++: its rows are measured on the smaller models.
-FP8_MAX_MACS = 40_000_000
 
 
 def run(cmd, log):
@@ -103,7 +101,13 @@ def main():
     p.add_argument("--reuse", action="store_true",
                    help="keep the work directory and take each model's results from an earlier run's "
                         "<workdir>/<model>.json where present (an interrupted run goes on where it stopped)")
+    p.add_argument("--fp8-only", action="store_true",
+                   help="measure only the w4a8-fp8 rows (max calibration; nearest, GPTQ and DPQ, and DPQ's "
+                        "group size and order) and put them into the existing --out in place of its w4a8-fp8 rows")
     args = p.parse_args()
+    if args.fp8_only:
+        fp8_only(args)
+        return
 
     nibble = args.nibble
     if not Path(nibble).exists():
@@ -136,27 +140,26 @@ def main():
                 run([nibble, "calibrate", model, "--samples", args.calib_samples, "--method", method,
                      "--precision", bits_prec, "-o", path], log)
                 tables[(method, bits_prec)] = path
-        def measure(prec, method, gptq):
+        def measure(prec, method, rounding):
+            """rounding: nearest, gptq (--gptq) or dpq (--dpq, w4a8-fp8 only)."""
             act = "int4" if prec == "int4" else "int8"
             calib = tables.get((method, act), tables[(method, "int8")])
-            out = work / f"{key}_{prec}_{method.replace(':', '_')}{'_gptq' if gptq else ''}.nbl"
-            extra = ["--gptq", "--samples", str(min(args.calib_samples, 256))] if gptq else []
+            out = work / f"{key}_{prec}_{method.replace(':', '_')}{'' if rounding == 'nearest' else '_' + rounding}.nbl"
+            extra = [] if rounding == "nearest" else [f"--{rounding}", "--samples", str(min(args.calib_samples, 256))]
             run([nibble, "quantize", model, "--calib", calib, "--precision", prec, *extra, "-o", out], log)
             ok, _ = top1(run([nibble, "eval", out, *limit], log))
-            rows.append({"precision": prec, "method": method, "rounding": "gptq" if gptq else "nearest",
+            rows.append({"precision": prec, "method": method, "rounding": rounding,
                          "correct": ok, "n": n, "bytes": dir_tensor_bytes(out)})
-            print(f"   {prec:8s} {method:18s} {'gptq' if gptq else 'nearest':8s} {100 * ok / n:6.2f}%", flush=True)
+            print(f"   {prec:8s} {method:18s} {rounding:8s} {100 * ok / n:6.2f}%", flush=True)
             return ok
 
         # Every calibrator with plain rounding; GPTQ on the 4-bit precisions with their best calibrator.
         for prec in PRECISIONS:
-            scores = {method: measure(prec, method, False) for method in METHODS}
+            scores = {method: measure(prec, method, "nearest") for method in METHODS}
             if prec != "int8":
-                measure(prec, max(METHODS, key=lambda m: scores[m]), True)
-        macs = int(re.search(r"MACs: (\d+)", run([nibble, "inspect", model], log)).group(1))
-        if macs <= FP8_MAX_MACS:
-            for gptq in (False, True):
-                measure("w4a8-fp8", "max", gptq)
+                measure(prec, max(METHODS, key=lambda m: scores[m]), "gptq")
+        for rounding in ("nearest", "gptq", "dpq"):
+            measure("w4a8-fp8", "max", rounding)
         # Mixed precision: the best INT4 rows' calibrator, layers chosen by the sweep.
         best4 = max((r for r in rows if r["precision"] == "int4"), key=lambda r: r["correct"])
         calib = tables.get((best4["method"], "int4"), tables[(best4["method"], "int8")])
@@ -192,6 +195,75 @@ def main():
     write_report(args, results, elapsed)
     (work / "results.json").write_text(json.dumps(results, indent=1))
     print(f"wrote {args.out} and {args.plot} ({elapsed / 60:.1f} min of measurements)")
+
+
+FP8_VARIANTS = [("nearest", []), ("gptq", ["--gptq"]), ("dpq", ["--dpq"]), ("dpq, groups of 64", ["--dpq", "--group-size", "64"]),
+                ("dpq, groups of 128", ["--dpq", "--group-size", "128"]), ("dpq, stored order", ["--dpq", "--no-gar"])]
+
+
+def fp8_only(args):
+    """The w4a8-fp8 rows of every model, measured afresh, written into the report in place of the old ones."""
+    nibble = args.nibble
+    if not Path(nibble).exists():
+        sys.exit(f"{nibble} not found: run `make build` first")
+    report = Path(args.out)
+    text = report.read_text()
+    work = Path(args.workdir) / "fp8"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    log = open(work / "commands.log", "a")
+    limit = ["--limit", str(args.eval_limit)] if args.eval_limit else []
+    started = time.time()
+    section = ["<!-- w4a8-fp8 rows: tools/accuracy_report.py --fp8-only -->", "",
+               "## W4A8 with FP8 compute: nearest, GPTQ and DPQ", "",
+               f"Measured by `/usr/bin/python3 tools/accuracy_report.py --fp8-only` on {datetime.date.today()} "
+               f"(commit {git_commit()}, {platform.machine()}, {os.cpu_count()} cores): `nibble calibrate --method max` on the first "
+               f"{args.calib_samples} training images, `nibble quantize --precision w4a8-fp8` with the rounding shown "
+               f"(Hessians on the first {min(args.calib_samples, 256)}), top-1 on "
+               f"{'all 10,000' if not args.eval_limit else f'the first {args.eval_limit}'} test images. DPQ's group "
+               "scales are stored as f32, one per 32 (64, 128) weights, hence its larger size.", "",
+               "| model | rounding | top-1 % | drop (points) | vs GPTQ (points) | size (bytes) |",
+               "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for key in args.models.split(","):
+        onnx_rel, _ = MODELS[key]
+        model = REPO / onnx_rel
+        fp_ok, n = top1(run([nibble, "eval", model, *limit], log))
+        fp = 100 * fp_ok / n
+        calib = work / f"{key}_max.calib"
+        run([nibble, "calibrate", model, "--samples", args.calib_samples, "--method", "max", "--precision", "int8",
+             "-o", calib], log)
+        rows = []
+        for name, flags in FP8_VARIANTS:
+            out = work / f"{key}_{re.sub('[^a-z0-9]+', '_', name)}.nbl"
+            extra = [*flags, "--samples", str(min(args.calib_samples, 256))] if flags else []
+            run([nibble, "quantize", model, "--calib", calib, "--precision", "w4a8-fp8", *extra, "-o", out], log)
+            ok, _ = top1(run([nibble, "eval", out, *limit], log))
+            rows.append((name, 100 * ok / n, dir_tensor_bytes(out)))
+            print(f"   {key} w4a8-fp8 {name:20s} {100 * ok / n:6.2f}%", flush=True)
+        gptq = rows[1][1]
+        for name, acc, size in rows:
+            section.append(f"| {key} | {name} | {acc:.2f} | {fp - acc:.2f} | {acc - gptq:+.2f} | {size:,} |")
+        # The summary's w4a8-fp8 line: the best of nearest, GPTQ and DPQ (default settings).
+        name, acc, size = max(rows[:3], key=lambda r: r[1])
+        fp32_line = re.search(rf"^\| {key} \| fp32 \| ([\d.]+) \| \| ([\d,]+) \|", text, re.M)
+        if not fp32_line or abs(float(fp32_line.group(1)) - fp) > 1e-9:
+            sys.exit(f"{report}: the FP32 row of {key} is missing or differs from this run's {fp:.2f}")
+        fp32_bytes = int(fp32_line.group(2).replace(",", ""))
+        line = f"| {key} | w4a8-fp8 | {acc:.2f} | {fp - acc:.2f} | {size:,} | {size / fp32_bytes:.2f} | max | {name} |"
+        text, count = re.subn(rf"^\| {key} \| w4a8-fp8 \|.*$", line, text, flags=re.M)
+        if count != 1:
+            sys.exit(f"{report}: no single w4a8-fp8 summary line for {key}")
+    section += ["", f"{(time.time() - started) / 60:.1f} min of measurements.", "", "<!-- end of w4a8-fp8 rows -->"]
+    block = "\n".join(section)
+    if "<!-- w4a8-fp8 rows:" in text:
+        text = re.sub(r"<!-- w4a8-fp8 rows:.*?<!-- end of w4a8-fp8 rows -->", lambda _: block, text, flags=re.S)
+    else:
+        anchor = text.index("![top-1 against model size]")
+        text = text[:anchor] + block + "\n\n" + text[anchor:]
+    tmp = report.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    tmp.replace(report)
+    print(f"wrote the w4a8-fp8 rows into {report}")
 
 
 def qat_rows(args, key, r, work, log, limit):
@@ -237,8 +309,12 @@ def best_per_precision(rows):
     return best
 
 
-def write_report(args, results, elapsed):
+def git_commit():
     git = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return git.stdout.strip() or "unknown"
+
+
+def write_report(args, results, elapsed):
     cpu = "unknown CPU"
     try:
         for line in open("/proc/cpuinfo"):
@@ -254,7 +330,7 @@ def write_report(args, results, elapsed):
     L.append("Generated by `tools/accuracy_report.py` from real runs of the nibble commands; do not edit by hand.")
     L.append("")
     L.append(f"- Command: `{cmd.strip()}`")
-    L.append(f"- Date: {datetime.date.today().isoformat()}, commit {git.stdout.strip() or 'unknown'}, "
+    L.append(f"- Date: {datetime.date.today().isoformat()}, commit {git_commit()}, "
              f"{platform.machine()} ({cpu}, {os.cpu_count()} cores), {elapsed / 60:.1f} min")
     reused = [k for k, r in results.items() if r.get("reused")]
     if reused:
@@ -269,7 +345,9 @@ def write_report(args, results, elapsed):
              "linear layer stay at 8 bits in w4a8 and int4. Weights are symmetric per output channel, "
              "activations per tensor (unsigned after ReLU).")
     L.append("- Rounding: `nearest` rounds each weight; `gptq` is `nibble quantize --gptq` (Hessian-guided "
-             "error compensation).")
+             "error compensation); `dpq` is `nibble quantize --dpq` (Dual Precision Quantization, w4a8-fp8 only: "
+             "levels in groups of 32 inputs with FP8 group scales and one power-of-two scale per tensor, rounded "
+             "through INT4 then FP8 inside GPTQ's compensation, group-aware column order; docs/quantization.md).")
     L.append("- Size: bytes of tensors (FP32: ONNX initializers; quantized: the model directory's npdata/).")
     if args.qat_dir:
         L.append(f"- QAT rows: `python3 -m nibble_qat finetune` (docs/qat.md) from a `percentile:99.999` table on the "
@@ -304,7 +382,8 @@ def write_report(args, results, elapsed):
     L.append("")
     L.append("Targets: int8 within 0.1 point of FP32, w4a8 within 0.3, int4 within 1.0 (best calibrator or "
              "mixed precision); int4 QAT within 0.3 (small, resnet18). Rows: every calibrator with plain rounding for int8, w4a8 and int4; GPTQ for the "
-             "4-bit precisions with the calibrator that did best with plain rounding; w4a8-fp8 with `max`.")
+             "4-bit precisions with the calibrator that did best with plain rounding; w4a8-fp8 with `max` (nearest, GPTQ "
+             "and DPQ). DPQ's target: within 0.3 point of FP32 and no worse than GPTQ.")
     L.append("")
     L.append("![top-1 against model size](accuracy.png)")
     L.append("")

@@ -37,7 +37,7 @@ class Tensor {
   const Shape& shape() const { return shape_; }
   int rank() const { return static_cast<int>(shape_.size()); }
   int64_t dim(int i) const { return shape_.at(static_cast<size_t>(i < 0 ? i + rank() : i)); }
-  int64_t numel() const { return shape_numel(shape_); }
+  int64_t numel() const { return numel_; }  // fixed with the shape (kernels call it in loops)
   size_t nbytes() const { return dtype_storage_bytes(dtype_, numel()); }
   bool defined() const { return storage_ != nullptr; }
 
@@ -71,6 +71,7 @@ class Tensor {
 
   DType dtype_ = DType::f32;
   Shape shape_;
+  int64_t numel_ = 1;  // shape_numel(shape_)
   std::shared_ptr<std::vector<uint8_t>> storage_;
 };
 

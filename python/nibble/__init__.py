@@ -134,24 +134,28 @@ def calibrate(model, data, method="max", precision="int8", *, batch_size=50, out
     return table
 
 
-def quantize(model, calib, output, precision="int8", *, gptq=False, data=None, batch_size=50, layer_precision=None,
-             exclude=None, all_layers=False, threads=0):
+def quantize(model, calib, output, precision="int8", *, gptq=False, dpq=False, group_size=32, gar=True, data=None,
+             batch_size=50, layer_precision=None, exclude=None, all_layers=False, threads=0):
     """Quantizes an FP32 ONNX model with a calibration table (a CalibTable or a .calib path; none
     for a QDQ model) and writes the model directory `output` (which must not exist). With
-    gptq=True the weights are rounded with GPTQ, its Hessians measured on `data`. Returns the
-    per-layer report: dicts of layer, onnx_node, op, precision and note."""
+    gptq=True the weights are rounded with GPTQ, its Hessians measured on `data`; dpq=True rounds
+    the w4a8-fp8 layers by Dual Precision Quantization (groups of `group_size` inputs, gar: the
+    group-aware column order) and the integer ones by GPTQ. Returns the per-layer report: dicts
+    of layer, onnx_node, op, precision and note."""
     model = str(model)
     hessians = None
-    if gptq:
+    if dpq and precision != "w4a8-fp8" and "w4a8-fp8" not in dict(layer_precision or {}).values():
+        raise Error(f"{model}: dpq=True rounds w4a8-fp8 layers: give precision='w4a8-fp8'")
+    if gptq or dpq:
         if data is None:
-            raise Error(f"{model}: gptq=True needs data to measure the Hessians on")
+            raise Error(f"{model}: {'dpq' if dpq else 'gptq'}=True needs data to measure the Hessians on")
         hessians = _nibble.Hessians(model)
         for b in _batches(data, batch_size, f"{model}: GPTQ data"):
             hessians.observe(b)
     if isinstance(calib, (str, bytes)) or hasattr(calib, "__fspath__"):
         calib = str(calib)
     return _nibble.quantize(model, calib, str(output), precision, dict(layer_precision or {}), list(exclude or []),
-                            bool(all_layers), hessians, int(threads))
+                            bool(all_layers), hessians, int(threads), bool(dpq), int(group_size), bool(gar))
 
 
 def evaluate(model, images, labels, *, batch_size=100, device="cpu"):

@@ -30,6 +30,9 @@ struct QuantizeArgs {
   bool all_layers = false;
   std::string output;
   bool gptq = false;
+  bool dpq = false;
+  int64_t group_size = 32;
+  bool no_gar = false;
   DataArgs data;
 };
 
@@ -64,7 +67,15 @@ void quantize(const QuantizeArgs& args) {
       }
     }
     std::unique_ptr<ProgressBar> bar;
-    if (args.gptq) {
+    if (args.dpq) {
+      bool any = opt.precision == quant::Precision::w4a8_fp8;
+      for (const auto& [name, p] : opt.layer_precision) any |= p == quant::Precision::w4a8_fp8;
+      if (!any) fail("--dpq", "DPQ rounds w4a8-fp8 layers: give --precision w4a8-fp8 (or such layers in --layer-precision)");
+      opt.dpq = true;
+      opt.group_size = args.group_size;
+      opt.reorder = !args.no_gar;
+    }
+    if (args.gptq || args.dpq) {
       opt.hessians = collect_hessians(fp32, args.data, args.model);
       opt.threads = args.data.threads;
       bar = std::make_unique<ProgressBar>("gptq", static_cast<int64_t>(opt.hessians.size()));
@@ -105,8 +116,16 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_flag("--gptq", args->gptq,
                 "Round weights with GPTQ's Hessian-guided error compensation, measured on --data (recommended for "
                 "4-bit weights)");
+  cmd->add_flag("--dpq", args->dpq,
+                "w4a8-fp8 layers by Dual Precision Quantization: 4-bit levels in groups with FP8 group scales, rounded "
+                "through INT4 then FP8 with Hessian-guided compensation measured on --data (the layers that stay "
+                "integer take GPTQ)");
+  cmd->add_option("--group-size", args->group_size, "--dpq: inputs per weight group (along C x KH x KW)")
+      ->default_val(32)
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  cmd->add_flag("--no-gar", args->no_gar, "--dpq: process the columns in their stored order instead of group-aware reordering");
   args->data.limit = 256;
-  add_data_flags(*cmd, args->data, "fashion-mnist:train", "--samples", "--gptq: inputs to measure the Hessians on");
+  add_data_flags(*cmd, args->data, "fashion-mnist:train", "--samples", "--gptq, --dpq: inputs to measure the Hessians on");
   cmd->callback([args] { quantize(*args); });
 }
 

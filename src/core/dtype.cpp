@@ -65,23 +65,21 @@ float e4m3_bits_to_f32(uint8_t b) {
 }
 
 uint8_t f32_to_e4m3_bits(float v) {
-  if (std::isnan(v)) return 0x7F;
-  const uint8_t sign = std::signbit(v) ? 0x80 : 0x00;
-  double a = std::fabs(static_cast<double>(v));
-  if (a == 0.0) return sign;
-  // Round to the e4m3 grid (3 mantissa bits; subnormal step 2^-9), nearest even, saturating.
-  int e2 = 0;
-  std::frexp(a, &e2);  // a = f * 2^e2, f in [0.5, 1)
-  const int exponent = std::max(e2 - 1, -6);
-  const double step = std::ldexp(1.0, exponent - 3);
-  double q = std::nearbyint(a / step) * step;
-  if (q > 448.0) q = 448.0;
-  if (q == 0.0) return sign;
-  std::frexp(q, &e2);
-  const int e = e2 - 1;
-  if (e < -6) return static_cast<uint8_t>(sign | static_cast<uint8_t>(q * 512.0));
-  const int mant = static_cast<int>((q / std::ldexp(1.0, e) - 1.0) * 8.0);
-  return static_cast<uint8_t>(sign | ((e + 7) << 3) | mant);
+  // Round to the e4m3 grid (3 mantissa bits; subnormal step 2^-9), nearest even, saturating at
+  // 448 (infinities too); NaN gives 0x7F.
+  const uint32_t bits = std::bit_cast<uint32_t>(v);
+  const uint8_t sign = static_cast<uint8_t>((bits >> 24) & 0x80u);
+  const uint32_t x = bits & 0x7FFFFFFFu;
+  if (x > 0x7F800000u) return 0x7F;
+  if (x < 0x3C800000u) {  // below 2^-6: multiples of 2^-9, and 8 x 2^-9 is the code of 2^-6
+    const float units = std::nearbyint(std::bit_cast<float>(x) * 512.0f);
+    return static_cast<uint8_t>(sign | static_cast<uint8_t>(units));
+  }
+  const uint32_t r = x + 0x7FFFFu + ((x >> 20) & 1u);  // nearest even at 3 mantissa bits
+  const int e = static_cast<int>(r >> 23) - 127;
+  const uint32_t mant = (r >> 20) & 7u;
+  if (e > 8 || (e == 8 && mant == 7u)) return static_cast<uint8_t>(sign | 0x7Eu);
+  return static_cast<uint8_t>(sign | static_cast<uint32_t>((e + 7) << 3) | mant);
 }
 
 namespace {

@@ -56,7 +56,7 @@ Tensor::Tensor(DType dtype, Shape shape) : dtype_(dtype), shape_(std::move(shape
   for (int64_t d : shape_) {
     if (d < 0) throw std::invalid_argument("negative tensor dimension in " + shape_str(shape_));
   }
-  checked_numel(shape_, "");
+  numel_ = checked_numel(shape_, "");
   storage_ = std::make_shared<std::vector<uint8_t>>(nbytes(), 0);
 }
 
@@ -66,6 +66,7 @@ Tensor Tensor::reshaped(Shape shape) const {
   }
   Tensor t = *this;
   t.shape_ = std::move(shape);
+  t.numel_ = shape_numel(t.shape_);
   return t;
 }
 

@@ -147,6 +147,25 @@ class Builder {
       Tensor acc(DType::f32, {cout});
       for (int64_t k = 0; k < cout; ++k) acc.data<float>()[k] = static_cast<float>(sx * ws.get(k));
       n.inputs.push_back(constant(layer + ".acc_scale", acc));
+      if (f.has("weight_group_scale")) {
+        // DPQ: each weight widens to e4m3(level x its group's scale) before the FP8 products.
+        if (groups != 1) fail(where, "weight_group_scale needs groups=1");
+        const Tensor& gs = f.get_tensor("weight_group_scale");
+        const int64_t size = f.get_int("weight_group_size");
+        const int64_t per = w.numel() / cout;
+        if (size < 1 || size > per) fail(where, "weight_group_size={} is outside 1..{}", size, per);
+        const int64_t count = (per + size - 1) / size;
+        if (gs.dtype() != DType::f32 || gs.rank() != 2 || gs.dim(0) != cout || gs.dim(1) != count) {
+          fail(where, "weight_group_scale must be f32 of shape [{}, {}], got {} {}", cout, count, dtype_name(gs.dtype()),
+               shape_str(gs.shape()));
+        }
+        for (int64_t i = 0; i < gs.numel(); ++i) {
+          const double v = gs.get(i);
+          if (!(v > 0.0) || !std::isfinite(v)) fail(where, "weight_group_scale[{}] = {} is not a positive finite number", i, v);
+        }
+        n.inputs.push_back(constant(layer + ".group_scale", gs));
+        n.attrs["group_size"] = size;
+      }
     } else {
       check_input_type(where, x, is_float);
     }

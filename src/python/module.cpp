@@ -248,7 +248,8 @@ class Hessians {
 
 py::list quantize(const std::string& model, const py::object& calib, const std::string& output,
                   const std::string& precision, const std::map<std::string, std::string>& layer_precision,
-                  const std::vector<std::string>& exclude, bool all_layers, Hessians* hessians, int threads) {
+                  const std::vector<std::string>& exclude, bool all_layers, Hessians* hessians, int threads, bool dpq,
+                  int64_t group_size, bool gar) {
   check_new_output(output);
   const Graph fp32 = load_fp32_onnx(model);
   quant::QuantizeOptions opt;
@@ -257,6 +258,10 @@ py::list quantize(const std::string& model, const py::object& calib, const std::
   opt.exclude = std::set<std::string>(exclude.begin(), exclude.end());
   opt.first_last_8bit = !all_layers;
   opt.threads = threads;
+  opt.dpq = dpq;
+  opt.group_size = group_size;
+  opt.reorder = gar;
+  if (group_size < 1) fail(model, "group_size must be positive, got {}", group_size);
   quant::QuantizeResult result;
   {
     quant::CalibTable table;
@@ -347,7 +352,8 @@ PYBIND11_MODULE(_nibble, m) {
       .def("observe", &Hessians::observe);
 
   m.def("quantize", &python::quantize, py::arg("model"), py::arg("calib"), py::arg("output"), py::arg("precision"),
-        py::arg("layer_precision"), py::arg("exclude"), py::arg("all_layers"), py::arg("hessians"), py::arg("threads"));
+        py::arg("layer_precision"), py::arg("exclude"), py::arg("all_layers"), py::arg("hessians"), py::arg("threads"), py::arg("dpq"), py::arg("group_size"),
+        py::arg("gar"));
   m.def("set_cpu_threads", &set_cpu_threads, py::arg("threads"));
   m.def("cpu_threads", &cpu_threads);
 }

@@ -27,14 +27,26 @@ ScopedBlasThreads::ScopedBlasThreads(int threads) : saved_(openblas_get_num_thre
 
 ScopedBlasThreads::~ScopedBlasThreads() { openblas_set_num_threads(saved_); }
 
-std::vector<double> gptq_quantize(std::vector<double> w, int64_t rows, int64_t cols, std::vector<double> h,
-                                  const std::vector<double>& scale, double levels, int threads, bool keep_zeros) {
+std::vector<double> gptq_round(std::vector<double> w, int64_t rows, int64_t cols, std::vector<double> h,
+                               const ElementQuantizer& quantize, int threads, const std::vector<int64_t>& order) {
   const int64_t n = cols;
-  std::vector<bool> zero;
-  if (keep_zeros) {
-    zero.resize(w.size());
-    for (size_t i = 0; i < w.size(); ++i) zero[i] = w[i] == 0.0;
+  if (!order.empty()) {
+    // Process the columns in `order`: permute W's columns and H's rows and columns alike.
+    if (static_cast<int64_t>(order.size()) != n) throw std::invalid_argument("gptq: the column order has the wrong length");
+    std::vector<double> wp(w.size()), hp(h.size());
+    for (int64_t k = 0; k < rows; ++k) {
+      for (int64_t j = 0; j < n; ++j) wp[static_cast<size_t>(k * n + j)] = w[static_cast<size_t>(k * n + order[static_cast<size_t>(j)])];
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t j = 0; j < n; ++j) {
+        hp[static_cast<size_t>(i * n + j)] =
+            h[static_cast<size_t>(order[static_cast<size_t>(i)] * n + order[static_cast<size_t>(j)])];
+      }
+    }
+    w.swap(wp);
+    h.swap(hp);
   }
+  auto original = [&](int64_t j) { return order.empty() ? j : order[static_cast<size_t>(j)]; };
   double mean_diag = 0.0;
   for (int64_t i = 0; i < n; ++i) {
     double& d = h[static_cast<size_t>(i * n + i)];
@@ -69,13 +81,12 @@ std::vector<double> gptq_quantize(std::vector<double> w, int64_t rows, int64_t c
     // Inside the block, column by column; each row's errors go to its later columns.
     for (int64_t k = 0; k < rows; ++k) {
       double* row = &w[static_cast<size_t>(k * n)];
-      const double s = scale[static_cast<size_t>(k)];
       for (int64_t i = i1; i < i2; ++i) {
-        const double qi = keep_zeros && zero[static_cast<size_t>(k * n + i)]
-                              ? 0.0
-                              : std::clamp(std::nearbyint(row[i] / s), -levels, levels);
-        q[static_cast<size_t>(k * n + i)] = qi;
-        const double e = (row[i] - qi * s) / u[static_cast<size_t>(i * n + i)];
+        const int64_t c = original(i);
+        double level = 0.0;
+        const double value = quantize(k, c, row[i], level);
+        q[static_cast<size_t>(k * n + c)] = level;
+        const double e = (row[i] - value) / u[static_cast<size_t>(i * n + i)];
         const double* ui = &u[static_cast<size_t>(i * n)];
         for (int64_t j = i + 1; j < i2; ++j) row[j] -= e * ui[j];
         err[static_cast<size_t>(k * b + (i - i1))] = e;
@@ -89,6 +100,21 @@ std::vector<double> gptq_quantize(std::vector<double> w, int64_t rows, int64_t c
     }
   }
   return q;
+}
+
+std::vector<double> gptq_quantize(std::vector<double> w, int64_t rows, int64_t cols, std::vector<double> h,
+                                  const std::vector<double>& scale, double levels, int threads, bool keep_zeros) {
+  std::vector<bool> zero;
+  if (keep_zeros) {
+    zero.resize(w.size());
+    for (size_t i = 0; i < w.size(); ++i) zero[i] = w[i] == 0.0;
+  }
+  const ElementQuantizer nearest = [&](int64_t k, int64_t c, double v, double& level) {
+    const double s = scale[static_cast<size_t>(k)];
+    level = keep_zeros && zero[static_cast<size_t>(k * cols + c)] ? 0.0 : std::clamp(std::nearbyint(v / s), -levels, levels);
+    return level * s;
+  };
+  return gptq_round(std::move(w), rows, cols, std::move(h), nearest, threads);
 }
 
 HessianCollector::HessianCollector(const Graph& fp32, int64_t positions) : positions_(positions) {

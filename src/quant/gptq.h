@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -27,6 +28,15 @@ class ScopedBlasThreads {
  private:
   int saved_;
 };
+
+// The GPTQ loop with any rounding: quantize(row, column, value, level) returns the value the
+// layer will compute with for `value` (the weight after the compensation so far) at
+// (row, column) and sets `level` to what is stored. W is K x D and H is D x D (row-major, as
+// below). `order`, when given, is the order the columns are processed in (a permutation of
+// 0 .. D-1); the returned levels (K x D) are in the original column order.
+using ElementQuantizer = std::function<double(int64_t row, int64_t column, double value, double& level)>;
+std::vector<double> gptq_round(std::vector<double> w, int64_t rows, int64_t cols, std::vector<double> hessian,
+                               const ElementQuantizer& quantize, int threads = 0, const std::vector<int64_t>& order = {});
 
 // W (K rows x D columns, row-major) quantized row by row with scale[k], to integers in
 // [-levels, levels]; H (D x D, row-major) is sum(x x^T) over the layer's input columns. Returns

@@ -10,6 +10,7 @@
 #include <limits>
 
 #include "nibble/error.h"
+#include "quant/dpq.h"
 #include "quant/gptq.h"
 #include "quant/observer.h"
 #include "quant/requant.h"
@@ -1117,8 +1118,27 @@ class Quantizer {
   void emit_fp8(Unit& u) {
     const std::string x = need_fp8(u.input);
     std::vector<double> ws;
-    Tensor wq = quantize_weights(u, 4, ws);
     const int64_t k = u.w_shape[0];
+    Tensor wq;
+    Tensor group_scale;
+    int64_t group_size = 0;
+    if (opt_.dpq) {
+      const int64_t per = static_cast<int64_t>(u.w.size()) / k;
+      const auto h = opt_.hessians.find(u.node->name);
+      static const std::vector<double> none;
+      const bool has_h = h != opt_.hessians.end() && h->second.size() == static_cast<size_t>(per * per);
+      const DpqWeights d = dpq_quantize(u.w, k, per, has_h ? h->second : none, opt_.group_size, opt_.reorder,
+                                        opt_.threads, is_sparse(u));
+      if (has_h && opt_.on_gptq_layer) opt_.on_gptq_layer();
+      wq = Tensor(DType::s4, u.w_shape);
+      for (int64_t i = 0; i < wq.numel(); ++i) wq.set(i, d.levels[static_cast<size_t>(i)]);
+      ws.assign(static_cast<size_t>(k), d.tensor_scale);
+      group_size = d.group_size;
+      group_scale = Tensor(DType::f32, {k, static_cast<int64_t>(d.group_scale.size()) / k});
+      std::copy(d.group_scale.begin(), d.group_scale.end(), group_scale.data<float>());
+    } else {
+      wq = quantize_weights(u, 4, ws);
+    }
     LayerFile l = new_layer(u.name, "Conv2d");
     field(l, "compute_mode", "f8s4f32");
     shape_fields(u, l);
@@ -1127,6 +1147,10 @@ class Quantizer {
     tensor_field(l, "bias", f32_tensor(u.b, {k}));
     tensor_field(l, "weight", wq);
     tensor_field(l, "weight_scale", f32_tensor(ws, {k}));
+    if (group_size > 0) {
+      field(l, "weight_group_size", std::to_string(group_size));
+      tensor_field(l, "weight_group_scale", group_scale);
+    }
     field(l, "onnx_node", u.node->name);
     add_layer(std::move(l), {x});
     float_epilogue(u);

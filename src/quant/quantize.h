@@ -41,6 +41,13 @@ struct QuantizeOptions {
   // Input Hessians by ONNX node name (HessianCollector): weights of these layers are rounded
   // with GPTQ's error compensation instead of to the nearest integer.
   std::map<std::string, std::vector<double>> hessians;
+  // w4a8-fp8 layers by Dual Precision Quantization (quant/dpq.h): 4-bit levels in groups of
+  // `group_size` inputs with FP8-domain group scales and one power-of-two scale per tensor,
+  // rounded through GPTQ's compensation when the layer has a Hessian; `reorder`: group-aware
+  // column order.
+  bool dpq = false;
+  int64_t group_size = 32;
+  bool reorder = true;
   // GPTQ's linear algebra threads (0: one per core), and a call after each layer it rounds.
   int threads = 0;
   std::function<void()> on_gptq_layer;

@@ -59,6 +59,20 @@ std::vector<std::string> vector_isas() {
                                        << first << ": got " << got.get(first) << ", want " << want.get(first);
 }
 
+// A 2-D convolution node of `op_type` with its window attributes (pads: top, left, bottom, right).
+Node conv_node(const std::string& op_type, std::vector<int64_t> kernel, std::vector<int64_t> strides,
+               std::vector<int64_t> pads, int64_t dilation) {
+  Node node;
+  node.op_type = op_type;
+  node.name = "conv";
+  node.outputs = {"y"};
+  node.attrs["kernel_shape"] = std::move(kernel);
+  node.attrs["strides"] = std::move(strides);
+  node.attrs["pads"] = std::move(pads);
+  node.attrs["dilations"] = std::vector<int64_t>{dilation, dilation};
+  return node;
+}
+
 Tensor run_kernel(ref::KernelFn fn, const Node& n, const ref::Inputs& in) {
   ref::Outputs out(1);
   fn(n, in, out);
@@ -144,14 +158,8 @@ void check_conv(const ConvCase& cc, uint32_t seed) {
   const int64_t w_lo = cc.wtype == DType::s4 ? -8 : -128, w_hi = cc.wtype == DType::s4 ? 7 : 127;
   const Tensor w = random_tensor(cc.wtype, {cc.m, cc.c / cc.group, cc.kh, cc.kw}, w_lo, w_hi, rng);
   const Tensor bias = random_tensor(rng() % 2 ? DType::s16 : DType::s32, {cc.m}, -30000, 30000, rng);
-  Node node;
-  node.op_type = cc.fused ? "nibble:IntConvFused" : "nibble:IntConv";
-  node.name = "conv";
-  node.outputs = {"y"};
-  node.attrs["kernel_shape"] = std::vector<int64_t>{cc.kh, cc.kw};
-  node.attrs["strides"] = std::vector<int64_t>{cc.stride_h, cc.stride_w};
-  node.attrs["pads"] = std::vector<int64_t>{cc.pad_t, cc.pad_l, cc.pad_b, cc.pad_r};
-  node.attrs["dilations"] = std::vector<int64_t>{cc.dilation, cc.dilation};
+  Node node = conv_node(cc.fused ? "nibble:IntConvFused" : "nibble:IntConv", {cc.kh, cc.kw}, {cc.stride_h, cc.stride_w},
+                        {cc.pad_t, cc.pad_l, cc.pad_b, cc.pad_r}, cc.dilation);
   node.attrs["group"] = cc.group;
   const int64_t oh = (cc.h + cc.pad_t + cc.pad_b - cc.dilation * (cc.kh - 1) - 1) / cc.stride_h + 1;
   const int64_t ow = (cc.w + cc.pad_l + cc.pad_r - cc.dilation * (cc.kw - 1) - 1) / cc.stride_w + 1;
@@ -194,6 +202,63 @@ void check_conv(const ConvCase& cc, uint32_t seed) {
     ASSERT_NE(fn, nullptr) << isa << " has no " << node.op_type;
     EXPECT_TRUE(identical(want, run_kernel(fn, node, in)))
         << isa << ": " << cc.str() << " (seed " << seed << ")";
+  }
+}
+
+// FP8 convolutions: random e4m3 activations (every exponent, subnormals, +-448) and s4/s8
+// weights, plain or widened to FP8 through group scales; strides, padding, dilation, ReLU.
+TEST(CpuBackend, Fp8ConvMatchesTheReference) {
+  SKIP_WITHOUT_CPU_KERNELS();
+  struct Case {
+    int64_t n, c, h, w, m, k, stride, pad, dil, group_size;
+    DType wt;
+    bool relu;
+  };
+  const Case cases[] = {
+      {2, 3, 9, 11, 5, 3, 1, 1, 1, 0, DType::s4, false},   {1, 16, 8, 8, 13, 3, 2, 1, 1, 32, DType::s4, true},
+      {1, 64, 7, 7, 8, 1, 1, 0, 1, 32, DType::s4, false},  {3, 8, 10, 6, 4, 3, 1, 2, 2, 7, DType::s4, true},
+      {1, 128, 5, 5, 17, 3, 1, 1, 1, 0, DType::s8, false}, {1, 512, 4, 4, 6, 3, 1, 1, 1, 128, DType::s4, false},
+  };
+  std::mt19937 rng(7);
+  for (const Case& cc : cases) {
+    Tensor x(DType::e4m3, {cc.n, cc.c, cc.h, cc.w});
+    std::uniform_int_distribution<int> byte(0, 255);
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      uint8_t b = static_cast<uint8_t>(byte(rng));
+      if ((b & 0x7f) == 0x7f) b = 0x7e;  // NaN is not an activation: take 448 instead
+      x.set(i, e4m3_bits_to_f32(b));
+    }
+    x.set(0, 448.0);
+    x.set(1, -448.0);
+    Tensor w(cc.wt, {cc.m, cc.c, cc.k, cc.k});
+    const int hi = cc.wt == DType::s4 ? 7 : 127;
+    std::uniform_int_distribution<int> level(-hi, hi);
+    for (int64_t i = 0; i < w.numel(); ++i) w.set(i, level(rng));
+    w.set(0, -hi);
+    Tensor bias(DType::f32, {cc.m}), scale(DType::f32, {cc.m});
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    for (int64_t i = 0; i < cc.m; ++i) {
+      bias.set(i, u(rng));
+      scale.set(i, std::ldexp(1.0f + u(rng) * 0.5f, -12));
+    }
+    Node node = conv_node("nibble:Fp8Conv", {cc.k, cc.k}, {cc.stride, cc.stride}, {cc.pad, cc.pad, cc.pad, cc.pad}, cc.dil);
+    if (cc.relu) node.attrs["relu"] = int64_t{1};
+    ref::Inputs in{&x, &w, &bias, &scale};
+    Tensor groups;
+    if (cc.group_size > 0) {
+      const int64_t per = cc.c * cc.k * cc.k, count = (per + cc.group_size - 1) / cc.group_size;
+      groups = Tensor(DType::f32, {cc.m, count});
+      std::uniform_real_distribution<float> g(0.01f, 64.0f);  // l x g spans subnormal to saturated e4m3
+      for (int64_t i = 0; i < groups.numel(); ++i) groups.set(i, g(rng));
+      node.attrs["group_size"] = cc.group_size;
+      in.push_back(&groups);
+    }
+    const Tensor want = run_kernel(ref::fp8_conv, node, in);
+    for (const auto& isa : vector_isas()) {
+      const ref::KernelFn fn = cpu::find_kernel(isa, node.op_type);
+      ASSERT_NE(fn, nullptr) << isa << " has no " << node.op_type;
+      EXPECT_TRUE(identical(want, run_kernel(fn, node, in))) << isa << ": c " << cc.c << " k " << cc.k << " groups " << cc.group_size;
+    }
   }
 }
 

@@ -1,6 +1,8 @@
 // The dtype traits table and scalar conversions.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
 
@@ -88,6 +90,45 @@ TEST(DType, BFloat16) {
   EXPECT_EQ(bf16_bits_to_f32(0x3F80), 1.0f);
   EXPECT_EQ(f32_to_bf16_bits(1.0f + 1.0f / 256), 0x3F80);  // tie to even
   EXPECT_EQ(f32_to_bf16_bits(1.0f + 3.0f / 256), 0x3F82);
+}
+
+// The e4m3 rounding by definition: the nearest multiple of the value's e4m3 step (2^(e-3) for
+// 2^e <= |v| < 2^(e+1), 2^-9 below 2^-6), ties to even, beyond 448 saturated.
+uint8_t e4m3_by_definition(float v) {
+  if (std::isnan(v)) return 0x7F;
+  const uint8_t sign = std::signbit(v) ? 0x80 : 0x00;
+  const double a = std::fabs(static_cast<double>(v));
+  if (a == 0.0) return sign;
+  int e2 = 0;
+  std::frexp(a, &e2);
+  const double step = std::ldexp(1.0, std::max(e2 - 1, -6) - 3);
+  const double q = std::min(std::nearbyint(a / step) * step, 448.0);
+  if (q < 0.015625) return static_cast<uint8_t>(sign | static_cast<uint8_t>(q * 512.0));  // subnormal codes
+  std::frexp(q, &e2);
+  const int mant = static_cast<int>((q / std::ldexp(1.0, e2 - 1) - 1.0) * 8.0);
+  return static_cast<uint8_t>(sign | ((e2 - 1 + 7) << 3) | mant);
+}
+
+TEST(DType, E4M3RoundingMatchesTheDefinitionAcrossFloat) {
+  // Every 1021st bit pattern of f32 (4.2 million values: every exponent, NaNs and infinities
+  // included) and the neighbours of every e4m3 value and midpoint.
+  int64_t checked = 0;
+  for (uint64_t b = 0; b <= 0xFFFFFFFFull; b += 1021) {
+    const float v = std::bit_cast<float>(static_cast<uint32_t>(b));
+    ASSERT_EQ(f32_to_e4m3_bits(v), e4m3_by_definition(v)) << v << " (bits " << b << ")";
+    ++checked;
+  }
+  for (int b = 0; b < 0x7F; ++b) {
+    const float f = e4m3_bits_to_f32(static_cast<uint8_t>(b));
+    const float next = b + 1 < 0x7F ? e4m3_bits_to_f32(static_cast<uint8_t>(b + 1)) : 480.0f;
+    for (float v : {f, (f + next) / 2, next}) {
+      for (float w : {std::nextafter(v, 0.0f), v, std::nextafter(v, 1e9f)}) {
+        ASSERT_EQ(f32_to_e4m3_bits(w), e4m3_by_definition(w)) << w;
+        ASSERT_EQ(f32_to_e4m3_bits(-w), e4m3_by_definition(-w)) << -w;
+      }
+    }
+  }
+  EXPECT_GT(checked, 4000000);
 }
 
 TEST(DType, E4M3RoundTripsAndSaturates) {

@@ -12,6 +12,7 @@
 #include "nibble/model_dir.h"
 #include "nibble/model_loader.h"
 #include "nibble/qdq_export.h"
+#include "quant/dpq.h"
 #include "quant/gptq.h"
 #include "quant/observer.h"
 #include "quant/qdq_import.h"
@@ -142,25 +143,37 @@ double output_error(const std::vector<double>& x, int64_t n, const std::vector<d
   return err;
 }
 
+// n inputs of `cols` correlated features (each mixes a few shared factors) as rows of x, and
+// their Hessian sum(x x^T) (cols x cols).
+struct CorrelatedInputs {
+  std::vector<double> x, h;
+};
+CorrelatedInputs correlated_inputs(int64_t n, int64_t cols, std::mt19937& rng) {
+  std::normal_distribution<double> g(0.0, 1.0);
+  CorrelatedInputs c;
+  c.x.resize(static_cast<size_t>(n * cols));
+  for (int64_t i = 0; i < n; ++i) {
+    const double f0 = g(rng), f1 = g(rng);
+    for (int64_t j = 0; j < cols; ++j) c.x[static_cast<size_t>(i * cols + j)] = f0 + 0.5 * f1 * (j % 3) + 0.3 * g(rng);
+  }
+  c.h.assign(static_cast<size_t>(cols * cols), 0.0);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t a = 0; a < cols; ++a) {
+      for (int64_t b = 0; b < cols; ++b) {
+        c.h[static_cast<size_t>(a * cols + b)] += c.x[static_cast<size_t>(i * cols + a)] * c.x[static_cast<size_t>(i * cols + b)];
+      }
+    }
+  }
+  return c;
+}
+
 TEST(Gptq, BeatsRoundingOnCorrelatedInputsAndEqualsItOnWhiteOnes) {
   const int64_t rows = 8, cols = 24, n = 400;
   std::mt19937 rng(7);
   std::normal_distribution<double> g(0.0, 1.0);
-  std::vector<double> w(static_cast<size_t>(rows * cols)), x(static_cast<size_t>(n * cols));
+  std::vector<double> w(static_cast<size_t>(rows * cols));
   for (auto& v : w) v = g(rng);
-  // Correlated inputs: each feature mixes a few shared factors.
-  for (int64_t i = 0; i < n; ++i) {
-    const double f0 = g(rng), f1 = g(rng);
-    for (int64_t j = 0; j < cols; ++j) x[static_cast<size_t>(i * cols + j)] = f0 + 0.5 * f1 * (j % 3) + 0.3 * g(rng);
-  }
-  std::vector<double> h(static_cast<size_t>(cols * cols), 0.0);
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t a = 0; a < cols; ++a) {
-      for (int64_t b = 0; b < cols; ++b) {
-        h[static_cast<size_t>(a * cols + b)] += x[static_cast<size_t>(i * cols + a)] * x[static_cast<size_t>(i * cols + b)];
-      }
-    }
-  }
+  const auto [x, h] = correlated_inputs(n, cols, rng);
   const double levels = 7.0;
   std::vector<double> scale(rows);
   std::vector<double> rtn(static_cast<size_t>(rows * cols));
@@ -183,6 +196,70 @@ TEST(Gptq, BeatsRoundingOnCorrelatedInputsAndEqualsItOnWhiteOnes) {
   std::vector<double> eye(static_cast<size_t>(cols * cols), 0.0);
   for (int64_t j = 0; j < cols; ++j) eye[static_cast<size_t>(j * cols + j)] = 1.0;
   EXPECT_EQ(quant::gptq_quantize(w, rows, cols, eye, scale, levels), rtn);
+}
+
+TEST(Dpq, GroupAwareOrderKeepsGroupsWhole) {
+  // Groups of 3: {0,1,2} top 5, {3,4,5} top 9, {6,7} top 1 -> group 1, group 0, group 2.
+  const std::vector<double> diag = {1, 5, 2, 9, 0.5, 3, 1, 0.25};
+  EXPECT_EQ(quant::group_aware_order(diag, 3), (std::vector<int64_t>{3, 5, 4, 1, 2, 0, 6, 7}));
+  EXPECT_EQ(quant::group_aware_order(diag, 8), (std::vector<int64_t>{3, 1, 5, 2, 0, 6, 4, 7}));
+}
+
+TEST(Dpq, CompositeRoundingWithCompensationBeatsPlainRounding) {
+  const int64_t rows = 8, cols = 48, n = 400, group = 16;
+  std::mt19937 rng(11);
+  std::normal_distribution<double> g(0.0, 1.0);
+  std::vector<double> w(static_cast<size_t>(rows * cols));
+  for (size_t i = 0; i < w.size(); ++i) w[i] = g(rng) * (i % 7 == 0 ? 3.0 : 0.05);  // channels and groups of unlike range
+  const auto [x, h] = correlated_inputs(n, cols, rng);
+  // The weights each result computes with, and ||X (W - W_hat)^T||^2.
+  auto error = [&](const quant::DpqWeights& d) {
+    const int64_t groups = static_cast<int64_t>(d.group_scale.size()) / rows;
+    std::vector<double> deq(w.size()), unit(static_cast<size_t>(rows), 1.0);
+    for (int64_t k = 0; k < rows; ++k) {
+      for (int64_t j = 0; j < cols; ++j) {
+        const size_t i = static_cast<size_t>(k * cols + j);
+        EXPECT_EQ(d.levels[i], std::nearbyint(d.levels[i]));
+        EXPECT_LE(std::abs(d.levels[i]), 7.0);
+        deq[i] = quant::dpq_weight(d.levels[i], d.group_scale[static_cast<size_t>(k * groups + j / group)], d.tensor_scale);
+      }
+    }
+    return output_error(x, n, w, deq, unit, rows, cols);
+  };
+  const quant::DpqWeights plain = quant::dpq_quantize(w, rows, cols, {}, group, false);
+  double top = 0.0;
+  for (double v : w) top = std::max(top, std::abs(v));
+  EXPECT_EQ(plain.tensor_scale, std::exp2(std::round(std::log2(plain.tensor_scale))));  // a power of two
+  EXPECT_GT(top / plain.tensor_scale, 224.0);
+  EXPECT_LE(top / plain.tensor_scale, 448.0);
+  ASSERT_EQ(plain.group_scale.size(), static_cast<size_t>(rows * cols / group));
+  // Plain rounding through INT4 then FP8: the nearest level in the weight's group.
+  for (int64_t k = 0; k < rows; ++k) {
+    for (int64_t j = 0; j < cols; ++j) {
+      const double gs = plain.group_scale[static_cast<size_t>(k * (cols / group) + j / group)];
+      const double want = std::clamp(std::nearbyint(w[static_cast<size_t>(k * cols + j)] / plain.tensor_scale / gs), -7.0, 7.0);
+      ASSERT_EQ(plain.levels[static_cast<size_t>(k * cols + j)], want) << k << " " << j;
+    }
+  }
+  const quant::DpqWeights dpq = quant::dpq_quantize(w, rows, cols, h, group, true);
+  const quant::DpqWeights dpq_stored = quant::dpq_quantize(w, rows, cols, h, group, false);
+  EXPECT_EQ(dpq.group_scale, plain.group_scale);
+  const double e_plain = error(plain), e_dpq = error(dpq), e_stored = error(dpq_stored);
+  EXPECT_LT(e_dpq, 0.7 * e_plain) << e_dpq << " vs " << e_plain;
+  EXPECT_LT(e_stored, 0.7 * e_plain) << e_stored << " vs " << e_plain;
+  // Group scales beat one scale per channel: INT4 with per-channel scales (GPTQ) errs more here.
+  std::vector<double> scale(static_cast<size_t>(rows));
+  for (int64_t k = 0; k < rows; ++k) {
+    double m = 0.0;
+    for (int64_t j = 0; j < cols; ++j) m = std::max(m, std::abs(w[static_cast<size_t>(k * cols + j)]));
+    scale[static_cast<size_t>(k)] = m / 7.0;
+  }
+  const auto q = quant::gptq_quantize(w, rows, cols, h, scale, 7.0);
+  EXPECT_LT(e_dpq, output_error(x, n, w, q, scale, rows, cols));
+  // A diagonal Hessian: nothing to compensate, so DPQ is plain composite rounding.
+  std::vector<double> eye(static_cast<size_t>(cols * cols), 0.0);
+  for (int64_t j = 0; j < cols; ++j) eye[static_cast<size_t>(j * cols + j)] = 1.0 + static_cast<double>(j % 5);
+  EXPECT_EQ(quant::dpq_quantize(w, rows, cols, eye, group, true).levels, plain.levels);
 }
 
 TEST(Gptq, HessiansDoNotDependOnHowTheDataIsSplit) {
@@ -300,6 +377,46 @@ TEST_F(Quantize, W4a8Fp8ComputesInE4m3AndTracksFp32) {
   // The reference and CPU engines agree exactly (the FP8 sum is exact).
   const Tensor ref = Engine(g, Backend::ref).run({*test_x_}).at(0);
   for (int64_t i = 0; i < y.numel(); ++i) ASSERT_EQ(y.get(i), ref.get(i));
+}
+
+TEST_F(Quantize, DpqWritesGroupScalesThatEveryEngineRunsAlike) {
+  quant::QuantizeOptions opt;
+  opt.precision = quant::Precision::w4a8_fp8;
+  opt.dpq = true;
+  opt.group_size = 16;
+  quant::HessianCollector hc(*graph_);
+  hc.observe(*calib_x_, 0);
+  opt.hessians = hc.hessians();
+  const auto r = quant::quantize_model(*graph_, *table_, opt);
+  const LayerFile& conv = r.model.layer("layers_layers_0_conv1");
+  EXPECT_EQ(conv.get_string("compute_mode"), "f8s4f32");
+  EXPECT_EQ(conv.get_int("weight_group_size"), 16);
+  const Tensor& w = conv.get_tensor("weight");
+  const Tensor& gs = conv.get_tensor("weight_group_scale");
+  EXPECT_EQ(gs.shape(), (Shape{w.dim(0), (w.numel() / w.dim(0) + 15) / 16}));
+  const Tensor& ws = conv.get_tensor("weight_scale");
+  for (int64_t i = 1; i < ws.numel(); ++i) EXPECT_EQ(ws.get(i), ws.get(0));  // one scale per tensor
+  write_model_dir(r.model, path("dpq.nbl"));
+  const Graph g = load_model(path("dpq.nbl"));
+  const Tensor y = run_graph(g, *test_x_);
+  EXPECT_GT(cosine(y, *fp32_), 0.99);
+  const Tensor ref = Engine(g, Backend::ref).run({*test_x_}).at(0);
+  for (int64_t i = 0; i < y.numel(); ++i) ASSERT_EQ(y.get(i), ref.get(i));
+  // A group scale that is not a positive number is refused with the layer's file named.
+  ModelDir bad = r.model;
+  Tensor broken = gs;
+  broken.set(3, -1.0);
+  for (auto& f : bad.layers.at("layers_layers_0_conv1").fields) {
+    if (f.key == "weight_group_scale") f.tensor = broken;
+  }
+  write_model_dir(bad, path("bad.nbl"));
+  try {
+    load_model(path("bad.nbl"));
+    ADD_FAILURE() << "a negative group scale was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("layers_layers_0_conv1"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("not a positive finite number"), std::string::npos) << e.what();
+  }
 }
 
 TEST_F(Quantize, MixedPrecisionRescalesResidualsOfAnyWidth) {

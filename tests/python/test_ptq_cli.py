@@ -98,6 +98,23 @@ def test_w4a8_fp8_runs_and_refuses_qdq_export(run_nibble, workdir, calib):
     assert not (workdir / "fp8.onnx").exists()
 
 
+def test_dpq_writes_group_scales_and_needs_fp8_layers(run_nibble, workdir, calib):
+    out = workdir / "dpq.nbl"
+    proc = run_nibble("quantize", MODEL, "--calib", calib, "--precision", "w4a8-fp8", "--dpq", "--group-size", "16",
+                      "--samples", "64", "-o", out, check=True)
+    assert re.search(r"layers_layers_0_conv1\s+Conv\s+w4a8-fp8", proc.stdout), proc.stdout
+    layer = (out / "layers_layers_0_conv1").read_text()
+    assert "compute_mode=f8s4f32" in layer and "weight_group_size=16" in layer and "weight_group_scale=f32" in layer
+    n, total = top1(run_nibble("eval", out, "--limit", "200", check=True))
+    assert n / total > 0.85
+    # --dpq rounds FP8 layers only; a wrong group size is a usage error.
+    assert_one_line_error(run_nibble("quantize", MODEL, "--calib", calib, "--dpq", "-o", workdir / "x.nbl"),
+                          "--dpq", "w4a8-fp8")
+    assert_one_line_error(run_nibble("quantize", MODEL, "--calib", calib, "--precision", "w4a8-fp8", "--dpq",
+                                     "--group-size", "0", "-o", workdir / "x.nbl"), "--group-size")
+    assert not (workdir / "x.nbl").exists()
+
+
 def test_layer_precision_and_exclude(run_nibble, workdir, calib):
     out = workdir / "mixed.nbl"
     proc = run_nibble("quantize", MODEL, "--calib", calib, "--layer-precision", "layers_layers_1_conv1:int4",

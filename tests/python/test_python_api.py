@@ -127,6 +127,16 @@ def test_calibrate_and_quantize_match_the_command_line(nibble, run_nibble, image
     plain = nibble.evaluate(tmp_path / "py.nbl", x, y)
     gptq = nibble.evaluate(tmp_path / "gptq.nbl", x, y)
     assert plain["total"] == gptq["total"] == 300 and gptq["top1"] > 0.8 and plain["top1"] > 0.8
+    # DPQ: the same model directory as the command line's --dpq.
+    nibble.quantize(SMALL, tmp_path / "cli.calib", tmp_path / "dpq.nbl", precision="w4a8-fp8", dpq=True, group_size=16,
+                    data=x[:64])
+    np.save(tmp_path / "x64.npy", x[:64])
+    run_nibble("quantize", SMALL, "--calib", tmp_path / "cli.calib", "--precision", "w4a8-fp8", "--dpq", "--group-size",
+               "16", "--data", tmp_path / "x64.npy", "--samples", "64", "-o", tmp_path / "dpq_cli.nbl", check=True)
+    for f in (tmp_path / "dpq.nbl" / "npdata").iterdir():
+        assert f.read_bytes() == (tmp_path / "dpq_cli.nbl" / "npdata" / f.name).read_bytes(), f.name
+    with pytest.raises(nibble.Error, match="w4a8-fp8"):
+        nibble.quantize(SMALL, t, tmp_path / "no.nbl", dpq=True, data=x[:64])
 
 
 def test_evaluate_matches_nibble_eval(nibble, run_nibble, images, tmp_path):

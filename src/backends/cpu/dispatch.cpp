@@ -24,6 +24,7 @@ Table avx2_table() {
   return {"avx2",
           {
               {"MaxPool", max_pool_u8_avx2},
+              {"nibble:Fp8Conv", fp8_conv_avx2},
               {"nibble:IntConv", int_conv_avx2},
               {"nibble:IntConvFused", int_conv_fused_avx2},
               {"nibble:IntLinear", int_linear_avx2},
@@ -35,6 +36,7 @@ Table avx512vnni_table() {
   return {"avx512vnni",
           {
               {"MaxPool", max_pool_u8_avx2},
+              {"nibble:Fp8Conv", fp8_conv_avx2},
               {"nibble:IntConv", int_conv_avx512vnni},
               {"nibble:IntConvFused", int_conv_fused_avx512vnni},
               {"nibble:IntLinear", int_linear_avx2},
