@@ -149,7 +149,9 @@ def quantize(model, calib, output, precision="int8", *, gptq=False, dpq=False, g
     if gptq or dpq:
         if data is None:
             raise Error(f"{model}: {'dpq' if dpq else 'gptq'}=True needs data to measure the Hessians on")
-        hessians = _nibble.Hessians(model)
+        if isinstance(calib, (str, bytes)) or hasattr(calib, "__fspath__"):
+            calib = str(calib)
+        hessians = _nibble.Hessians(model, calib if dpq else None)
         for b in _batches(data, batch_size, f"{model}: GPTQ data"):
             hessians.observe(b)
     if isinstance(calib, (str, bytes)) or hasattr(calib, "__fspath__"):

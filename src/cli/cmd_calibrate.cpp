@@ -67,7 +67,7 @@ void calibrate(const CalibrateArgs& args) {
   int64_t best_ok = -1;
   quant::QuantizeOptions opt;
   opt.precision = precision;
-  if (args.gptq) opt.hessians = collect_hessians(fp32, args.data, args.model);
+  if (args.gptq) collect_hessians(opt, fp32, args.data, args.model);
   for (size_t i = 0; i < specs.size(); ++i) {
     const auto result = quant::quantize_model(fp32, tables[i], opt);
     const Engine q(quantized_graph(result.model), Backend::cpu);

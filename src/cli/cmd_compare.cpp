@@ -185,7 +185,7 @@ void sweep(const CompareArgs& args, const Graph& fp32, const quant::CalibTable& 
   quant::QuantizeOptions opt;
   opt.precision = base;
   opt.first_last_8bit = false;
-  if (args.gptq) opt.hessians = collect_hessians(fp32, args.calib_data, args.fp32);
+  if (args.gptq) collect_hessians(opt, fp32, args.calib_data, args.fp32);
   const int64_t base_ok = top1_of(fp32, calib, opt, data, args.data, args.base);
   fmt::print("top-1 on {} ({} inputs): FP32 {:.2f}%, all layers {} {:.2f}%\n", data.name, data.size(), 100.0 * fp32_ok / n,
              args.base, 100.0 * base_ok / n);

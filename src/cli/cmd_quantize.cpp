@@ -76,7 +76,7 @@ void quantize(const QuantizeArgs& args) {
       opt.reorder = !args.no_gar;
     }
     if (args.gptq || args.dpq) {
-      opt.hessians = collect_hessians(fp32, args.data, args.model);
+      collect_hessians(opt, fp32, args.data, args.model, args.dpq ? &calib : nullptr);
       opt.threads = args.data.threads;
       bar = std::make_unique<ProgressBar>("gptq", static_cast<int64_t>(opt.hessians.size()));
       opt.on_gptq_layer = [&bar] { bar->advance(1); };

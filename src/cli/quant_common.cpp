@@ -33,14 +33,20 @@ std::vector<quant::CalibTable> calibrate_tables(const Graph& fp32, const InputDa
   return out;
 }
 
-std::map<std::string, std::vector<double>> collect_hessians(const Graph& fp32, const DataArgs& args,
-                                                            const std::string& model) {
+void collect_hessians(quant::QuantizeOptions& opt, const Graph& fp32, const DataArgs& args, const std::string& model,
+                      const quant::CalibTable* dpq) {
   const InputData data = load_data(args, fp32, model);
   quant::HessianCollector collector(fp32);
+  if (dpq) {
+    std::map<std::string, double> scales;
+    for (const auto& e : dpq->entries) scales[e.tensor] = quant::fp8_activation_scale(e);
+    collector.set_fp8_scales(std::move(scales));
+  }
   const quant::ScopedBlasThreads one(1);  // the batches run in parallel, each on one thread
   for_each_batch("hessians", data.size(), args.batch, args.threads,
                  [&](int64_t lo, int64_t hi) { collector.observe(data.batch(lo, hi), lo); });
-  return collector.hessians();
+  opt.hessians = collector.hessians();
+  if (dpq) opt.fp8_statistics = collector.fp8_statistics();
 }
 
 std::map<std::string, quant::Precision> parse_layer_precisions(const std::vector<std::string>& items) {

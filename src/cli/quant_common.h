@@ -18,9 +18,11 @@ std::vector<quant::CalibTable> calibrate_tables(const Graph& fp32, const InputDa
                                                 const std::vector<quant::CalibSpec>& specs, int bits,
                                                 const std::vector<std::string>& comments);
 
-// The input Hessian of every conv and linear layer of `fp32` over the inputs of `args` (for GPTQ).
-std::map<std::string, std::vector<double>> collect_hessians(const Graph& fp32, const DataArgs& args,
-                                                            const std::string& model);
+// The input Hessian of every conv and linear layer of `fp32` over the inputs of `args` (for GPTQ)
+// into opt.hessians; with `dpq` (the calibration table), also DPQ's FP8 statistics of every
+// layer whose input has a range there (opt.fp8_statistics).
+void collect_hessians(quant::QuantizeOptions& opt, const Graph& fp32, const DataArgs& args, const std::string& model,
+                      const quant::CalibTable* dpq = nullptr);
 
 // "a:int4,b:int8" -> map; "a,b" -> set. Errors name the flag.
 std::map<std::string, quant::Precision> parse_layer_precisions(const std::vector<std::string>& items);

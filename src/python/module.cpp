@@ -231,7 +231,15 @@ class Calibrator {
 
 class Hessians {
  public:
-  explicit Hessians(const std::string& path) : graph_(load_fp32_onnx(path)), collector_(graph_) {}
+  // With a calibration table (a CalibTable or a .calib path), also DPQ's FP8 statistics.
+  Hessians(const std::string& path, const py::object& calib) : graph_(load_fp32_onnx(path)), collector_(graph_) {
+    if (calib.is_none()) return;
+    const quant::CalibTable table =
+        py::isinstance<py::str>(calib) ? quant::read_calib(calib.cast<std::string>()) : calib.cast<quant::CalibTable>();
+    std::map<std::string, double> scales;
+    for (const auto& e : table.entries) scales[e.tensor] = quant::fp8_activation_scale(e);
+    collector_.set_fp8_scales(std::move(scales));
+  }
   void observe(const py::array& x) {
     const Tensor t = to_tensor(x, "GPTQ batch");
     py::gil_scoped_release unlocked;
@@ -239,6 +247,7 @@ class Hessians {
     seen_ += t.rank() > 0 ? t.dim(0) : 1;
   }
   std::map<std::string, std::vector<double>> take() { return collector_.hessians(); }
+  std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> take_fp8() { return collector_.fp8_statistics(); }
 
  private:
   Graph graph_;
@@ -272,7 +281,10 @@ py::list quantize(const std::string& model, const py::object& calib, const std::
     } else if (!calib.is_none()) {
       fail(model, "is a QDQ model: it carries its own scales (pass calib=None)");
     }
-    if (hessians) opt.hessians = hessians->take();
+    if (hessians) {
+      opt.hessians = hessians->take();
+      opt.fp8_statistics = hessians->take_fp8();
+    }
     py::gil_scoped_release unlocked;
     if (qdq) {
       const quant::QdqModel q = quant::import_qdq(fp32);
@@ -348,7 +360,7 @@ PYBIND11_MODULE(_nibble, m) {
       .def("table", &Calibrator::table, py::arg("method"), py::arg("precision"), py::arg("comments"));
 
   py::class_<Hessians>(m, "Hessians")
-      .def(py::init<const std::string&>(), py::arg("model"))
+      .def(py::init<const std::string&, const py::object&>(), py::arg("model"), py::arg("calib") = py::none())
       .def("observe", &Hessians::observe);
 
   m.def("quantize", &python::quantize, py::arg("model"), py::arg("calib"), py::arg("output"), py::arg("precision"),

@@ -420,4 +420,8 @@ CalibTable parse_calib(const std::string& text, const std::string& path) {
 
 CalibTable read_calib(const std::string& path) { return parse_calib(read_file(path), path); }
 
+double fp8_activation_scale(const CalibEntry& e) {
+  return static_cast<float>(std::max(std::abs(e.lo), std::abs(e.hi)) / 448.0);
+}
+
 }  // namespace nibble::quant

@@ -103,6 +103,10 @@ struct CalibEntry {
   double hi = 0;
 };
 
+// The scale of an FP8 (e4m3) activation with this range: max(|lo|, |hi|) / 448, as an f32 value
+// (0 for an empty range).
+double fp8_activation_scale(const CalibEntry& e);
+
 struct CalibTable {
   std::vector<std::string> comments;  // comment lines without the leading "# ", in file order
   std::vector<CalibEntry> entries;    // in file order

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <thread>
 
+#include "nibble/dtype.h"
 #include "nibble/engine.h"
 #include "nibble/error.h"
 #include "quant/observer.h"
@@ -28,7 +29,8 @@ ScopedBlasThreads::ScopedBlasThreads(int threads) : saved_(openblas_get_num_thre
 ScopedBlasThreads::~ScopedBlasThreads() { openblas_set_num_threads(saved_); }
 
 std::vector<double> gptq_round(std::vector<double> w, int64_t rows, int64_t cols, std::vector<double> h,
-                               const ElementQuantizer& quantize, int threads, const std::vector<int64_t>& order) {
+                               const ElementQuantizer& quantize, int threads, const std::vector<int64_t>& order,
+                               const RowHook& before) {
   const int64_t n = cols;
   if (!order.empty()) {
     // Process the columns in `order`: permute W's columns and H's rows and columns alike.
@@ -84,6 +86,7 @@ std::vector<double> gptq_round(std::vector<double> w, int64_t rows, int64_t cols
       for (int64_t i = i1; i < i2; ++i) {
         const int64_t c = original(i);
         double level = 0.0;
+        if (before) before(k, i, row);
         const double value = quantize(k, c, row[i], level);
         q[static_cast<size_t>(k * n + c)] = level;
         const double e = (row[i] - value) / u[static_cast<size_t>(i * n + i)];
@@ -154,24 +157,46 @@ HessianCollector::HessianCollector(const Graph& fp32, int64_t positions) : posit
   engine_ = std::make_unique<Engine>(std::move(g), Backend::cpu);
 }
 
+void HessianCollector::set_fp8_scales(std::map<std::string, double> scale_by_tensor) {
+  for (Layer& l : layers_) {
+    const auto it = scale_by_tensor.find(l.input);
+    l.fp8_scale = it != scale_by_tensor.end() && it->second > 0.0 ? it->second : 0.0;
+  }
+}
+
 void HessianCollector::observe(const Tensor& input, int64_t first) {
   const auto outs = engine_->run({input});
-  std::vector<std::vector<double>> sums;
+  std::vector<Sums> sums;
   for (const Layer& l : layers_) {
     const Tensor* x = &input;
     for (size_t i = 0; i < outputs_.size(); ++i) {
       if (outputs_[i] == l.input) x = &outs[i];
     }
     // The sampled columns as rows of X (m x D); H += X^T X (upper triangle, one SYRK per chunk).
-    std::vector<double> h(static_cast<size_t>(l.dim * l.dim), 0.0);
+    const bool fp8 = l.fp8_scale > 0.0;
+    const blasint d = static_cast<blasint>(l.dim);
+    Sums sum;
+    sum.h.assign(static_cast<size_t>(l.dim * l.dim), 0.0);
+    if (fp8) {
+      sum.h8.assign(static_cast<size_t>(l.dim * l.dim), 0.0);
+      sum.c.assign(static_cast<size_t>(l.dim * l.dim), 0.0);
+    }
     const int64_t chunk = std::max<int64_t>(64, (int64_t{1} << 22) / std::max<int64_t>(l.dim, 1));
-    std::vector<double> rows_x;
+    std::vector<double> rows_x, rows_x8;
     rows_x.reserve(static_cast<size_t>(chunk * l.dim));
     auto flush = [&] {
       const int64_t m = static_cast<int64_t>(rows_x.size()) / l.dim;
       if (m == 0) return;
-      cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, static_cast<blasint>(l.dim), static_cast<blasint>(m), 1.0,
-                  rows_x.data(), static_cast<blasint>(l.dim), 1.0, h.data(), static_cast<blasint>(l.dim));
+      cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, d, static_cast<blasint>(m), 1.0, rows_x.data(), d, 1.0, sum.h.data(), d);
+      if (fp8) {
+        rows_x8.resize(rows_x.size());
+        for (size_t i = 0; i < rows_x.size(); ++i) {
+          rows_x8[i] = l.fp8_scale * e4m3_bits_to_f32(f32_to_e4m3_bits(static_cast<float>(rows_x[i] / l.fp8_scale)));
+        }
+        cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, d, static_cast<blasint>(m), 1.0, rows_x8.data(), d, 1.0, sum.h8.data(), d);
+        cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, d, d, static_cast<blasint>(m), 1.0, rows_x.data(), d,
+                    rows_x8.data(), d, 1.0, sum.c.data(), d);
+      }
       rows_x.clear();
     };
     auto push = [&] {
@@ -208,7 +233,7 @@ void HessianCollector::observe(const Tensor& input, int64_t first) {
       }
     }
     flush();
-    sums.push_back(std::move(h));
+    sums.push_back(std::move(sum));
   }
   std::lock_guard<std::mutex> lock(mu_);
   pending_[first] = {input.dim(0), std::move(sums)};
@@ -219,17 +244,22 @@ void HessianCollector::observe(const Tensor& input, int64_t first) {
   }
 }
 
-void HessianCollector::merge(std::vector<std::vector<double>>& sums) {
+void HessianCollector::merge(std::vector<Sums>& sums) {
   if (total_.empty()) {
     total_ = std::move(sums);
     return;
   }
+  auto add = [](std::vector<double>& to, const std::vector<double>& from) {
+    for (size_t i = 0; i < to.size(); ++i) to[i] += from[i];
+  };
   for (size_t li = 0; li < total_.size(); ++li) {
-    for (size_t i = 0; i < total_[li].size(); ++i) total_[li][i] += sums[li][i];
+    add(total_[li].h, sums[li].h);
+    add(total_[li].h8, sums[li].h8);
+    add(total_[li].c, sums[li].c);
   }
 }
 
-std::map<std::string, std::vector<double>> HessianCollector::hessians() {
+std::map<std::string, std::vector<double>> HessianCollector::symmetric(const std::vector<double> Sums::*part) {
   std::lock_guard<std::mutex> lock(mu_);
   // Batches after a gap (inputs never observed) join in input order.
   for (auto& [first, batch] : pending_) merge(batch.second);
@@ -237,11 +267,27 @@ std::map<std::string, std::vector<double>> HessianCollector::hessians() {
   std::map<std::string, std::vector<double>> out;
   for (size_t li = 0; li < layers_.size(); ++li) {
     const int64_t d = layers_[li].dim;
-    std::vector<double> h = total_.empty() ? std::vector<double>(static_cast<size_t>(d * d), 0.0) : total_[li];
+    if (part != &Sums::h && !(layers_[li].fp8_scale > 0.0)) continue;
+    std::vector<double> h = total_.empty() ? std::vector<double>(static_cast<size_t>(d * d), 0.0) : total_[li].*part;
     for (int64_t i = 0; i < d; ++i) {
       for (int64_t j = 0; j < i; ++j) h[static_cast<size_t>(i * d + j)] = h[static_cast<size_t>(j * d + i)];
     }
     out[layers_[li].node] = std::move(h);
+  }
+  return out;
+}
+
+std::map<std::string, std::vector<double>> HessianCollector::hessians() { return symmetric(&Sums::h); }
+
+std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> HessianCollector::fp8_statistics() {
+  std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> out;
+  const auto h8 = symmetric(&Sums::h8);
+  std::lock_guard<std::mutex> lock(mu_);
+  for (size_t li = 0; li < layers_.size(); ++li) {
+    const auto it = h8.find(layers_[li].node);
+    if (it == h8.end()) continue;
+    const int64_t d = layers_[li].dim;
+    out[layers_[li].node] = {it->second, total_.empty() ? std::vector<double>(static_cast<size_t>(d * d), 0.0) : total_[li].c};
   }
   return out;
 }

@@ -34,9 +34,14 @@ class ScopedBlasThreads {
 // (row, column) and sets `level` to what is stored. W is K x D and H is D x D (row-major, as
 // below). `order`, when given, is the order the columns are processed in (a permutation of
 // 0 .. D-1); the returned levels (K x D) are in the original column order.
+// `before`, when given, is called before each element is rounded with the row's current values
+// in processing order and the element's position in that order (so a rounding that depends on
+// the compensated weights, such as a group's scale, can be fitted when its group begins).
 using ElementQuantizer = std::function<double(int64_t row, int64_t column, double value, double& level)>;
+using RowHook = std::function<void(int64_t row, int64_t position, const double* current)>;
 std::vector<double> gptq_round(std::vector<double> w, int64_t rows, int64_t cols, std::vector<double> hessian,
-                               const ElementQuantizer& quantize, int threads = 0, const std::vector<int64_t>& order = {});
+                               const ElementQuantizer& quantize, int threads = 0, const std::vector<int64_t>& order = {},
+                               const RowHook& before = {});
 
 // W (K rows x D columns, row-major) quantized row by row with scale[k], to integers in
 // [-levels, levels]; H (D x D, row-major) is sum(x x^T) over the layer's input columns. Returns
@@ -69,6 +74,13 @@ class HessianCollector {
   // Batches observed after a gap (inputs never given) join in input order.
   std::map<std::string, std::vector<double>> hessians();
 
+  // Layers whose input tensor (by ONNX name) has an FP8 scale here also accumulate, for the
+  // FP8 form of each column x8 = scale * e4m3(x / scale), sum(x8 x8^T) and sum(x x8^T): what
+  // DPQ needs to aim at the FP32 output through FP8 inputs. Call before the first observe().
+  void set_fp8_scales(std::map<std::string, double> scale_by_tensor);
+  // By ONNX node name, for those layers: {sum(x8 x8^T), sum(x x8^T)}, each D x D row-major.
+  std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> fp8_statistics();
+
  private:
   struct Layer {
     std::string node;
@@ -76,10 +88,16 @@ class HessianCollector {
     bool conv;
     int64_t c = 0, r = 1, s = 1, stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0, dil_h = 1, dil_w = 1;
     int64_t dim = 0;  // D
+    double fp8_scale = 0.0;  // > 0: also the FP8 statistics
   };
+  // One layer's sums: H (upper triangle), and with an FP8 scale H8 (upper) and C (full).
+  struct Sums {
+    std::vector<double> h, h8, c;
+  };
+  std::map<std::string, std::vector<double>> symmetric(const std::vector<double> Sums::*part);
   // Adds batch sums to total_ in input order: a batch that arrives before an earlier one
   // waits in pending_ until the gap is filled (or until hessians()).
-  void merge(std::vector<std::vector<double>>& sums);
+  void merge(std::vector<Sums>& sums);
 
   std::vector<Layer> layers_;
   std::unique_ptr<Engine> engine_;
@@ -87,8 +105,8 @@ class HessianCollector {
   int64_t positions_;
   std::mutex mu_;
   int64_t next_ = 0;  // the first input not yet merged
-  std::map<int64_t, std::pair<int64_t, std::vector<std::vector<double>>>> pending_;  // first -> (count, sums)
-  std::vector<std::vector<double>> total_;  // per layer, the upper triangle of D x D
+  std::map<int64_t, std::pair<int64_t, std::vector<Sums>>> pending_;  // first -> (count, sums)
+  std::vector<Sums> total_;  // per layer
 };
 
 }  // namespace nibble::quant

@@ -1097,7 +1097,7 @@ class Quantizer {
     const std::string f = need_float(t);
     const CalibEntry* e = calib_.find(t);
     if (!e) fail(g_.source, "the calibration table has no range for tensor '{}'", t);
-    double scale = static_cast<float>(std::max(std::abs(e->lo), std::abs(e->hi)) / 448.0);
+    double scale = fp8_activation_scale(*e);
     if (!(scale > 0.0)) {
       result_.warnings.push_back(fmt::format("tensor '{}' has an empty calibrated range; its scale is set to 1", t));
       scale = 1.0;
@@ -1125,10 +1125,13 @@ class Quantizer {
     if (opt_.dpq) {
       const int64_t per = static_cast<int64_t>(u.w.size()) / k;
       const auto h = opt_.hessians.find(u.node->name);
+      const auto f = opt_.fp8_statistics.find(u.node->name);
       static const std::vector<double> none;
-      const bool has_h = h != opt_.hessians.end() && h->second.size() == static_cast<size_t>(per * per);
-      const DpqWeights d = dpq_quantize(u.w, k, per, has_h ? h->second : none, opt_.group_size, opt_.reorder,
-                                        opt_.threads, is_sparse(u));
+      const size_t square = static_cast<size_t>(per * per);
+      const bool has_f = f != opt_.fp8_statistics.end() && f->second.first.size() == square && f->second.second.size() == square;
+      const bool has_h = has_f || (h != opt_.hessians.end() && h->second.size() == square);
+      const DpqWeights d = dpq_quantize(u.w, k, per, has_f ? f->second.first : has_h ? h->second : none, opt_.group_size,
+                                        opt_.reorder, opt_.threads, is_sparse(u), has_f ? f->second.second : none);
       if (has_h && opt_.on_gptq_layer) opt_.on_gptq_layer();
       wq = Tensor(DType::s4, u.w_shape);
       for (int64_t i = 0; i < wq.numel(); ++i) wq.set(i, d.levels[static_cast<size_t>(i)]);

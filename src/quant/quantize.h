@@ -48,6 +48,9 @@ struct QuantizeOptions {
   bool dpq = false;
   int64_t group_size = 32;
   bool reorder = true;
+  // By ONNX node name, HessianCollector::fp8_statistics(): DPQ then aims at the FP32 output
+  // through the layer's FP8 inputs (quant/dpq.h); without them it uses `hessians`.
+  std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> fp8_statistics;
   // GPTQ's linear algebra threads (0: one per core), and a call after each layer it rounds.
   int threads = 0;
   std::function<void()> on_gptq_layer;

@@ -8,6 +8,7 @@
 #include <random>
 
 #include "nibble/dataset.h"
+#include "nibble/dtype.h"
 #include "nibble/engine.h"
 #include "nibble/model_dir.h"
 #include "nibble/model_loader.h"
@@ -243,7 +244,9 @@ TEST(Dpq, CompositeRoundingWithCompensationBeatsPlainRounding) {
   }
   const quant::DpqWeights dpq = quant::dpq_quantize(w, rows, cols, h, group, true);
   const quant::DpqWeights dpq_stored = quant::dpq_quantize(w, rows, cols, h, group, false);
-  EXPECT_EQ(dpq.group_scale, plain.group_scale);
+  for (size_t i = 0; i < dpq.group_scale.size(); ++i) {  // fitted on the compensated weights, at most the plain maximum
+    EXPECT_GT(dpq.group_scale[i], 0.0f);
+  }
   const double e_plain = error(plain), e_dpq = error(dpq), e_stored = error(dpq_stored);
   EXPECT_LT(e_dpq, 0.7 * e_plain) << e_dpq << " vs " << e_plain;
   EXPECT_LT(e_stored, 0.7 * e_plain) << e_stored << " vs " << e_plain;
@@ -260,6 +263,51 @@ TEST(Dpq, CompositeRoundingWithCompensationBeatsPlainRounding) {
   std::vector<double> eye(static_cast<size_t>(cols * cols), 0.0);
   for (int64_t j = 0; j < cols; ++j) eye[static_cast<size_t>(j * cols + j)] = 1.0 + static_cast<double>(j % 5);
   EXPECT_EQ(quant::dpq_quantize(w, rows, cols, eye, group, true).levels, plain.levels);
+}
+
+TEST(Dpq, AimingThroughFp8InputsLowersTheOutputError) {
+  // The inputs' FP8 form x8 differs from x by e4m3's rounding (about 3% of each value):
+  // rounding W against sum(x8 x8^T) and sum(x x8^T) must leave a smaller ||W X - W_hat X8||
+  // than rounding against the FP32 Hessian alone (measured: 2.7% smaller; the rounding of each
+  // row is greedy, so enough rows are needed for the mean to show).
+  const int64_t rows = 64, cols = 32, n = 600, group = 8;
+  std::mt19937 rng(5);
+  std::normal_distribution<double> g(0.0, 1.0);
+  std::vector<double> w(static_cast<size_t>(rows * cols));
+  for (auto& v : w) v = g(rng);
+  const auto [x, h] = correlated_inputs(n, cols, rng);
+  const double scale = 1.0 / 16.0;
+  std::vector<double> x8(x.size());
+  for (size_t i = 0; i < x.size(); ++i) x8[i] = scale * e4m3_bits_to_f32(f32_to_e4m3_bits(static_cast<float>(x[i] / scale)));
+  std::vector<double> h8(static_cast<size_t>(cols * cols), 0.0), c(static_cast<size_t>(cols * cols), 0.0);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t a = 0; a < cols; ++a) {
+      for (int64_t b = 0; b < cols; ++b) {
+        h8[static_cast<size_t>(a * cols + b)] += x8[static_cast<size_t>(i * cols + a)] * x8[static_cast<size_t>(i * cols + b)];
+        c[static_cast<size_t>(a * cols + b)] += x[static_cast<size_t>(i * cols + a)] * x8[static_cast<size_t>(i * cols + b)];
+      }
+    }
+  }
+  auto error = [&](const quant::DpqWeights& d) {  // ||W X - W_hat X8||^2
+    const int64_t groups = static_cast<int64_t>(d.group_scale.size()) / rows;
+    double err = 0.0;
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t k = 0; k < rows; ++k) {
+        double e = 0.0;
+        for (int64_t j = 0; j < cols; ++j) {
+          const size_t at = static_cast<size_t>(k * cols + j);
+          e += w[at] * x[static_cast<size_t>(i * cols + j)] -
+               quant::dpq_weight(d.levels[at], d.group_scale[static_cast<size_t>(k * groups + j / group)], d.tensor_scale) *
+                   x8[static_cast<size_t>(i * cols + j)];
+        }
+        err += e * e;
+      }
+    }
+    return err;
+  };
+  const double plain = error(quant::dpq_quantize(w, rows, cols, h, group, true));
+  const double aimed = error(quant::dpq_quantize(w, rows, cols, h8, group, true, 0, false, c));
+  EXPECT_LT(aimed, 0.99 * plain) << aimed << " vs " << plain;
 }
 
 TEST(Gptq, HessiansDoNotDependOnHowTheDataIsSplit) {
