@@ -13,6 +13,15 @@ Architectures (--arch):
     widths w, 2w, 4w, 8w; --width defaults to 64 as in torchvision).
   * resnet50: torchvision's ResNet-50 v1.5 layout (Bottleneck with the stride
     on the 3x3 conv, stages 3,4,6,3, expansion 4; --width defaults to 64).
+  * vit: a small vision transformer (ViT-style): 4x4 patches (7 x 7 tokens of
+    --width channels, default 64), learned position embeddings, --blocks
+    pre-norm transformer blocks (default 4; 4 heads, MLP of 2 x width with
+    GELU), mean over tokens, a linear classifier. Tokens stay on the 7 x 7
+    grid as N x C x 7 x 7, so the per-token linear layers (attention's q, k, v
+    and output projections, the MLP) are 1 x 1 convolutions and quantize as
+    such; LayerNorm runs over the channels; attention (two batched MatMuls and
+    a Softmax) is float. Train it with AdamW:
+    --arch vit --optimizer adamw --lr 0.001 --weight-decay 0.05.
   The resnets keep torchvision's module names (conv1, bn1, layer1..layer4,
   downsample.0/.1, fc), so the exported ONNX node names look like
   torchvision's.  Their stem depends on --input-size: at 28 a 3x3 stride-1
@@ -77,9 +86,9 @@ DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
 DEFAULT_OUTPUT = "models/fmnist_resnet.onnx"
 NATIVE_SIZE = 28  # Fashion-MNIST images are 28 x 28
 
-ARCHS = ("small", "resnet18", "resnet50")
-DEFAULT_WIDTH = {"small": 16, "resnet18": 64, "resnet50": 64}
-DEFAULT_BLOCKS = {"small": (1, 1, 2), "resnet18": (2, 2, 2, 2), "resnet50": (3, 4, 6, 3)}
+ARCHS = ("small", "resnet18", "resnet50", "vit")
+DEFAULT_WIDTH = {"small": 16, "resnet18": 64, "resnet50": 64, "vit": 64}
+DEFAULT_BLOCKS = {"small": (1, 1, 2), "resnet18": (2, 2, 2, 2), "resnet50": (3, 4, 6, 3), "vit": (4,)}
 
 
 # --------------------------------------------------------------------------
@@ -292,6 +301,79 @@ class ResNet(nn.Module):
         return self.fc(x)
 
 
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over the channels of N x C x H x W (each token's features)."""
+
+    def __init__(self, channels, eps=1e-5):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x):
+        mu = x.mean(1, keepdim=True)
+        var = (x - mu).pow(2).mean(1, keepdim=True)
+        return (x - mu) / torch.sqrt(var + self.eps) * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+
+
+class TokenAttention(nn.Module):
+    """Multi-head self-attention over the H x W tokens of N x C x H x W; q, k, v and the output
+    projection are 1 x 1 convolutions."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.scale = (dim // heads) ** -0.5
+        self.qkv = nn.Conv2d(dim, 3 * dim, 1)
+        self.proj = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x):
+        _, c, h, w = x.shape
+        d = c // self.heads
+        qkv = self.qkv(x).reshape(-1, 3, self.heads, d, h * w)
+        q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]  # N x heads x d x tokens
+        att = torch.softmax(torch.matmul(q.transpose(-2, -1), k) * self.scale, dim=-1)  # N x heads x t x t
+        out = torch.matmul(v, att.transpose(-2, -1))  # N x heads x d x t
+        return self.proj(out.reshape(-1, c, h, w))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, dim, heads, mlp_ratio=2):
+        super().__init__()
+        self.norm1 = ChannelLayerNorm(dim)
+        self.attn = TokenAttention(dim, heads)
+        self.norm2 = ChannelLayerNorm(dim)
+        self.fc1 = nn.Conv2d(dim, mlp_ratio * dim, 1)
+        self.fc2 = nn.Conv2d(mlp_ratio * dim, dim, 1)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+class SmallViT(nn.Module):
+    """A ViT-style classifier for 28 x 28 inputs (see --arch vit)."""
+
+    def __init__(self, dim=64, depth=4, heads=4, patch=4, num_classes=10):
+        super().__init__()
+        grid = NATIVE_SIZE // patch
+        self.patch = nn.Conv2d(1, dim, patch, patch)
+        self.pos = nn.Parameter(torch.zeros(1, dim, grid, grid))
+        nn.init.trunc_normal_(self.pos, std=0.02)
+        self.blocks = nn.Sequential(*[TransformerBlock(dim, heads) for _ in range(depth)])
+        self.norm = ChannelLayerNorm(dim)
+        self.fc = nn.Linear(dim, num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        x = self.blocks(self.patch(x) + self.pos)
+        x = self.norm(x).mean((2, 3))
+        return self.fc(x)
+
+
 def stem_for(arch, input_size):
     """The stem a model gets: SmallResNet always has its 3x3 stem; the resnets
     use the 3x3 stride-1 stem at the native 28x28 and torchvision's 7x7 stem
@@ -309,6 +391,10 @@ def build_model(arch, width=None, blocks=None, input_size=NATIVE_SIZE, num_class
     blocks = DEFAULT_BLOCKS[arch] if blocks is None else tuple(blocks)
     if arch == "small":
         return SmallResNet(width=width, blocks=blocks, num_classes=num_classes)
+    if arch == "vit":
+        if input_size != NATIVE_SIZE or len(blocks) != 1:
+            raise ValueError("vit takes 28 x 28 inputs and one --blocks entry (its depth)")
+        return SmallViT(dim=width, depth=blocks[0], num_classes=num_classes)
     block = BasicBlock if arch == "resnet18" else Bottleneck
     return ResNet(block, blocks, width=width, num_classes=num_classes,
                   stem=stem_for(arch, input_size))
@@ -432,12 +518,14 @@ def main(argv=None):
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", choices=ARCHS, default=None,
                    help="architecture: small (SmallResNet), resnet18 or resnet50 in torchvision's "
-                        "layout (default: small)")
+                        "layout, or vit (a small vision transformer) (default: small)")
     p.add_argument("--epochs", type=int, default=30, help="training epochs (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=128, help="mini-batch size (default: %(default)s)")
     p.add_argument("--lr", type=float, default=0.1,
-                   help="peak learning rate of the OneCycle schedule, SGD+Nesterov momentum 0.9 (default: %(default)s)")
+                   help="peak learning rate of the OneCycle schedule (default: %(default)s)")
     p.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay (default: %(default)s)")
+    p.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd",
+                   help="sgd (Nesterov momentum 0.9, the resnets) or adamw (the vit) (default: %(default)s)")
     p.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--width", type=int, default=None,
@@ -517,8 +605,10 @@ def main(argv=None):
             p.error(f"--blocks {args.blocks!r}: expected comma-separated integers")
     if not blocks or min(blocks) < 1 or args.width < 1:
         p.error("--width and every --blocks entry must be >= 1")
-    if args.arch != "small" and len(blocks) != 4:
+    if args.arch in ("resnet18", "resnet50") and len(blocks) != 4:
         p.error(f"--arch {args.arch} needs 4 stages in --blocks (got {len(blocks)})")
+    if args.arch == "vit" and (len(blocks) != 1 or args.width % 4 or (args.input_size or NATIVE_SIZE) != NATIVE_SIZE):
+        p.error("--arch vit takes one --blocks entry (its depth), a --width divisible by its 4 heads and 28 x 28 inputs")
     if args.input_size < NATIVE_SIZE:
         p.error(f"--input-size must be >= {NATIVE_SIZE}")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -565,10 +655,11 @@ def main(argv=None):
     decay, no_decay = [], []
     for name, prm in model.named_parameters():
         (no_decay if prm.ndim <= 1 else decay).append(prm)
-    opt = torch.optim.SGD(
-        [{"params": decay, "weight_decay": args.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr, momentum=0.9, nesterov=True)
+    groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if args.optimizer == "adamw":
+        opt = torch.optim.AdamW(groups, lr=args.lr)
+    else:
+        opt = torch.optim.SGD(groups, lr=args.lr, momentum=0.9, nesterov=True)
     n = x_train.shape[0]
     steps_per_epoch = n // args.batch_size  # drop the last partial batch
     if args.max_train_batches:
@@ -629,6 +720,7 @@ def main(argv=None):
             "amp": amp,
             "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
             "weight_decay": args.weight_decay, "label_smoothing": args.label_smoothing,
+            "optimizer": args.optimizer,
             "seed": args.seed, "width": args.width, "blocks": list(blocks),
             "pad": args.pad, "flip": not args.no_flip,
             "max_train_batches": args.max_train_batches or None,

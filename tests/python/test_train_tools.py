@@ -81,6 +81,35 @@ ARCH_CASES = [
 
 
 @needs_data
+def test_vit_exports_a_model_nibble_runs_and_quantizes(tf, tmp_path, run_nibble):
+    """The ViT-style model: attention and LayerNorm ops in the ONNX file, nibble's FP32 run equal to
+    PyTorch's, and every token projection quantized as a w4a8-fp8 1x1 conv by DPQ."""
+    onnx_path, summary = train(tf, tmp_path, "vit", "--arch", "vit", "--width", 16, "--blocks", 2,
+                               "--optimizer", "adamw", "--lr", 0.001, "--save-checkpoint", tmp_path / "vit.npz")
+    model = onnx.load(str(onnx_path))
+    onnx.checker.check_model(model)
+    ops = {n.op_type for n in model.graph.node}
+    assert {"Conv", "MatMul", "Softmax", "ReduceMean", "Erf", "Gemm"} <= ops and "BatchNormalization" not in ops
+    assert summary["arch"] == "vit" and summary["blocks"] == [2] and summary["training"]["optimizer"] == "adamw"
+    net = tf.build_model("vit", 16, (2,), 28)
+    assert summary["parameters"] == sum(p.numel() for p in net.parameters())
+    with np.load(tmp_path / "vit.npz") as z:
+        net.load_state_dict({k: torch.from_numpy(z[k]) for k in z.files if k != "__meta__"}, strict=True)
+    x = np.random.default_rng(0).random((4, 1, 28, 28), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    run_nibble("run", onnx_path, "-i", tmp_path / "x.npy", "-o", tmp_path / "y.npy", check=True)
+    with torch.no_grad():
+        want = net.eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), want, rtol=1e-4, atol=1e-5)
+    calib = tmp_path / "vit.calib"
+    run_nibble("calibrate", onnx_path, "--samples", 64, "--method", "max", "-o", calib, check=True)
+    out = run_nibble("quantize", onnx_path, "--calib", calib, "--precision", "w4a8-fp8", "--dpq", "--samples", 32,
+                     "-o", tmp_path / "vit.nbl", check=True).stdout
+    for layer in ("blocks_blocks_0_attn_qkv", "blocks_blocks_0_attn_proj", "blocks_blocks_1_fc1", "blocks_blocks_1_fc2"):
+        assert f"{layer} " in out and "w4a8-fp8" in out.split(f"{layer} ")[1].splitlines()[0], out
+
+
+@needs_data
 @pytest.mark.parametrize("arch,size,width,n_bn,extra_ops", ARCH_CASES)
 def test_tiny_run_exports_valid_onnx(tf, tmp_path, arch, size, width, n_bn, extra_ops):
     pred_path = tmp_path / "pred.npy"
