@@ -168,6 +168,7 @@ class Builder {
       }
     } else {
       check_input_type(where, x, is_float);
+      if (f.has("weight_group_scale")) fail(where, "weight_group_scale belongs to FP8 layers (compute_mode f8s4f32)");
     }
     n.attrs["kernel_shape"] = kernel;
     n.attrs["strides"] = stride;
