@@ -276,7 +276,15 @@ def fp8_only(args):
         text, count = re.subn(rf"^\| {key} \| w4a8-fp8 \|.*$", line, text, flags=re.M)
         if count != 1:
             sys.exit(f"{report}: no single w4a8-fp8 summary line for {key}")
-    section += ["", f"{(time.time() - started) / 60:.1f} min of measurements.", "", "<!-- end of w4a8-fp8 rows -->"]
+    # Rows of models not measured this time stay as they were (before this run's rows).
+    measured = set(args.models.split(","))
+    old = re.search(r"<!-- w4a8-fp8 rows:.*?<!-- end of w4a8-fp8 rows -->", text, flags=re.S)
+    kept = [line for line in (old.group(0).splitlines() if old else [])
+            if re.match(r"^\| (?!---)(\S+) \| (?!rounding)", line) and line.split(" | ")[0][2:] not in measured]
+    header = section.index("| --- | --- | ---: | ---: | ---: | ---: |") + 1
+    section[header:header] = kept
+    note = "" if not kept else " Rows of other models: an earlier run (its date and commit are in the git history of this file)."
+    section += ["", f"{(time.time() - started) / 60:.1f} min of measurements.{note}", "", "<!-- end of w4a8-fp8 rows -->"]
     block = "\n".join(section)
     if "<!-- w4a8-fp8 rows:" in text:
         text = re.sub(r"<!-- w4a8-fp8 rows:.*?<!-- end of w4a8-fp8 rows -->", lambda _: block, text, flags=re.S)

@@ -251,7 +251,7 @@ def test_resnets_match_torchvision(tf, arch):
     assert isinstance(ours.maxpool, torch.nn.MaxPool2d)
 
 
-@pytest.mark.parametrize("stem,arch", [("fmnist_resnet", "small"), ("fmnist_resnet18", "resnet18")])
+@pytest.mark.parametrize("stem,arch", [("fmnist_resnet", "small"), ("fmnist_resnet18", "resnet18"), ("fmnist_vit", "vit")])
 def test_committed_model_summary(stem, arch):
     onnx_path = MODELS / f"{stem}.onnx"
     if not onnx_path.exists():
