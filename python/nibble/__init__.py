@@ -143,19 +143,17 @@ def quantize(model, calib, output, precision="int8", *, gptq=False, dpq=False, g
     group-aware column order) and the integer ones by GPTQ. Returns the per-layer report: dicts
     of layer, onnx_node, op, precision and note."""
     model = str(model)
+    if isinstance(calib, (str, bytes)) or hasattr(calib, "__fspath__"):
+        calib = str(calib)
     hessians = None
     if dpq and precision != "w4a8-fp8" and "w4a8-fp8" not in dict(layer_precision or {}).values():
         raise Error(f"{model}: dpq=True rounds w4a8-fp8 layers: give precision='w4a8-fp8'")
     if gptq or dpq:
         if data is None:
             raise Error(f"{model}: {'dpq' if dpq else 'gptq'}=True needs data to measure the Hessians on")
-        if isinstance(calib, (str, bytes)) or hasattr(calib, "__fspath__"):
-            calib = str(calib)
         hessians = _nibble.Hessians(model, calib if dpq else None)
         for b in _batches(data, batch_size, f"{model}: GPTQ data"):
             hessians.observe(b)
-    if isinstance(calib, (str, bytes)) or hasattr(calib, "__fspath__"):
-        calib = str(calib)
     return _nibble.quantize(model, calib, str(output), precision, dict(layer_precision or {}), list(exclude or []),
                             bool(all_layers), hessians, int(threads), bool(dpq), int(group_size), bool(gar))
 

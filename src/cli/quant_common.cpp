@@ -37,11 +37,7 @@ void collect_hessians(quant::QuantizeOptions& opt, const Graph& fp32, const Data
                       const quant::CalibTable* dpq) {
   const InputData data = load_data(args, fp32, model);
   quant::HessianCollector collector(fp32);
-  if (dpq) {
-    std::map<std::string, double> scales;
-    for (const auto& e : dpq->entries) scales[e.tensor] = quant::fp8_activation_scale(e);
-    collector.set_fp8_scales(std::move(scales));
-  }
+  if (dpq) collector.set_fp8_scales(*dpq);
   const quant::ScopedBlasThreads one(1);  // the batches run in parallel, each on one thread
   for_each_batch("hessians", data.size(), args.batch, args.threads,
                  [&](int64_t lo, int64_t hi) { collector.observe(data.batch(lo, hi), lo); });

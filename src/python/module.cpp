@@ -234,11 +234,8 @@ class Hessians {
   // With a calibration table (a CalibTable or a .calib path), also DPQ's FP8 statistics.
   Hessians(const std::string& path, const py::object& calib) : graph_(load_fp32_onnx(path)), collector_(graph_) {
     if (calib.is_none()) return;
-    const quant::CalibTable table =
-        py::isinstance<py::str>(calib) ? quant::read_calib(calib.cast<std::string>()) : calib.cast<quant::CalibTable>();
-    std::map<std::string, double> scales;
-    for (const auto& e : table.entries) scales[e.tensor] = quant::fp8_activation_scale(e);
-    collector_.set_fp8_scales(std::move(scales));
+    collector_.set_fp8_scales(py::isinstance<py::str>(calib) ? quant::read_calib(calib.cast<std::string>())
+                                                             : calib.cast<quant::CalibTable>());
   }
   void observe(const py::array& x) {
     const Tensor t = to_tensor(x, "GPTQ batch");

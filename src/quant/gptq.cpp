@@ -157,10 +157,10 @@ HessianCollector::HessianCollector(const Graph& fp32, int64_t positions) : posit
   engine_ = std::make_unique<Engine>(std::move(g), Backend::cpu);
 }
 
-void HessianCollector::set_fp8_scales(std::map<std::string, double> scale_by_tensor) {
+void HessianCollector::set_fp8_scales(const CalibTable& table) {
   for (Layer& l : layers_) {
-    const auto it = scale_by_tensor.find(l.input);
-    l.fp8_scale = it != scale_by_tensor.end() && it->second > 0.0 ? it->second : 0.0;
+    const CalibEntry* e = table.find(l.input);
+    l.fp8_scale = e ? fp8_activation_scale(*e) : 0.0;
   }
 }
 

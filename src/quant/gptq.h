@@ -13,6 +13,7 @@
 #include "nibble/engine.h"
 #include "nibble/graph.h"
 #include "nibble/tensor.h"
+#include "quant/calibration.h"
 
 namespace nibble::quant {
 
@@ -74,10 +75,11 @@ class HessianCollector {
   // Batches observed after a gap (inputs never given) join in input order.
   std::map<std::string, std::vector<double>> hessians();
 
-  // Layers whose input tensor (by ONNX name) has an FP8 scale here also accumulate, for the
-  // FP8 form of each column x8 = scale * e4m3(x / scale), sum(x8 x8^T) and sum(x x8^T): what
-  // DPQ needs to aim at the FP32 output through FP8 inputs. Call before the first observe().
-  void set_fp8_scales(std::map<std::string, double> scale_by_tensor);
+  // Layers whose input tensor has a range in `table` also accumulate, for the FP8 form of each
+  // column x8 = a * e4m3(x / a) (a = fp8_activation_scale of that range), sum(x8 x8^T) and
+  // sum(x x8^T): what DPQ needs to aim at the FP32 output through FP8 inputs. Call before the
+  // first observe().
+  void set_fp8_scales(const CalibTable& table);
   // By ONNX node name, for those layers: {sum(x8 x8^T), sum(x x8^T)}, each D x D row-major.
   std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> fp8_statistics();
 
