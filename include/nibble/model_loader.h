@@ -44,6 +44,13 @@ Attribute op_layer_attribute(const LayerField& field, const std::string& where);
 // becomes one IntConvFused node with an integer epilogue. Returns the number of fused nodes.
 int fuse_int_conv_epilogues(Graph& graph);
 
+// The CPU engine's residual folding: an IntConvFused whose residual (input 3) is the output of
+// a nibble:Requantize read by nothing else takes that Requantize's input and factor as inputs 5
+// and 6, its shift, bits and signed attributes as res_shift, res_bits and res_signed, and the
+// Requantize goes (the same values: the kernel requantizes the residual as it reads it).
+// Returns the number of folded residuals.
+int fold_residual_requantize(Graph& graph);
+
 // ONNX graphs at load: Constant nodes become initializers, Identity nodes go, Shape of a fully
 // known shape, a Gather of the known entries of a partly known one (x.size(1) with a free
 // batch) and every node whose inputs are all constant are evaluated once (outputs of at most

@@ -72,4 +72,42 @@ int fuse_int_conv_epilogues(Graph& g) {
   return fused;
 }
 
+int fold_residual_requantize(Graph& g) {
+  std::map<std::string, int> reader_count;
+  for (const auto& n : g.nodes) {
+    for (const auto& in : n.inputs) ++reader_count[in];
+  }
+  for (const auto& o : g.outputs) ++reader_count[o.name];
+  std::map<std::string, size_t> producer;
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    for (const auto& out : g.nodes[i].outputs) producer[out] = i;
+  }
+  std::vector<bool> folded(g.nodes.size(), false);
+  int count = 0;
+  for (Node& conv : g.nodes) {
+    if (conv.op_type != "nibble:IntConvFused" || conv.inputs.size() < 4 || conv.inputs[3].empty()) continue;
+    const std::string& residual = conv.inputs[3];
+    const auto it = producer.find(residual);
+    if (it == producer.end() || reader_count[residual] != 1) continue;
+    const Node& q = g.nodes[it->second];
+    if (q.op_type != "nibble:Requantize" || q.inputs.size() != 2 || q.outputs.size() != 1) continue;
+    if (!q.has_attr("shift") || !q.has_attr("bits")) continue;
+    conv.inputs.resize(7);
+    conv.inputs[5] = q.inputs[0];
+    conv.inputs[6] = q.inputs[1];
+    conv.inputs[3].clear();
+    conv.attrs["res_shift"] = q.attrs.at("shift");
+    conv.attrs["res_bits"] = q.attrs.at("bits");
+    conv.attrs["res_signed"] = int64_t{q.attr_int("signed", 0)};
+    folded[it->second] = true;
+    ++count;
+  }
+  std::vector<Node> nodes;
+  for (size_t i = 0; i < g.nodes.size(); ++i) {
+    if (!folded[i]) nodes.push_back(std::move(g.nodes[i]));
+  }
+  g.nodes = std::move(nodes);
+  return count;
+}
+
 }  // namespace nibble

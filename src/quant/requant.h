@@ -1,8 +1,10 @@
 // The seed model's integer requantization: THE definition every backend and the Python QAT code follow.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
+#include <vector>
 
 #include "nibble/dtype.h"
 
@@ -39,6 +41,25 @@ inline int64_t requantize(int64_t x, uint32_t factor, int shift, IntRange range)
     q = x < 0 ? -mag : mag;
   }
   return q < range.lo ? range.lo : (q > range.hi ? range.hi : q);
+}
+
+// Per factor, the smallest |x| whose requantization with `shift` leaves [lo, hi] on its side (it
+// reaches max(hi, -lo) + 1 or more), for requantizing in 32 bits: clamp |x| to it first, then
+// (|x| x factor + 2^(shift-1)) >> shift fits 32 bits and clamping the result to the range gives
+// requantize's value. Empty when some factor's product at its threshold would not fit 32 bits.
+inline std::vector<uint32_t> saturation_thresholds(const std::vector<uint16_t>& factor, int shift, int64_t lo,
+                                                   int64_t hi) {
+  const uint64_t top = static_cast<uint64_t>(std::max(hi, -lo));
+  const uint64_t round = shift > 0 ? uint64_t{1} << (shift - 1) : 0;
+  const uint64_t need = (top + 1) << shift;  // mag >= top + 1 once |x| * f + round >= need
+  std::vector<uint32_t> sat;
+  for (uint16_t f : factor) {
+    uint64_t t = 0xFFFFFFFFu;
+    if (f != 0) t = need > round ? (need - round + f - 1) / f : 0;
+    if (t > 0xFFFFFFFFu || (f != 0 && t * f + round >= (uint64_t{1} << 32))) return {};
+    sat.push_back(static_cast<uint32_t>(t));
+  }
+  return sat;
 }
 
 // The seed's average pool rounding: (sum + n / 2) / n for non-negative sums (n = 49 gives

@@ -10,6 +10,7 @@
 #include "backends/cpu/kernels.h"
 #include "backends/ref/kernels.h"
 #include "nibble/error.h"
+#include "nibble/model_loader.h"
 
 namespace nibble {
 
@@ -22,6 +23,8 @@ std::vector<std::string> unsupported_ops(const Graph& graph) {
 }
 
 Engine::Engine(Graph graph, Backend backend) : graph_(std::move(graph)) {
+  // The CPU kernels requantize a residual as they read it, rather than a separate pass writing s32.
+  if (backend == Backend::cpu && std::string(cpu::isa_name()) != "scalar") fold_residual_requantize(graph_);
   std::map<std::string, int> slot_of;
   auto new_slot = [&](const std::string& name) {
     const int s = static_cast<int>(slot_count_++);

@@ -129,6 +129,9 @@ struct ConvCase {
   Act act = Act::u4;
   bool fused = true;
   bool residual = false;
+  // The residual of fold_residual_requantize (inputs 5 and 6): u8 or s8 values requantized on read.
+  std::optional<Requant> folded_residual = std::nullopt;
+  bool folded_signed_source = false;
   bool relu = false;
   std::optional<Requant> requant = std::nullopt;
 
@@ -142,6 +145,11 @@ struct ConvCase {
                     ", dilation " + std::to_string(dilation) + ", group " + std::to_string(group);
     if (!fused) return s + ", IntConv";
     s += residual ? ", residual" : "";
+    if (folded_residual) {
+      s += std::string(", folded residual from ") + (folded_signed_source ? "s8" : "u8") + " shift " +
+           std::to_string(folded_residual->shift) + " bits " + std::to_string(folded_residual->bits) +
+           (folded_residual->is_signed ? " signed" : " unsigned");
+    }
     s += relu ? ", relu" : "";
     if (requant) {
       s += ", requant shift " + std::to_string(requant->shift) + " bits " + std::to_string(requant->bits) +
@@ -163,7 +171,7 @@ void check_conv(const ConvCase& cc, uint32_t seed) {
   node.attrs["group"] = cc.group;
   const int64_t oh = (cc.h + cc.pad_t + cc.pad_b - cc.dilation * (cc.kh - 1) - 1) / cc.stride_h + 1;
   const int64_t ow = (cc.w + cc.pad_l + cc.pad_r - cc.dilation * (cc.kw - 1) - 1) / cc.stride_w + 1;
-  Tensor residual, factor;
+  Tensor residual, factor, res_src, res_factor;
   ref::Inputs in{&x, &w, &bias};
   if (cc.fused) {
     node.attrs["relu"] = int64_t{cc.relu};
@@ -194,7 +202,18 @@ void check_conv(const ConvCase& cc, uint32_t seed) {
       }
     }
     in.push_back(cc.residual ? &residual : nullptr);
-    if (cc.requant) in.push_back(&factor);
+    if (cc.requant || cc.folded_residual) in.push_back(cc.requant ? &factor : nullptr);
+    if (cc.folded_residual) {
+      res_src = cc.folded_signed_source ? random_tensor(DType::s8, {cc.n, cc.m, oh, ow}, -127, 127, rng)
+                                        : random_tensor(DType::u8, {cc.n, cc.m, oh, ow}, 0, 255, rng);
+      // Factors of every size: small ones keep the 32-bit requantization, large ones need 64 bits.
+      res_factor = random_tensor(DType::u16, {cc.m}, 0, rng() % 2 ? 65535 : 300, rng);
+      node.attrs["res_shift"] = int64_t{cc.folded_residual->shift};
+      node.attrs["res_bits"] = int64_t{cc.folded_residual->bits};
+      node.attrs["res_signed"] = int64_t{cc.folded_residual->is_signed};
+      in.push_back(&res_src);
+      in.push_back(&res_factor);
+    }
   }
   const Tensor want = run_kernel(cc.fused ? ref::int_conv_fused : ref::int_conv, node, in);
   for (const auto& isa : vector_isas()) {
@@ -264,7 +283,7 @@ TEST(CpuBackend, Fp8ConvMatchesTheReference) {
 
 TEST(CpuBackend, DispatchNamesTheIsa) {
   const std::string isa = cpu::isa_name();
-  EXPECT_TRUE(isa == "avx512vnni" || isa == "avx2" || isa == "scalar") << isa;
+  EXPECT_TRUE(isa == "amx" || isa == "avx512vnni" || isa == "avx2" || isa == "scalar") << isa;
   EXPECT_EQ(cpu::available_isas().front(), isa);
   EXPECT_EQ(cpu::available_isas().back(), "scalar");
   std::string all;
@@ -410,6 +429,11 @@ TEST(CpuBackend, IntConvFusedMatchesReferenceOnRandomShapes) {
     cc.act = acts[rng() % 4];
     cc.fused = rng() % 8 != 0;
     cc.residual = rng() % 3 == 0;
+    if (!cc.residual && rng() % 3 == 0) {
+      const Requant folded[] = {{0, 31, true}, {3, 31, true}, {8, 20, true}, {12, 16, false}, {31, 31, true}};
+      cc.folded_residual = folded[rng() % std::size(folded)];
+      cc.folded_signed_source = rng() % 2 == 0;
+    }
     cc.relu = rng() % 2 == 0;
     if (rng() % 4 != 0) cc.requant = requants[rng() % std::size(requants)];
     check_conv(cc, static_cast<uint32_t>(1000 + iter));
@@ -690,6 +714,69 @@ TEST(CpuBackend, SeedResNet50LogitsMatchReference) {
   const Tensor golden = read_npy(kSeedModelDir + "/golden/image_a_logits_s32.npy");
   ASSERT_EQ(golden.numel(), got[0].numel());
   EXPECT_EQ(0, std::memcmp(golden.bytes(), got[0].bytes(), golden.nbytes()));
+}
+
+// The CPU engine folds a shortcut rescale into the convolution that alone reads it; the outputs
+// stay the reference's, and a rescale with a second reader is left alone.
+TEST(CpuBackend, FoldedResidualRequantizeMatchesTheUnfoldedGraph) {
+  SKIP_WITHOUT_CPU_KERNELS();
+  std::mt19937 rng(77);
+  for (const bool shared : {false, true}) {
+    Graph g;
+    g.source = "folded.onnx";
+    g.inputs = {ValueInfo{"x", DType::u8, Shape{2, 24, 9, 11}, {}}};
+    g.initializers["w"] = random_tensor(DType::s8, {48, 24, 3, 3}, -128, 127, rng);
+    g.initializers["b"] = random_tensor(DType::s32, {48}, -5000, 5000, rng);
+    g.initializers["f"] = random_tensor(DType::u16, {48}, 1, 400, rng);
+    g.initializers["wr"] = random_tensor(DType::s8, {48, 24, 1, 1}, -128, 127, rng);
+    g.initializers["br"] = random_tensor(DType::s32, {48}, -500, 500, rng);
+    g.initializers["fr"] = random_tensor(DType::u16, {48}, 1, 65535, rng);
+    g.initializers["fs"] = random_tensor(DType::u16, {48}, 1, 3000, rng);
+    // shortcut: 1x1 conv to s8, then the rescale to s32 that the main conv adds.
+    Node sc = conv_node("nibble:IntConvFused", {1, 1}, {1, 1}, {0, 0, 0, 0}, 1);
+    sc.name = "shortcut";
+    sc.inputs = {"x", "wr", "br", "", "fr"};
+    sc.outputs = {"s"};
+    sc.attrs["relu"] = int64_t{0};
+    sc.attrs["shift"] = int64_t{16};
+    sc.attrs["bits"] = int64_t{7};
+    sc.attrs["signed"] = int64_t{1};
+    Node rq;
+    rq.op_type = "nibble:Requantize";
+    rq.name = "rescale";
+    rq.inputs = {"s", "fs"};
+    rq.outputs = {"r"};
+    rq.attrs["shift"] = int64_t{4};
+    rq.attrs["bits"] = int64_t{31};
+    rq.attrs["signed"] = int64_t{1};
+    Node conv = conv_node("nibble:IntConvFused", {3, 3}, {1, 1}, {1, 1, 1, 1}, 1);
+    conv.inputs = {"x", "w", "b", "r", "f"};
+    conv.outputs = {"y"};
+    conv.attrs["relu"] = int64_t{1};
+    conv.attrs["shift"] = int64_t{20};
+    conv.attrs["bits"] = int64_t{8};
+    conv.attrs["signed"] = int64_t{0};
+    g.nodes = {sc, rq, conv};
+    for (Node& n : g.nodes) n.opset = 1;
+    g.outputs = {ValueInfo{"y", DType::u8, std::nullopt, {}}};
+    if (shared) g.outputs.push_back(ValueInfo{"r", DType::s32, std::nullopt, {}});
+    Graph folded = g;
+    EXPECT_EQ(fold_residual_requantize(folded), shared ? 0 : 1);
+    EXPECT_EQ(folded.nodes.size(), shared ? 3u : 2u);
+    const Tensor x = random_tensor(DType::u8, {2, 24, 9, 11}, 0, 255, rng);
+    const auto want = Engine(g, Backend::ref).run({x});
+    const auto got = Engine(g, Backend::cpu).run({x});
+    const auto folded_ref = Engine(folded, Backend::ref).run({x});
+    ASSERT_EQ(want.size(), got.size());
+    for (size_t o = 0; o < want.size(); ++o) {
+      EXPECT_TRUE(identical(want[o], got[o])) << "output " << o << (shared ? " (shared rescale)" : "");
+      EXPECT_TRUE(identical(want[o], folded_ref[o])) << "reference, folded graph: output " << o;
+    }
+    // The outputs must depend on the residual: a wrong folding cannot hide in a clamp.
+    int64_t distinct = 0;
+    for (int64_t i = 1; i < want[0].numel(); ++i) distinct += want[0].get(i) != want[0].get(i - 1);
+    EXPECT_GT(distinct, want[0].numel() / 4);
+  }
 }
 
 }  // namespace

@@ -20,8 +20,13 @@ enum class ConvMode { u8s8, s16s16 };
 // each block of `mr` output maps, the reduction runs in steps of `lanes` k (4 for u8s8, 2 for
 // s16s16); one step holds mr x lanes values, map-major, so that one 32-bit broadcast feeds one map.
 // Maps past the group's end and k past K are zero.
+// The tile layout (u8s8 with mr = 16, for AMX): k_steps is rounded up to whole chunks of
+// kTileSteps steps, and each chunk of a block is 16 rows of 64 bytes, one row per map holding its
+// 64 consecutive k (the A operand of one tile multiply).
+inline constexpr int64_t kTileSteps = 16;
 struct PackedConvWeights {
   ConvMode mode = ConvMode::u8s8;
+  bool tile_layout = false;
   int mr = 0;
   int64_t groups = 0;
   int64_t maps_per_group = 0;  // Mg
@@ -40,7 +45,7 @@ struct PackedConvWeights {
 // of the raw bytes, so a freed tensor whose address is reused, or one modified in place, is never
 // served stale. Thread-safe; the cache drops its oldest entries past a size budget.
 std::shared_ptr<const PackedConvWeights> packed_conv_weights(const Tensor& w, int64_t group, int mr,
-                                                             ConvMode mode);
+                                                             ConvMode mode, bool tile_layout = false);
 
 // Whether u8 x s8 maddubs products are exact: each s16 result is the sum of two products, so it
 // stays within s16 when 2 * max_x * max_w <= 32767 (true for any u8 <= 127 and |w| <= 128:
@@ -57,6 +62,19 @@ struct ConvEpilogue {
   const uint16_t* factor = nullptr;  // M factors, nullptr for no requantization (s32 output)
   int shift = 0;
   int64_t hi = 0;  // clamp [lo, hi] with lo = is_signed ? -hi : 0
+  // Per map quant::saturation_thresholds of factor, shift and the range, or nullptr: where set,
+  // the requantization may run in 32 bits.
+  const uint32_t* sat = nullptr;
+  // The folded residual (nibble:IntConvFused inputs 5 and 6), instead of `residual`: u8 or s8
+  // N x M x OH x OW values, each requantized by its map's res_factor, res_shift and the
+  // symmetric (res_is_signed) or unsigned range of res_hi as it is read.
+  const uint8_t* res_src = nullptr;
+  bool res_src_signed = false;
+  const uint16_t* res_factor = nullptr;
+  int res_shift = 0;
+  int64_t res_hi = 0;
+  bool res_is_signed = false;
+  const uint32_t* res_sat = nullptr;  // as `sat`, for the residual's requantization
   bool is_signed = false;
   DType out_dtype = DType::s32;  // s32, u8 or s8
   void* out = nullptr;           // N x M x OH x OW
@@ -116,6 +134,10 @@ struct ConvIsa {
   bool u8s8_always_exact;
   void (*pack_chunk)(const ConvJob& job, int64_t chunk);
   void (*run_task)(const ConvJob& job, int64_t task);
+  // u8s8 weights in the tile layout (PackedConvWeights::tile_layout).
+  bool tile_layout = false;
+  // The instruction set that runs the s16s16 mode instead, or nullptr for this one.
+  const ConvIsa* s16s16_isa = nullptr;
 };
 
 }  // namespace nibble::cpu

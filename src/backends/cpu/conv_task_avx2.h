@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "backends/cpu/conv_job.h"
 
@@ -27,9 +28,29 @@ void pack_blocks_avx2(const ConvJob& job, int64_t g, int64_t b_begin, int64_t b_
 void pack_chunk_avx2(const ConvJob& job, int64_t chunk);
 
 // Bias, residual, ReLU and requantization of `rows` maps from m0 of one tile (acc: rows x 16),
-// written to the block's segments.
+// written to the block's segments; with AVX2 or with AVX-512 (F, BW, VL).
 void epilogue_tile_avx2(const ConvEpilogue& ep, const Segment* segs, int nsegs, int64_t plane, int64_t m0,
                         int rows, const int32_t* acc);
+void epilogue_tile_avx512(const ConvEpilogue& ep, const Segment* segs, int nsegs, int64_t plane, int64_t m0,
+                          int rows, const int32_t* acc);
+// Prefetches the residual and output lines the epilogue of `rows` maps from m0 of one block reads
+// and writes (its first segment), so that they arrive while the tile multiplies.
+void prefetch_epilogue(const ConvEpilogue& ep, const Segment* segs, int nsegs, int64_t plane, int64_t m0, int rows);
+using ConvEpilogueFn = void (*)(const ConvEpilogue& ep, const Segment* segs, int nsegs, int64_t plane, int64_t m0,
+                                int rows, const int32_t* acc);
+
+// The panel of task blocks [b_begin, b_end) of group g (pixel chunk `chunk`): its part of
+// job.panels, or packed here into thread-local storage (valid until the next call on the thread).
+const uint8_t* task_panel(const ConvJob& job, int64_t g, int64_t chunk, int64_t b_begin, int64_t b_end);
+
+// The output segments of each pixel block of a task, thread-local (valid until the next call).
+struct TaskSegments {
+  std::vector<Segment> all;
+  std::vector<int> begin;  // per block its first segment, then the end
+  const Segment* of_block(int64_t i) const { return all.data() + begin[static_cast<size_t>(i)]; }
+  int count(int64_t i) const { return begin[static_cast<size_t>(i) + 1] - begin[static_cast<size_t>(i)]; }
+};
+const TaskSegments& task_segments(const ConvJob& job, int64_t b_begin, int64_t b_end);
 
 // One micro-tile: mr maps x 16 pixels of s32 sums over k_steps panel steps into acc (mr x 16),
 // from the mr-map weight block `w`. `narrow`: only the first 8 pixels are needed.
@@ -37,6 +58,7 @@ using ConvTileFn = void (*)(const uint8_t* panel, const void* w, int64_t k_steps
 
 // ConvIsa::run_task with tiles of `mr` (<= kMaxTileMaps) maps: takes or packs the task's panel,
 // runs the tile of job.mode per block and map block, and applies the epilogue.
-void run_conv_task_with_avx2(const ConvJob& job, int64_t task, int mr, ConvTileFn u8s8, ConvTileFn s16s16);
+void run_conv_task_with_avx2(const ConvJob& job, int64_t task, int mr, ConvTileFn u8s8, ConvTileFn s16s16,
+                             ConvEpilogueFn epilogue = epilogue_tile_avx2);
 
 }  // namespace nibble::cpu

@@ -3,6 +3,7 @@
 #include <string_view>
 #include <vector>
 
+#include "backends/cpu/int_conv.h"
 #include "backends/cpu/isa_kernels.h"
 #include "backends/cpu/kernels.h"
 
@@ -44,6 +45,16 @@ Table avx512vnni_table() {
           }};
 }
 
+Table amx_table() {
+  Table t = avx512vnni_table();
+  t.isa = "amx";
+  for (auto& e : t.kernels) {
+    if (e.op_type == "nibble:IntConv") e.fn = int_conv_amx;
+    if (e.op_type == "nibble:IntConvFused") e.fn = int_conv_fused_amx;
+  }
+  return t;
+}
+
 // Every table this processor can run, best first; "scalar" (no kernels) always last.
 const std::vector<Table>& tables() {
   static const std::vector<Table> t = [] {
@@ -52,6 +63,7 @@ const std::vector<Table>& tables() {
     const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni")) {
+      if (amx_usable()) all.push_back(amx_table());
       all.push_back(avx512vnni_table());
     }
     if (avx2) all.push_back(avx2_table());

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "backends/cpu/parallel.h"
@@ -24,16 +25,17 @@ struct Requant {
   int bits;
   bool is_signed;
 };
-std::optional<Requant> requant_attrs(const Node& node, const Tensor& factor, int64_t channels) {
+std::optional<Requant> requant_attrs(const Node& node, const Tensor& factor, int64_t channels,
+                                     const std::string& prefix = "") {
   if (factor.dtype() != DType::u16) return std::nullopt;
   const bool flat = factor.rank() == 1 && factor.dim(0) == channels;
   const bool nchw = factor.rank() == 4 && factor.dim(0) == 1 && factor.dim(1) == channels &&
                     factor.dim(2) == 1 && factor.dim(3) == 1;
   if (!flat && !nchw) return std::nullopt;
-  const int64_t shift = node.attr_int("shift", -1);
-  const int64_t bits = node.attr_int("bits", -1);
+  const int64_t shift = node.attr_int(prefix + "shift", -1);
+  const int64_t bits = node.attr_int(prefix + "bits", -1);
   if (shift < 0 || shift > 31 || bits < 1 || bits > 31) return std::nullopt;
-  return Requant{static_cast<int>(shift), static_cast<int>(bits), node.attr_int("signed", 0) != 0};
+  return Requant{static_cast<int>(shift), static_cast<int>(bits), node.attr_int(prefix + "signed", 0) != 0};
 }
 
 uint8_t max_u8(const uint8_t* x, int64_t n) {
@@ -91,7 +93,7 @@ std::vector<T> padded_copy(const X* x, int64_t planes, int64_t h, int64_t w, int
 
 }  // namespace
 
-void int_conv_cpu(const Node& node, const ref::Inputs& in, ref::Outputs& out, const ConvIsa& isa,
+void int_conv_cpu(const Node& node, const ref::Inputs& in, ref::Outputs& out, const ConvIsa& u8s8_isa,
                   bool fused) {
   const ref::KernelFn reference = fused ? ref::int_conv_fused : ref::int_conv;
   const Tensor* xp = ref::optional_input(in, 0);
@@ -111,10 +113,32 @@ void int_conv_cpu(const Node& node, const ref::Inputs& in, ref::Outputs& out, co
 
   ConvEpilogue ep;
   std::optional<Requant> rq;
+  std::vector<uint32_t> sat, res_sat;
   if (fused) {
-    if (const Tensor* r = ref::optional_input(in, 3)) {
-      if (r->dtype() != DType::s32 || r->shape() != y_shape) return reference(node, in, out);
-      ep.residual = r->data<int32_t>();
+    const Tensor* res = ref::optional_input(in, 3);
+    const Tensor* res_src = ref::optional_input(in, 5);
+    if (res && res_src) return reference(node, in, out);
+    if (res) {
+      if (res->dtype() != DType::s32 || res->shape() != y_shape) return reference(node, in, out);
+      ep.residual = res->data<int32_t>();
+    }
+    if (res_src) {
+      const Tensor* rf = ref::optional_input(in, 6);
+      if (!rf || (res_src->dtype() != DType::u8 && res_src->dtype() != DType::s8) || res_src->shape() != y_shape) {
+        return reference(node, in, out);
+      }
+      const std::optional<Requant> rr = requant_attrs(node, *rf, p.out_channels, "res_");
+      // The unfolded graph adds an s32 residual: anything narrower is the reference's error.
+      if (!rr || quant::storage_dtype(rr->bits, rr->is_signed) != DType::s32) return reference(node, in, out);
+      ep.res_src = res_src->bytes();
+      ep.res_src_signed = res_src->dtype() == DType::s8;
+      ep.res_factor = rf->data<uint16_t>();
+      ep.res_shift = rr->shift;
+      ep.res_hi = quant::output_range(rr->bits, rr->is_signed).hi;
+      ep.res_is_signed = rr->is_signed;
+      res_sat = quant::saturation_thresholds(std::vector<uint16_t>(ep.res_factor, ep.res_factor + p.out_channels),
+                                             rr->shift, rr->is_signed ? -ep.res_hi : 0, ep.res_hi);
+      if (!res_sat.empty()) ep.res_sat = res_sat.data();
     }
     ep.relu = node.attr_int("relu", 0) != 0;
     if (const Tensor* f = ref::optional_input(in, 4)) {
@@ -125,6 +149,10 @@ void int_conv_cpu(const Node& node, const ref::Inputs& in, ref::Outputs& out, co
       ep.hi = quant::output_range(rq->bits, rq->is_signed).hi;
       ep.is_signed = rq->is_signed;
       ep.out_dtype = quant::storage_dtype(rq->bits, rq->is_signed);
+      const uint16_t* fp = f->data<uint16_t>();
+      sat = quant::saturation_thresholds(std::vector<uint16_t>(fp, fp + p.out_channels), rq->shift,
+                                         ep.is_signed ? -ep.hi : 0, ep.hi);
+      if (!sat.empty()) ep.sat = sat.data();
     }
   }
   std::vector<int32_t> bias(static_cast<size_t>(p.out_channels));
@@ -136,13 +164,15 @@ void int_conv_cpu(const Node& node, const ref::Inputs& in, ref::Outputs& out, co
   std::shared_ptr<const PackedConvWeights> packed;
   ConvJob job;
   if (x.dtype() == DType::u8) {
-    packed = packed_conv_weights(w, p.group, isa.mr, ConvMode::u8s8);
-    if (isa.u8s8_always_exact || maddubs_is_exact(max_u8(x.data<uint8_t>(), x.numel()), packed->max_abs)) {
+    packed = packed_conv_weights(w, p.group, u8s8_isa.mr, ConvMode::u8s8, u8s8_isa.tile_layout);
+    if (u8s8_isa.u8s8_always_exact ||
+        maddubs_is_exact(max_u8(x.data<uint8_t>(), x.numel()), packed->max_abs)) {
       job.mode = ConvMode::u8s8;
     } else {
       packed.reset();
     }
   }
+  const ConvIsa& isa = packed || !u8s8_isa.s16s16_isa ? u8s8_isa : *u8s8_isa.s16s16_isa;
   if (!packed) {
     job.mode = ConvMode::s16s16;
     packed = packed_conv_weights(w, p.group, isa.mr, ConvMode::s16s16);

@@ -213,6 +213,7 @@ const ConvIsa kConvAvx2{"avx2", kMr, kNr, false, pack_chunk_avx2, run_conv_task_
 NIBBLE_AVX2 void epilogue_tile_avx2(const ConvEpilogue& ep, const Segment* segs, int nsegs, int64_t plane,
                                     int64_t m0, int rows, const int32_t* acc) {
   const EpilogueConstsAvx2 k = epilogue_consts_avx2(ep.shift, ep.hi);
+  const EpilogueConstsAvx2 kr = epilogue_consts_avx2(ep.res_shift, ep.res_hi);
   const bool direct = nsegs == 1 && segs[0].lane_begin == 0;  // lanes map 1:1 onto consecutive outputs
   const size_t out_size = ep.out_dtype == DType::s32 ? 4 : 1;
   for (int r = 0; r < rows; ++r) {
@@ -237,6 +238,19 @@ NIBBLE_AVX2 void epilogue_tile_avx2(const ConvEpilogue& ep, const Segment* segs,
       }
       for (int j = 0; j < 2; ++j) {
         v[j] = _mm256_add_epi32(v[j], _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rp + 8 * j)));
+      }
+    } else if (ep.res_src) {
+      alignas(16) uint8_t res[kNr] = {};
+      for (int s = 0; s < nsegs; ++s) {
+        std::memcpy(res + segs[s].lane_begin, ep.res_src + segs[s].first + m * plane,
+                    static_cast<size_t>(segs[s].lane_end - segs[s].lane_begin));
+      }
+      const __m128i b = _mm_load_si128(reinterpret_cast<const __m128i*>(res));
+      const __m256i x[2] = {ep.res_src_signed ? _mm256_cvtepi8_epi32(b) : _mm256_cvtepu8_epi32(b),
+                            ep.res_src_signed ? _mm256_cvtepi8_epi32(_mm_srli_si128(b, 8))
+                                              : _mm256_cvtepu8_epi32(_mm_srli_si128(b, 8))};
+      for (int j = 0; j < 2; ++j) {
+        v[j] = _mm256_add_epi32(v[j], requantize_s32_avx2(x[j], ep.res_factor[m], kr, ep.res_is_signed));
       }
     }
     if (ep.relu) {
@@ -286,8 +300,41 @@ NIBBLE_AVX2 void pack_chunk_avx2(const ConvJob& job, int64_t chunk) {
                    job.panels + chunk * job.blocks_per_chunk * job.weights->k_steps * kStepBytes);
 }
 
+NIBBLE_AVX2 const uint8_t* task_panel(const ConvJob& job, int64_t g, int64_t chunk, int64_t b_begin, int64_t b_end) {
+  const int64_t block_bytes = job.weights->k_steps * kStepBytes;
+  if (job.panels) return job.panels + chunk * job.blocks_per_chunk * block_bytes;
+  thread_local std::vector<uint8_t> storage;
+  const size_t need = static_cast<size_t>((b_end - b_begin) * block_bytes + 64);
+  if (storage.size() < need) storage.resize(need);
+  uint8_t* own = storage.data() + (64 - reinterpret_cast<uintptr_t>(storage.data()) % 64) % 64;
+  pack_blocks_avx2(job, g, b_begin, b_end, own);
+  return own;
+}
+
+const TaskSegments& task_segments(const ConvJob& job, int64_t b_begin, int64_t b_end) {
+  // Output runs of each block: lanes split where the folded pixel axis crosses into the next image.
+  const int64_t image_elems = job.out_channels * job.plane;
+  thread_local TaskSegments s;
+  s.all.clear();
+  s.begin.clear();
+  for (int64_t b = b_begin; b < b_end; ++b) {
+    s.begin.push_back(static_cast<int>(s.all.size()));
+    const int64_t q0 = b * kNr;
+    const int count = static_cast<int>(std::min<int64_t>(kNr, job.pixels - q0));
+    for (int lane = 0; lane < count;) {
+      const int64_t q = q0 + lane;
+      const int64_t n = q / job.plane, p = q % job.plane;
+      const int run = static_cast<int>(std::min<int64_t>(count - lane, job.plane - p));
+      s.all.push_back({lane, lane + run, n * image_elems + p});
+      lane += run;
+    }
+  }
+  s.begin.push_back(static_cast<int>(s.all.size()));
+  return s;
+}
+
 NIBBLE_AVX2 void run_conv_task_with_avx2(const ConvJob& job, int64_t task, int mr, ConvTileFn u8s8,
-                                         ConvTileFn s16s16) {
+                                         ConvTileFn s16s16, ConvEpilogueFn epilogue) {
   const PackedConvWeights& pw = *job.weights;
   const int64_t mc = task % job.m_chunks;
   const int64_t chunk = task / job.m_chunks;
@@ -295,37 +342,8 @@ NIBBLE_AVX2 void run_conv_task_with_avx2(const ConvJob& job, int64_t task, int m
   const int64_t b_begin = chunk % job.pixel_chunks * job.blocks_per_chunk;
   const int64_t b_end = std::min(job.pixel_blocks, b_begin + job.blocks_per_chunk);
   const int64_t block_bytes = pw.k_steps * kStepBytes;
-  const uint8_t* panel;
-  if (job.panels) {
-    panel = job.panels + chunk * job.blocks_per_chunk * block_bytes;
-  } else {
-    thread_local std::vector<uint8_t> storage;
-    const size_t need = static_cast<size_t>((b_end - b_begin) * block_bytes + 64);
-    if (storage.size() < need) storage.resize(need);
-    uint8_t* own = storage.data() + (64 - reinterpret_cast<uintptr_t>(storage.data()) % 64) % 64;
-    pack_blocks_avx2(job, g, b_begin, b_end, own);
-    panel = own;
-  }
-
-  // Output runs of each block: lanes split where the folded pixel axis crosses into the next image.
-  const int64_t image_elems = job.out_channels * job.plane;
-  thread_local std::vector<Segment> all_segs;
-  thread_local std::vector<int> seg_begin;
-  all_segs.clear();
-  seg_begin.clear();
-  for (int64_t b = b_begin; b < b_end; ++b) {
-    seg_begin.push_back(static_cast<int>(all_segs.size()));
-    const int64_t q0 = b * kNr;
-    const int count = static_cast<int>(std::min<int64_t>(kNr, job.pixels - q0));
-    for (int lane = 0; lane < count;) {
-      const int64_t q = q0 + lane;
-      const int64_t n = q / job.plane, p = q % job.plane;
-      const int run = static_cast<int>(std::min<int64_t>(count - lane, job.plane - p));
-      all_segs.push_back({lane, lane + run, n * image_elems + p});
-      lane += run;
-    }
-  }
-  seg_begin.push_back(static_cast<int>(all_segs.size()));
+  const uint8_t* panel = task_panel(job, g, chunk, b_begin, b_end);
+  const TaskSegments& segs = task_segments(job, b_begin, b_end);
 
   const ConvTileFn tile = job.mode == ConvMode::u8s8 ? u8s8 : s16s16;
   const void* weights = job.mode == ConvMode::u8s8 ? static_cast<const void*>(pw.s8.data()) : pw.s16.data();
@@ -340,10 +358,8 @@ NIBBLE_AVX2 void run_conv_task_with_avx2(const ConvJob& job, int64_t task, int m
     const int rows = static_cast<int>(std::min<int64_t>(mr, pw.maps_per_group - mg0));
     for (int64_t b = b_begin; b < b_end; ++b) {
       tile(panel + (b - b_begin) * block_bytes, w_block, pw.k_steps, job.pixels - b * kNr <= 8, acc);
-      const int first_seg = seg_begin[static_cast<size_t>(b - b_begin)];
-      const int seg_count = seg_begin[static_cast<size_t>(b - b_begin) + 1] - first_seg;
-      epilogue_tile_avx2(job.epilogue, all_segs.data() + first_seg, seg_count, job.plane,
-                         g * pw.maps_per_group + mg0, rows, acc);
+      epilogue(job.epilogue, segs.of_block(b - b_begin), segs.count(b - b_begin), job.plane,
+               g * pw.maps_per_group + mg0, rows, acc);
     }
   }
 }

@@ -43,19 +43,23 @@ NIBBLE_AVX512VNNI void tile_8x16_avx512vnni(const uint8_t* panel, const void* w,
 }
 
 void run_conv_task_avx512vnni(const ConvJob& job, int64_t task) {
-  run_conv_task_with_avx2(job, task, kMr, tile_8x16_avx512vnni<false>, tile_8x16_avx512vnni<true>);
+  run_conv_task_with_avx2(job, task, kMr, tile_8x16_avx512vnni<false>, tile_8x16_avx512vnni<true>,
+                          epilogue_tile_avx512);
 }
-
-const ConvIsa kConvAvx512Vnni{"avx512vnni", kMr, kPanelNr, true, pack_chunk_avx2, run_conv_task_avx512vnni};
 
 }  // namespace
 
+const ConvIsa& conv_isa_avx512vnni() {
+  static const ConvIsa isa{"avx512vnni", kMr, kPanelNr, true, pack_chunk_avx2, run_conv_task_avx512vnni};
+  return isa;
+}
+
 void int_conv_avx512vnni(const Node& node, const ref::Inputs& in, ref::Outputs& out) {
-  int_conv_cpu(node, in, out, kConvAvx512Vnni, false);
+  int_conv_cpu(node, in, out, conv_isa_avx512vnni(), false);
 }
 
 void int_conv_fused_avx512vnni(const Node& node, const ref::Inputs& in, ref::Outputs& out) {
-  int_conv_cpu(node, in, out, kConvAvx512Vnni, true);
+  int_conv_cpu(node, in, out, conv_isa_avx512vnni(), true);
 }
 
 }  // namespace nibble::cpu

@@ -20,4 +20,9 @@ void fp8_conv_avx2(const Node&, const ref::Inputs&, ref::Outputs&);
 void int_conv_avx512vnni(const Node&, const ref::Inputs&, ref::Outputs&);
 void int_conv_fused_avx512vnni(const Node&, const ref::Inputs&, ref::Outputs&);
 
+// AMX (INT8 tiles, with AVX-512 VNNI): u8 x s8 convolutions on 16 x 16 tile multiplies; s8
+// activations take the AVX-512 VNNI kernels.
+void int_conv_amx(const Node&, const ref::Inputs&, ref::Outputs&);
+void int_conv_fused_amx(const Node&, const ref::Inputs&, ref::Outputs&);
+
 }  // namespace nibble::cpu

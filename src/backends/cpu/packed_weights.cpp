@@ -5,6 +5,7 @@
 #include <mutex>
 
 #include "backends/cpu/conv_job.h"
+#include <stdexcept>
 
 namespace nibble::cpu {
 
@@ -25,16 +26,19 @@ std::vector<int8_t> unpacked(const Tensor& w) {
   return v;
 }
 
-std::shared_ptr<PackedConvWeights> pack(const Tensor& w, int64_t group, int mr, ConvMode mode) {
+std::shared_ptr<PackedConvWeights> pack(const Tensor& w, int64_t group, int mr, ConvMode mode, bool tile_layout) {
   auto p = std::make_shared<PackedConvWeights>();
   const int lanes = mode == ConvMode::u8s8 ? 4 : 2;
+  if (tile_layout && (mode != ConvMode::u8s8 || mr != 16)) throw std::logic_error("the tile weight layout is u8s8 with 16 maps");
   p->mode = mode;
+  p->tile_layout = tile_layout;
   p->mr = mr;
   p->groups = group;
   p->maps_per_group = w.dim(0) / group;
   p->m_blocks = (p->maps_per_group + mr - 1) / mr;
   p->k = w.numel() / w.dim(0);
   p->k_steps = (p->k + lanes - 1) / lanes;
+  if (tile_layout) p->k_steps = (p->k_steps + kTileSteps - 1) / kTileSteps * kTileSteps;
   const size_t total = static_cast<size_t>(group * p->m_blocks * p->block_elems());
   if (mode == ConvMode::u8s8) {
     p->s8.assign(total, 0);
@@ -53,7 +57,8 @@ std::shared_ptr<PackedConvWeights> pack(const Tensor& w, int64_t group, int mr, 
         if (mg >= p->maps_per_group) break;
         const int8_t* row = v.data() + (g * p->maps_per_group + mg) * p->k;
         for (int64_t s = 0, k = 0; s < p->k_steps; ++s) {
-          const int64_t at = block + (s * mr + r) * lanes;
+          const int64_t at = tile_layout ? block + (s / kTileSteps * mr + r) * kTileSteps * 4 + s % kTileSteps * 4
+                                         : block + (s * mr + r) * lanes;
           for (int l = 0; l < lanes && k < p->k; ++l, ++k) {
             if (mode == ConvMode::u8s8) {
               p->s8[static_cast<size_t>(at + l)] = row[k];
@@ -75,6 +80,7 @@ struct Entry {
   int64_t group;
   int mr;
   ConvMode mode;
+  bool tile_layout;
   std::vector<uint8_t> raw;  // the bytes the packing was made from
   std::shared_ptr<const PackedConvWeights> packed;
 
@@ -83,14 +89,14 @@ struct Entry {
 
 class Cache {
  public:
-  std::shared_ptr<const PackedConvWeights> get(const Tensor& w, int64_t group, int mr, ConvMode mode) {
+  std::shared_ptr<const PackedConvWeights> get(const Tensor& w, int64_t group, int mr, ConvMode mode, bool tile_layout) {
     std::shared_ptr<const Entry> hit;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       for (auto it = entries_.begin(); it != entries_.end(); ++it) {
         const Entry& e = **it;
         if (e.data == w.bytes() && e.dtype == w.dtype() && e.shape == w.shape() && e.group == group &&
-            e.mr == mr && e.mode == mode) {
+            e.mr == mr && e.mode == mode && e.tile_layout == tile_layout) {
           hit = *it;
           entries_.splice(entries_.begin(), entries_, it);  // most recently used first
           break;
@@ -107,8 +113,9 @@ class Cache {
     e->group = group;
     e->mr = mr;
     e->mode = mode;
+    e->tile_layout = tile_layout;
     e->raw.assign(w.bytes(), w.bytes() + w.nbytes());
-    e->packed = pack(w, group, mr, mode);
+    e->packed = pack(w, group, mr, mode, tile_layout);
     std::lock_guard<std::mutex> lock(mutex_);
     // A stale entry goes; another thread may have dropped it already.
     if (hit && entries_.remove(hit) > 0) bytes_ -= hit->bytes();
@@ -130,9 +137,9 @@ class Cache {
 }  // namespace
 
 std::shared_ptr<const PackedConvWeights> packed_conv_weights(const Tensor& w, int64_t group, int mr,
-                                                             ConvMode mode) {
+                                                             ConvMode mode, bool tile_layout) {
   static Cache cache;
-  return cache.get(w, group, mr, mode);
+  return cache.get(w, group, mr, mode, tile_layout);
 }
 
 }  // namespace nibble::cpu

@@ -1,5 +1,7 @@
 // The seed model's integer convolution, alone (nibble:IntConv) or with its fused epilogue
-// (nibble:IntConvFused: bias, optional residual add, optional ReLU, optional requantize).
+// (nibble:IntConvFused: bias, optional residual add, optional ReLU, optional requantize). The
+// residual is input 3 (s32), or the folded form of fold_residual_requantize: input 5 requantized
+// by the factors of input 6 with the attributes res_shift, res_bits and res_signed.
 #include <cstdint>
 #include <vector>
 
@@ -46,6 +48,16 @@ void int_conv_fused(const Node& node, const Inputs& in, Outputs& out) {
   Tensor acc = conv_with_bias(node, required_input(node, in, 0), required_input(node, in, 1),
                               required_input(node, in, 2));
   if (const Tensor* residual = optional_input(in, 3)) acc = int_add_s32(node, acc, *residual);
+  if (const Tensor* source = optional_input(in, 5)) {
+    // The folded residual (fold_residual_requantize): nibble:Requantize of input 5 by input 6.
+    if (optional_input(in, 3)) kernel_fail("{} has both a residual and a folded residual", node.op_type);
+    Node rq;
+    rq.op_type = "nibble:Requantize";
+    rq.attrs["shift"] = node.attr_int("res_shift", -1);
+    rq.attrs["bits"] = node.attr_int("res_bits", -1);
+    rq.attrs["signed"] = node.attr_int("res_signed", 0);
+    acc = int_add_s32(node, acc, requantize_tensor(rq, *source, required_input(node, in, 6)));
+  }
   if (node.attr_int("relu", 0)) acc = int_relu_s32(acc);
   if (const Tensor* factor = optional_input(in, 4)) acc = requantize_tensor(node, acc, *factor);
   out.at(0) = std::move(acc);

@@ -1,0 +1,131 @@
+// The AVX-512 convolution epilogue: one map's 16 pixels per vector, masked loads and stores at the
+// block's end, and the 32-bit requantization where the saturation thresholds allow it.
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "backends/cpu/conv_task_avx2.h"
+
+#define NIBBLE_AVX512 __attribute__((target("avx2,fma,avx512f,avx512bw,avx512vl")))
+
+// GCC 12 reports the intrinsics' deliberately undefined pass-through operands as maybe-uninitialized.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+namespace nibble::cpu {
+
+namespace {
+
+// quant::requantize of 16 lanes with a 64-bit product (any factor and shift).
+NIBBLE_AVX512 inline __m512i requantize_wide_avx512(__m512i mag, uint16_t factor, int shift, int64_t hi) {
+  const __m512i f = _mm512_set1_epi64(factor);
+  const __m512i round = _mm512_set1_epi64(shift > 0 ? int64_t{1} << (shift - 1) : 0);
+  const __m128i s = _mm_cvtsi32_si128(shift);
+  const __m512i top = _mm512_set1_epi64(hi);
+  __m512i even = _mm512_mul_epu32(mag, f);
+  __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(mag, 32), f);
+  even = _mm512_min_epu64(_mm512_srl_epi64(_mm512_add_epi64(even, round), s), top);
+  odd = _mm512_min_epu64(_mm512_srl_epi64(_mm512_add_epi64(odd, round), s), top);
+  return _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+}
+
+// quant::requantize of 16 lanes into the symmetric (is_signed) or unsigned range of hi: in 32 bits
+// with the map's saturation threshold where `sat` is given, else with 64-bit products.
+NIBBLE_AVX512 inline __m512i requantize_avx512(__m512i v, uint16_t factor, const uint32_t* sat, int shift,
+                                               int64_t hi, bool is_signed) {
+  const __mmask16 neg = _mm512_cmplt_epi32_mask(v, _mm512_setzero_si512());
+  const __m512i mag = _mm512_abs_epi32(v);  // INT32_MIN gives 2^31 as an unsigned value
+  __m512i q;
+  if (sat) {
+    const __m512i x = _mm512_min_epu32(mag, _mm512_set1_epi32(static_cast<int32_t>(*sat)));
+    const __m512i round = _mm512_set1_epi32(shift > 0 ? static_cast<int32_t>(1u << (shift - 1)) : 0);
+    q = _mm512_srl_epi32(_mm512_add_epi32(_mm512_mullo_epi32(x, _mm512_set1_epi32(factor)), round),
+                         _mm_cvtsi32_si128(shift));
+    q = _mm512_min_epu32(q, _mm512_set1_epi32(static_cast<int32_t>(hi)));
+  } else {
+    q = requantize_wide_avx512(mag, factor, shift, hi);
+  }
+  // The range is symmetric (signed) or starts at 0 (unsigned): the sign goes on after the clamp.
+  return is_signed ? _mm512_mask_sub_epi32(q, neg, _mm512_setzero_si512(), q) : _mm512_maskz_mov_epi32(~neg, q);
+}
+
+}  // namespace
+
+void prefetch_epilogue(const ConvEpilogue& ep, const Segment* segs, int nsegs, int64_t plane, int64_t m0, int rows) {
+  const int64_t out_size = ep.out_dtype == DType::s32 ? 4 : 1;
+  for (int r = 0; r < rows; ++r) {
+    const int64_t at = segs[0].first + (m0 + r) * plane;
+    if (ep.res_src) __builtin_prefetch(ep.res_src + at, 0, 3);
+    if (ep.residual) __builtin_prefetch(ep.residual + at, 0, 3);
+    __builtin_prefetch(static_cast<uint8_t*>(ep.out) + at * out_size, 1, 3);
+  }
+  (void)nsegs;
+}
+
+NIBBLE_AVX512 void epilogue_tile_avx512(const ConvEpilogue& ep, const Segment* segs, int nsegs, int64_t plane,
+                                        int64_t m0, int rows, const int32_t* acc) {
+  // Lanes map 1:1 onto consecutive outputs: masked loads and stores in place.
+  const bool direct = nsegs == 1 && segs[0].lane_begin == 0;
+  const __mmask16 lanes = direct ? static_cast<__mmask16>((1u << segs[0].lane_end) - 1) : 0xFFFF;
+  const size_t out_size = ep.out_dtype == DType::s32 ? 4 : 1;
+  for (int r = 0; r < rows; ++r) {
+    const int64_t m = m0 + r;
+    __m512i v = _mm512_add_epi32(_mm512_loadu_si512(acc + r * kPanelNr), _mm512_set1_epi32(ep.bias[m]));
+    if (ep.residual) {
+      if (direct) {
+        v = _mm512_add_epi32(v, _mm512_maskz_loadu_epi32(lanes, ep.residual + segs[0].first + m * plane));
+      } else {
+        alignas(64) int32_t res[kPanelNr] = {};
+        for (int s = 0; s < nsegs; ++s) {
+          std::memcpy(res + segs[s].lane_begin, ep.residual + segs[s].first + m * plane,
+                      sizeof(int32_t) * static_cast<size_t>(segs[s].lane_end - segs[s].lane_begin));
+        }
+        v = _mm512_add_epi32(v, _mm512_load_si512(res));
+      }
+    } else if (ep.res_src) {
+      __m128i bytes;
+      if (direct) {
+        bytes = _mm_maskz_loadu_epi8(lanes, ep.res_src + segs[0].first + m * plane);
+      } else {
+        alignas(16) uint8_t res[kPanelNr] = {};
+        for (int s = 0; s < nsegs; ++s) {
+          std::memcpy(res + segs[s].lane_begin, ep.res_src + segs[s].first + m * plane,
+                      static_cast<size_t>(segs[s].lane_end - segs[s].lane_begin));
+        }
+        bytes = _mm_load_si128(reinterpret_cast<const __m128i*>(res));
+      }
+      const __m512i x = ep.res_src_signed ? _mm512_cvtepi8_epi32(bytes) : _mm512_cvtepu8_epi32(bytes);
+      v = _mm512_add_epi32(v, requantize_avx512(x, ep.res_factor[m], ep.res_sat ? ep.res_sat + m : nullptr,
+                                                ep.res_shift, ep.res_hi, ep.res_is_signed));
+    }
+    if (ep.relu) v = _mm512_max_epi32(v, _mm512_setzero_si512());
+    if (ep.factor) v = requantize_avx512(v, ep.factor[m], ep.sat ? ep.sat + m : nullptr, ep.shift, ep.hi, ep.is_signed);
+    if (direct) {
+      uint8_t* y = static_cast<uint8_t*>(ep.out) + (segs[0].first + m * plane) * static_cast<int64_t>(out_size);
+      if (ep.out_dtype == DType::s32) {
+        _mm512_mask_storeu_epi32(y, lanes, v);
+      } else if (ep.out_dtype == DType::u8) {
+        _mm512_mask_cvtusepi32_storeu_epi8(y, lanes, v);
+      } else {
+        _mm512_mask_cvtsepi32_storeu_epi8(y, lanes, v);
+      }
+    } else {
+      alignas(64) uint8_t tmp[kPanelNr * 4];
+      if (ep.out_dtype == DType::s32) {
+        _mm512_store_si512(tmp, v);
+      } else if (ep.out_dtype == DType::u8) {
+        _mm_store_si128(reinterpret_cast<__m128i*>(tmp), _mm512_cvtusepi32_epi8(v));
+      } else {
+        _mm_store_si128(reinterpret_cast<__m128i*>(tmp), _mm512_cvtsepi32_epi8(v));
+      }
+      for (int s = 0; s < nsegs; ++s) {
+        std::memcpy(static_cast<uint8_t*>(ep.out) + (segs[s].first + m * plane) * static_cast<int64_t>(out_size),
+                    tmp + segs[s].lane_begin * out_size,
+                    out_size * static_cast<size_t>(segs[s].lane_end - segs[s].lane_begin));
+      }
+    }
+  }
+}
+
+}  // namespace nibble::cpu
