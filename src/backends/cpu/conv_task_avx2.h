@@ -52,6 +52,15 @@ struct TaskSegments {
 };
 const TaskSegments& task_segments(const ConvJob& job, int64_t b_begin, int64_t b_end);
 
+// One task's share of the job (ConvJob's task grid): group g, pixel blocks [b_begin, b_end) with
+// their panel and output segments (task_panel, task_segments), map blocks [mb_begin, mb_end).
+struct ConvTask {
+  int64_t g = 0, b_begin = 0, b_end = 0, mb_begin = 0, mb_end = 0;
+  const uint8_t* panel = nullptr;
+  const TaskSegments* segs = nullptr;
+};
+ConvTask conv_task(const ConvJob& job, int64_t task);
+
 // One micro-tile: mr maps x 16 pixels of s32 sums over k_steps panel steps into acc (mr x 16),
 // from the mr-map weight block `w`. `narrow`: only the first 8 pixels are needed.
 using ConvTileFn = void (*)(const uint8_t* panel, const void* w, int64_t k_steps, bool narrow, int32_t* acc);

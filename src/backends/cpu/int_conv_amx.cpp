@@ -81,18 +81,12 @@ NIBBLE_AMX void tiles_amx(const uint8_t* p0, const uint8_t* p1, const int8_t* w0
 NIBBLE_AMX void run_conv_task_amx(const ConvJob& job, int64_t task) {
   configure_tiles();
   const PackedConvWeights& pw = *job.weights;
-  const int64_t mc = task % job.m_chunks;
-  const int64_t chunk = task / job.m_chunks;
-  const int64_t g = chunk / job.pixel_chunks;
-  const int64_t b_begin = chunk % job.pixel_chunks * job.blocks_per_chunk;
-  const int64_t b_end = std::min(job.pixel_blocks, b_begin + job.blocks_per_chunk);
+  const ConvTask t = conv_task(job, task);
+  const int64_t g = t.g, b_begin = t.b_begin, b_end = t.b_end, mb_begin = t.mb_begin, mb_end = t.mb_end;
   const int64_t block_bytes = pw.k_steps * kPanelStepBytes;
-  const uint8_t* panel = task_panel(job, g, chunk, b_begin, b_end);
-  const TaskSegments& segs = task_segments(job, b_begin, b_end);
-
+  const uint8_t* panel = t.panel;
+  const TaskSegments& segs = *t.segs;
   const int8_t* weights = pw.s8.data();
-  const int64_t mb_begin = mc * job.m_blocks_per_chunk;
-  const int64_t mb_end = std::min(pw.m_blocks, mb_begin + job.m_blocks_per_chunk);
   alignas(64) int32_t acc[4 * kMr * kPanelNr];
   for (int64_t mb = mb_begin; mb < mb_end; mb += 2) {
     const int nm = mb + 1 < mb_end ? 2 : 1;

@@ -333,25 +333,34 @@ const TaskSegments& task_segments(const ConvJob& job, int64_t b_begin, int64_t b
   return s;
 }
 
+ConvTask conv_task(const ConvJob& job, int64_t task) {
+  ConvTask t;
+  const int64_t mc = task % job.m_chunks;
+  const int64_t chunk = task / job.m_chunks;
+  t.g = chunk / job.pixel_chunks;
+  t.b_begin = chunk % job.pixel_chunks * job.blocks_per_chunk;
+  t.b_end = std::min(job.pixel_blocks, t.b_begin + job.blocks_per_chunk);
+  t.mb_begin = mc * job.m_blocks_per_chunk;
+  t.mb_end = std::min(job.weights->m_blocks, t.mb_begin + job.m_blocks_per_chunk);
+  t.panel = task_panel(job, t.g, chunk, t.b_begin, t.b_end);
+  t.segs = &task_segments(job, t.b_begin, t.b_end);
+  return t;
+}
+
 NIBBLE_AVX2 void run_conv_task_with_avx2(const ConvJob& job, int64_t task, int mr, ConvTileFn u8s8,
                                          ConvTileFn s16s16, ConvEpilogueFn epilogue) {
   const PackedConvWeights& pw = *job.weights;
-  const int64_t mc = task % job.m_chunks;
-  const int64_t chunk = task / job.m_chunks;
-  const int64_t g = chunk / job.pixel_chunks;
-  const int64_t b_begin = chunk % job.pixel_chunks * job.blocks_per_chunk;
-  const int64_t b_end = std::min(job.pixel_blocks, b_begin + job.blocks_per_chunk);
+  const ConvTask t = conv_task(job, task);
+  const int64_t g = t.g, b_begin = t.b_begin, b_end = t.b_end;
   const int64_t block_bytes = pw.k_steps * kStepBytes;
-  const uint8_t* panel = task_panel(job, g, chunk, b_begin, b_end);
-  const TaskSegments& segs = task_segments(job, b_begin, b_end);
+  const uint8_t* panel = t.panel;
+  const TaskSegments& segs = *t.segs;
 
   const ConvTileFn tile = job.mode == ConvMode::u8s8 ? u8s8 : s16s16;
   const void* weights = job.mode == ConvMode::u8s8 ? static_cast<const void*>(pw.s8.data()) : pw.s16.data();
   const size_t weight_size = job.mode == ConvMode::u8s8 ? 1 : 2;
-  const int64_t mb_begin = mc * job.m_blocks_per_chunk;
-  const int64_t mb_end = std::min(pw.m_blocks, mb_begin + job.m_blocks_per_chunk);
   alignas(64) int32_t acc[kMaxTileMaps * kNr];
-  for (int64_t mb = mb_begin; mb < mb_end; ++mb) {
+  for (int64_t mb = t.mb_begin; mb < t.mb_end; ++mb) {
     const uint8_t* w_block = static_cast<const uint8_t*>(weights) +
                              (g * pw.m_blocks + mb) * pw.block_elems() * static_cast<int64_t>(weight_size);
     const int64_t mg0 = mb * mr;  // first map of the tile within the group
