@@ -712,7 +712,7 @@ TEST(CudaPlan, SaturationThresholdsAreExact) {
     const auto r = quant::output_range(bits, sgn);
     std::vector<uint16_t> f(4);
     for (auto& v : f) v = static_cast<uint16_t>(rng() % 65536);
-    const auto sat = cuda::saturation_thresholds(f, shift, r.lo, r.hi);
+    const auto sat = quant::saturation_thresholds(f, shift, r.lo, r.hi);
     if (sat.empty()) continue;
     for (size_t c = 0; c < f.size(); ++c) {
       const uint64_t round = shift ? uint64_t{1} << (shift - 1) : 0;

@@ -258,7 +258,7 @@ class Planner {
       out_dtype = quant::storage_dtype(bits, sgn);
     }
     set_conv_constants(n, st, w, bias, factor, res);
-    if (factor) c.sat = saturation_thresholds(c.factor, c.shift, c.lo, c.hi);
+    if (factor) c.sat = quant::saturation_thresholds(c.factor, c.shift, c.lo, c.hi);
     st.x = x;
     use(x, Use::conv_x);
     if (res.value >= 0) {
@@ -707,20 +707,6 @@ std::vector<int8_t> wgmma_weights(const ConvStep& c, const Value& x) {
     }
   }
   return out;
-}
-
-std::vector<uint32_t> saturation_thresholds(const std::vector<uint16_t>& factor, int shift, int64_t lo, int64_t hi) {
-  const uint64_t top = static_cast<uint64_t>(std::max(hi, -lo));
-  const uint64_t round = shift > 0 ? uint64_t{1} << (shift - 1) : 0;
-  const uint64_t need = (top + 1) << shift;  // mag >= top + 1 once |x| * f + round >= need
-  std::vector<uint32_t> sat;
-  for (uint16_t f : factor) {
-    uint64_t t = 0xFFFFFFFFu;
-    if (f != 0) t = need > round ? (need - round + f - 1) / f : 0;
-    if (t > 0xFFFFFFFFu || (f != 0 && t * f + round >= (uint64_t{1} << 32))) return {};
-    sat.push_back(static_cast<uint32_t>(t));
-  }
-  return sat;
 }
 
 std::vector<uint8_t> to_device_layout(const Tensor& t, Storage storage) {

@@ -75,7 +75,8 @@ struct ConvStep {
   std::vector<uint16_t> factor;  // m_pad, empty for an s32 output
   // Per map: the smallest |acc| whose requantized value saturates on either side of the output
   // range. Filled only when sat x factor + 2^(shift-1) < 2^32 for every map, so that the kernel's
-  // 32-bit requantization (clamp |acc| to sat first) is exact; empty otherwise.
+  // 32-bit requantization (clamp |acc| to sat first) is exact; empty otherwise
+  // (quant::saturation_thresholds).
   std::vector<uint32_t> sat;
   int shift = 0;
   int64_t lo = 0, hi = 0;
@@ -157,9 +158,6 @@ Plan make_plan(const Graph& graph, StorageMode mode, const PlanOptions& options 
 // (InputUnfold), for tests and host-side checks: N x h2 x ow pixels of 64 bytes.
 std::vector<uint8_t> unfold_input(const Tensor& x, const InputUnfold& u);
 
-// The `sat` thresholds of requantizing with `factor` and `shift` into [lo, hi] (ConvStep::sat);
-// empty when some map's product would not fit 32 bits.
-std::vector<uint32_t> saturation_thresholds(const std::vector<uint16_t>& factor, int shift, int64_t lo, int64_t hi);
 
 // The wgmma kernels' weights of a vec-mode conv with a 4-bit input (ConvArgs::wide_weights):
 // s8, m_pad x (kh x kw x 2 x row) bytes, per tap 64-channel chunks whose 64 k slots follow the
