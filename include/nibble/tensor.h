@@ -1,6 +1,7 @@
 // A dense tensor: dtype, shape and a shared byte buffer (row-major, 4-bit types packed).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -32,6 +33,9 @@ class Tensor {
   Tensor() = default;
   // A zero-filled tensor.
   Tensor(DType dtype, Shape shape);
+  // A tensor whose bytes are left as the allocator found them, for kernels that write every
+  // element before anyone reads one.
+  static Tensor uninitialized(DType dtype, Shape shape);
 
   DType dtype() const { return dtype_; }
   const Shape& shape() const { return shape_; }
@@ -39,10 +43,25 @@ class Tensor {
   int64_t dim(int i) const { return shape_.at(static_cast<size_t>(i < 0 ? i + rank() : i)); }
   int64_t numel() const { return numel_; }  // fixed with the shape (kernels call it in loops)
   size_t nbytes() const { return dtype_storage_bytes(dtype_, numel()); }
-  bool defined() const { return storage_ != nullptr; }
+  bool defined() const { return buffer_ != nullptr; }
 
-  uint8_t* bytes() { return storage_ ? storage_->data() : nullptr; }
-  const uint8_t* bytes() const { return storage_ ? storage_->data() : nullptr; }
+  // Mutable access counts as a write (write_count); const access does not.
+  uint8_t* bytes() {
+    if (!buffer_) return nullptr;
+    // A plain load and store (no locked add): racing writers may lose increments, but the count
+    // still moves, which is all a cache needs.
+    buffer_->writes.store(buffer_->writes.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    return buffer_->data;
+  }
+  const uint8_t* bytes() const { return buffer_ ? buffer_->data : nullptr; }
+
+  // For caches of data derived from a tensor's bytes (packed weights): the storage this tensor
+  // shares with its copies and reshapes, kept alive by the returned owner, and the number of
+  // mutable accesses to it so far. A cache that holds the owner and finds the same count has
+  // seen every change made through bytes(), data() or set() since it was filled (a pointer kept
+  // from an earlier mutable access and written later is not seen).
+  std::shared_ptr<const void> storage_owner() const { return buffer_; }
+  uint64_t write_count() const { return buffer_ ? buffer_->writes.load(std::memory_order_relaxed) : 0; }
 
   // Typed access; throws if T does not match the dtype.
   template <typename T>
@@ -67,12 +86,22 @@ class Tensor {
   Tensor clone() const;
 
  private:
+  struct Uninitialized {};
+  Tensor(DType dtype, Shape shape, Uninitialized);
   void check_type(DType expected) const;
 
   DType dtype_ = DType::f32;
   Shape shape_;
   int64_t numel_ = 1;  // shape_numel(shape_)
-  std::shared_ptr<std::vector<uint8_t>> storage_;
+  // Data buffers of 64 KiB and more come from a process-wide pool that keeps freed ones (up to a
+  // bound) for the next tensor of the same size: an engine allocates the same sizes on every
+  // run, and fresh pages would cost a fault each.
+  struct Buffer {
+    uint8_t* data = nullptr;
+    size_t size = 0;
+    std::atomic<uint64_t> writes{0};
+  };
+  std::shared_ptr<Buffer> buffer_;
 };
 
 }  // namespace nibble

@@ -5,6 +5,9 @@
 #include <fmt/ranges.h>
 
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <new>
 #include <stdexcept>
 
 #include "nibble/error.h"
@@ -52,13 +55,76 @@ int64_t checked_numel(const Shape& s, const std::string& where) {
 
 std::string shape_str(const Shape& s) { return fmt::format("[{}]", fmt::join(s, ", ")); }
 
-Tensor::Tensor(DType dtype, Shape shape) : dtype_(dtype), shape_(std::move(shape)) {
+namespace {
+
+// Freed tensor buffers by size, reused by the next allocation of exactly that size.
+class BufferPool {
+ public:
+  static constexpr size_t kMinBytes = size_t{64} << 10;
+  static constexpr size_t kMaxHeldBytes = size_t{1} << 30;
+
+  uint8_t* allocate(size_t n) {
+    if (n >= kMinBytes) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (auto it = free_.find(n); it != free_.end()) {
+        uint8_t* p = it->second;
+        free_.erase(it);
+        held_ -= n;
+        return p;
+      }
+    }
+    return static_cast<uint8_t*>(::operator new(n == 0 ? 1 : n, std::align_val_t{64}));
+  }
+
+  void release(uint8_t* p, size_t n) {
+    if (n >= kMinBytes) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (held_ + n <= kMaxHeldBytes) {
+        free_.emplace(n, p);
+        held_ += n;
+        return;
+      }
+    }
+    ::operator delete(p, std::align_val_t{64});
+  }
+
+ private:
+  std::mutex mutex_;
+  std::multimap<size_t, uint8_t*> free_;
+  size_t held_ = 0;
+};
+
+BufferPool& pool() {
+  static BufferPool* p = new BufferPool;  // never destroyed: tensors may outlive static destruction
+  return *p;
+}
+
+}  // namespace
+
+Tensor::Tensor(DType dtype, Shape shape, Uninitialized) : dtype_(dtype), shape_(std::move(shape)) {
   for (int64_t d : shape_) {
     if (d < 0) throw std::invalid_argument("negative tensor dimension in " + shape_str(shape_));
   }
   numel_ = checked_numel(shape_, "");
-  storage_ = std::make_shared<std::vector<uint8_t>>(nbytes(), 0);
+  auto* b = new Buffer;
+  b->size = nbytes();
+  try {
+    b->data = pool().allocate(b->size);
+  } catch (...) {
+    delete b;
+    throw;
+  }
+  buffer_ = std::shared_ptr<Buffer>(b, [](Buffer* q) {
+    pool().release(q->data, q->size);
+    delete q;
+  });
 }
+
+Tensor::Tensor(DType dtype, Shape shape) : Tensor(dtype, std::move(shape), Uninitialized{}) {
+  std::memset(buffer_->data, 0, nbytes());
+}
+
+Tensor Tensor::uninitialized(DType dtype, Shape shape) { return Tensor(dtype, std::move(shape), Uninitialized{}); }
 
 Tensor Tensor::reshaped(Shape shape) const {
   if (shape_numel(shape) != numel()) {

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "nibble/cuda_device.h"
@@ -187,6 +188,36 @@ TEST(ShapeSize, CountsAreCheckedAgainstTheLimit) {
   EXPECT_NE(testing_util::error_of([] { checked_size_mul(int64_t{1} << 40, int64_t{1} << 20, "m"); }).find("2^56"),
             std::string::npos);
   EXPECT_THROW(Tensor(DType::f32, {int64_t{1} << 62, 4}), Error);
+}
+
+// Pooled buffers come back zero-filled through the normal constructor, mutable access counts as
+// a write and const access does not, and copies share the storage and its count.
+TEST(Tensor, PooledStorageAndWriteCount) {
+  for (int round = 0; round < 3; ++round) {
+    Tensor t(DType::u8, {1 << 18});  // past the pool's threshold: later rounds reuse the buffer
+    for (int64_t i = 0; i < t.numel(); ++i) ASSERT_EQ(t.get(i), 0.0) << "round " << round << " element " << i;
+    std::memset(t.bytes(), 0xAB, t.nbytes());  // what the next round must not see
+  }
+  Tensor w(DType::s8, {4, 4});
+  const Tensor& cw = w;
+  const uint64_t before = w.write_count();
+  (void)cw.bytes();
+  (void)cw.data<int8_t>();
+  (void)cw.get(3);
+  EXPECT_EQ(w.write_count(), before);
+  w.set(3, -2.0);
+  EXPECT_GT(w.write_count(), before);
+  const uint64_t after_set = w.write_count();
+  (void)w.data<int8_t>();
+  EXPECT_GT(w.write_count(), after_set);
+  const Tensor r = w.reshaped({16});
+  EXPECT_EQ(r.storage_owner(), w.storage_owner());
+  EXPECT_EQ(r.write_count(), w.write_count());
+  EXPECT_NE(w.clone().storage_owner(), w.storage_owner());
+  const Tensor u = Tensor::uninitialized(DType::s32, {3, 5});
+  EXPECT_EQ(u.nbytes(), 60u);
+  EXPECT_TRUE(u.defined());
+  EXPECT_TRUE(Tensor::uninitialized(DType::u8, {0}).defined());
 }
 
 }  // namespace

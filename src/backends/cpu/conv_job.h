@@ -41,9 +41,10 @@ struct PackedConvWeights {
 };
 
 // The packing of `w` for (group, mr, mode), from a process-wide cache: weights are initializers
-// that every run reads again. Entries are found by data pointer and checked against a private copy
-// of the raw bytes, so a freed tensor whose address is reused, or one modified in place, is never
-// served stale. Thread-safe; the cache drops its oldest entries past a size budget.
+// that every run reads again. Entries are found by data pointer, hold the tensor's storage (so its
+// address cannot pass to another tensor) and its write count (Tensor::write_count), so a tensor
+// modified in place through its accessors is packed again. Thread-safe; the cache drops its oldest
+// entries past a size budget.
 std::shared_ptr<const PackedConvWeights> packed_conv_weights(const Tensor& w, int64_t group, int mr,
                                                              ConvMode mode, bool tile_layout = false);
 

@@ -268,7 +268,7 @@ void int_conv_cpu(const Node& node, const ref::Inputs& in, ref::Outputs& out, co
   job.m_blocks_per_chunk = (m_blocks + split - 1) / split;
   job.m_chunks = (m_blocks + job.m_blocks_per_chunk - 1) / job.m_blocks_per_chunk;
 
-  Tensor y(ep.out_dtype, y_shape);
+  Tensor y = Tensor::uninitialized(ep.out_dtype, y_shape);  // the epilogue writes every element
   ep.out = y.bytes();
   job.epilogue = ep;
   // Split maps share one panel: pack it once up front rather than once per task (the panels of

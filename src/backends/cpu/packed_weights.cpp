@@ -81,10 +81,11 @@ struct Entry {
   int mr;
   ConvMode mode;
   bool tile_layout;
-  std::vector<uint8_t> raw;  // the bytes the packing was made from
+  std::shared_ptr<const void> owner;  // the tensor's storage, kept alive so its address stays its own
+  uint64_t writes;                    // its write count when packed
   std::shared_ptr<const PackedConvWeights> packed;
 
-  size_t bytes() const { return raw.size() + packed->s8.size() + packed->s16.size() * 2; }
+  size_t bytes() const { return packed->s8.size() + packed->s16.size() * 2; }
 };
 
 class Cache {
@@ -103,7 +104,7 @@ class Cache {
         }
       }
     }
-    if (hit && hit->raw.size() == w.nbytes() && std::memcmp(hit->raw.data(), w.bytes(), w.nbytes()) == 0) {
+    if (hit && hit->owner == w.storage_owner() && hit->writes == w.write_count()) {
       return hit->packed;
     }
     auto e = std::make_shared<Entry>();
@@ -114,7 +115,8 @@ class Cache {
     e->mr = mr;
     e->mode = mode;
     e->tile_layout = tile_layout;
-    e->raw.assign(w.bytes(), w.bytes() + w.nbytes());
+    e->owner = w.storage_owner();
+    e->writes = w.write_count();
     e->packed = pack(w, group, mr, mode, tile_layout);
     std::lock_guard<std::mutex> lock(mutex_);
     // A stale entry goes; another thread may have dropped it already.
