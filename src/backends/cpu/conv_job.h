@@ -98,6 +98,8 @@ enum BlockKind : uint8_t { kGather = 0, kContiguous = 1, kSpans = 2, kStride2 = 
 // k of pixel q of group g reads src[g * group_stride + k_offset[k] + pixel_offset[q]].
 struct ConvJob {
   ConvMode mode = ConvMode::u8s8;
+  // u8s8 mode with s8 activation bytes (ConvIsa::s8_bytes): the panels hold them as they are.
+  bool x_signed = false;
   int64_t group = 0, out_channels = 0;
   int64_t plane = 0;   // OH x OW
   int64_t pixels = 0;  // batch x plane
@@ -137,6 +139,8 @@ struct ConvIsa {
   void (*run_task)(const ConvJob& job, int64_t task);
   // u8s8 weights in the tile layout (PackedConvWeights::tile_layout).
   bool tile_layout = false;
+  // Whether run_task also multiplies s8 activation bytes in the u8s8 layout (ConvJob::x_signed).
+  bool s8_bytes = false;
   // The instruction set that runs the s16s16 mode instead, or nullptr for this one.
   const ConvIsa* s16s16_isa = nullptr;
 };

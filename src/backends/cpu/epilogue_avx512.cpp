@@ -30,24 +30,36 @@ NIBBLE_AVX512 inline __m512i requantize_wide_avx512(__m512i mag, uint16_t factor
   return _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
 }
 
+// One requantization's constants, formed once per tile.
+struct RequantAvx512 {
+  __m512i round, hi;
+  __m128i shift;
+  int shift_bits;
+  int64_t hi_value;
+  bool is_signed;
+};
+NIBBLE_AVX512 inline RequantAvx512 requant_consts_avx512(int shift, int64_t hi, bool is_signed) {
+  return {_mm512_set1_epi32(shift > 0 ? static_cast<int32_t>(1u << (shift - 1)) : 0),
+          _mm512_set1_epi32(static_cast<int32_t>(hi)), _mm_cvtsi32_si128(shift), shift, hi, is_signed};
+}
+
 // quant::requantize of 16 lanes into the symmetric (is_signed) or unsigned range of hi: in 32 bits
 // with the map's saturation threshold where `sat` is given, else with 64-bit products.
-NIBBLE_AVX512 inline __m512i requantize_avx512(__m512i v, uint16_t factor, const uint32_t* sat, int shift,
-                                               int64_t hi, bool is_signed) {
+NIBBLE_AVX512 inline __m512i requantize_avx512(__m512i v, const uint16_t* factor, const uint32_t* sat,
+                                               const RequantAvx512& k) {
   const __mmask16 neg = _mm512_cmplt_epi32_mask(v, _mm512_setzero_si512());
   const __m512i mag = _mm512_abs_epi32(v);  // INT32_MIN gives 2^31 as an unsigned value
   __m512i q;
   if (sat) {
     const __m512i x = _mm512_min_epu32(mag, _mm512_set1_epi32(static_cast<int32_t>(*sat)));
-    const __m512i round = _mm512_set1_epi32(shift > 0 ? static_cast<int32_t>(1u << (shift - 1)) : 0);
-    q = _mm512_srl_epi32(_mm512_add_epi32(_mm512_mullo_epi32(x, _mm512_set1_epi32(factor)), round),
-                         _mm_cvtsi32_si128(shift));
-    q = _mm512_min_epu32(q, _mm512_set1_epi32(static_cast<int32_t>(hi)));
+    const __m512i f = _mm512_cvtepu16_epi32(_mm256_set1_epi16(static_cast<int16_t>(*factor)));
+    q = _mm512_srl_epi32(_mm512_add_epi32(_mm512_mullo_epi32(x, f), k.round), k.shift);
+    q = _mm512_min_epu32(q, k.hi);
   } else {
-    q = requantize_wide_avx512(mag, factor, shift, hi);
+    q = requantize_wide_avx512(mag, *factor, k.shift_bits, k.hi_value);
   }
   // The range is symmetric (signed) or starts at 0 (unsigned): the sign goes on after the clamp.
-  return is_signed ? _mm512_mask_sub_epi32(q, neg, _mm512_setzero_si512(), q) : _mm512_maskz_mov_epi32(~neg, q);
+  return k.is_signed ? _mm512_mask_sub_epi32(q, neg, _mm512_setzero_si512(), q) : _mm512_maskz_mov_epi32(~neg, q);
 }
 
 }  // namespace
@@ -69,6 +81,8 @@ NIBBLE_AVX512 void epilogue_tile_avx512(const ConvEpilogue& ep, const Segment* s
   const bool direct = nsegs == 1 && segs[0].lane_begin == 0;
   const __mmask16 lanes = direct ? static_cast<__mmask16>((1u << segs[0].lane_end) - 1) : 0xFFFF;
   const size_t out_size = ep.out_dtype == DType::s32 ? 4 : 1;
+  const RequantAvx512 kq = requant_consts_avx512(ep.shift, ep.hi, ep.is_signed);
+  const RequantAvx512 kr = requant_consts_avx512(ep.res_shift, ep.res_hi, ep.res_is_signed);
   for (int r = 0; r < rows; ++r) {
     const int64_t m = m0 + r;
     __m512i v = _mm512_add_epi32(_mm512_loadu_si512(acc + r * kPanelNr), _mm512_set1_epi32(ep.bias[m]));
@@ -96,11 +110,10 @@ NIBBLE_AVX512 void epilogue_tile_avx512(const ConvEpilogue& ep, const Segment* s
         bytes = _mm_load_si128(reinterpret_cast<const __m128i*>(res));
       }
       const __m512i x = ep.res_src_signed ? _mm512_cvtepi8_epi32(bytes) : _mm512_cvtepu8_epi32(bytes);
-      v = _mm512_add_epi32(v, requantize_avx512(x, ep.res_factor[m], ep.res_sat ? ep.res_sat + m : nullptr,
-                                                ep.res_shift, ep.res_hi, ep.res_is_signed));
+      v = _mm512_add_epi32(v, requantize_avx512(x, ep.res_factor + m, ep.res_sat ? ep.res_sat + m : nullptr, kr));
     }
     if (ep.relu) v = _mm512_max_epi32(v, _mm512_setzero_si512());
-    if (ep.factor) v = requantize_avx512(v, ep.factor[m], ep.sat ? ep.sat + m : nullptr, ep.shift, ep.hi, ep.is_signed);
+    if (ep.factor) v = requantize_avx512(v, ep.factor + m, ep.sat ? ep.sat + m : nullptr, kq);
     if (direct) {
       uint8_t* y = static_cast<uint8_t*>(ep.out) + (segs[0].first + m * plane) * static_cast<int64_t>(out_size);
       if (ep.out_dtype == DType::s32) {

@@ -163,11 +163,12 @@ void int_conv_cpu(const Node& node, const ref::Inputs& in, ref::Outputs& out, co
   // u8 activations take the u8 x s8 kernels unless s16 pair sums could saturate.
   std::shared_ptr<const PackedConvWeights> packed;
   ConvJob job;
-  if (x.dtype() == DType::u8) {
+  if (x.dtype() == DType::u8 || (x.dtype() == DType::s8 && u8s8_isa.s8_bytes)) {
     packed = packed_conv_weights(w, p.group, u8s8_isa.mr, ConvMode::u8s8, u8s8_isa.tile_layout);
-    if (u8s8_isa.u8s8_always_exact ||
+    if (x.dtype() == DType::s8 || u8s8_isa.u8s8_always_exact ||
         maddubs_is_exact(max_u8(x.data<uint8_t>(), x.numel()), packed->max_abs)) {
       job.mode = ConvMode::u8s8;
+      job.x_signed = x.dtype() == DType::s8;
     } else {
       packed.reset();
     }
@@ -189,11 +190,12 @@ void int_conv_cpu(const Node& node, const ref::Inputs& in, ref::Outputs& out, co
   std::vector<int16_t> src_s16;
   if (job.mode == ConvMode::u8s8) {
     if (padded) {
-      src_u8 = padded_copy<uint8_t>(x.data<uint8_t>(), planes, in_h, in_w, win.pad_begin[0], win.pad_begin[1],
+      // Bytes as they are (u8, or s8 with x_signed): zero padding is 0 either way.
+      src_u8 = padded_copy<uint8_t>(x.bytes(), planes, in_h, in_w, win.pad_begin[0], win.pad_begin[1],
                                     src_h, src_w);
       job.src = src_u8.data();
     } else {
-      job.src = x.data<uint8_t>();
+      job.src = x.bytes();
     }
   } else if (x.dtype() == DType::u8) {
     src_s16 = padded_copy<int16_t>(x.data<uint8_t>(), planes, in_h, in_w, win.pad_begin[0], win.pad_begin[1],

@@ -3,7 +3,8 @@
 // layout of PackedConvWeights) by 64 k x 16 pixels of u8 activations (B: 16 panel steps of 16
 // pixels x 4 bytes, exactly the im2col panel) into 16 x 16 s32 sums: each four-product group is
 // summed exactly and added to s32 without saturation, so any u8 activation is exact, as with
-// vpdpbusd. Tasks take two map blocks x two pixel blocks at a time (four accumulator tiles).
+// vpdpbusd. s8 activations (the stem's images) take TDPBSSD on the same byte panels. Tasks take two
+// map blocks x two pixel blocks at a time (four accumulator tiles).
 #include <cpuid.h>
 #include <immintrin.h>
 #include <sys/syscall.h>
@@ -51,7 +52,7 @@ NIBBLE_AMX void configure_tiles() {
 
 // kM map blocks x kB pixel blocks (each 1 or 2) of sums over k_steps (a multiple of 16) into acc:
 // the tile of map block i and pixel block j at acc + (2i + j) x 256, 16 maps x 16 pixels.
-template <int kM, int kB>
+template <int kM, int kB, bool kSigned>
 NIBBLE_AMX void tiles_amx(const uint8_t* p0, const uint8_t* p1, const int8_t* w0, const int8_t* w1, int64_t k_steps,
                           int32_t* acc) {
   _tile_zero(0);
@@ -59,23 +60,47 @@ NIBBLE_AMX void tiles_amx(const uint8_t* p0, const uint8_t* p1, const int8_t* w0
   if constexpr (kM == 2) _tile_zero(2);
   if constexpr (kM == 2 && kB == 2) _tile_zero(3);
   for (int64_t c = 0; c < k_steps / kTileSteps; ++c) {
+    // Weights (A) are s8; activations (B) are u8 (TDPBSUD) or s8 (TDPBSSD).
+#define NIBBLE_TDP(c, a, b)      \
+  if constexpr (kSigned) {       \
+    _tile_dpbssd(c, a, b);       \
+  } else {                       \
+    _tile_dpbsud(c, a, b);       \
+  }
     _tile_loadd(4, w0 + c * kChunkBytes, 64);
     _tile_loadd(6, p0 + c * kChunkBytes, 64);
-    _tile_dpbsud(0, 4, 6);
+    NIBBLE_TDP(0, 4, 6)
     if constexpr (kB == 2) {
       _tile_loadd(7, p1 + c * kChunkBytes, 64);
-      _tile_dpbsud(1, 4, 7);
+      NIBBLE_TDP(1, 4, 7)
     }
     if constexpr (kM == 2) {
       _tile_loadd(5, w1 + c * kChunkBytes, 64);
-      _tile_dpbsud(2, 5, 6);
-      if constexpr (kB == 2) _tile_dpbsud(3, 5, 7);
+      NIBBLE_TDP(2, 5, 6)
+      if constexpr (kB == 2) {
+        NIBBLE_TDP(3, 5, 7)
+      }
     }
+#undef NIBBLE_TDP
   }
   _tile_stored(0, acc, 64);
   if constexpr (kB == 2) _tile_stored(1, acc + 256, 64);
   if constexpr (kM == 2) _tile_stored(2, acc + 512, 64);
   if constexpr (kM == 2 && kB == 2) _tile_stored(3, acc + 768, 64);
+}
+
+template <bool kSigned>
+NIBBLE_AMX void tiles_amx_any(int nm, int nb, const uint8_t* p0, const uint8_t* p1, const int8_t* w0,
+                              const int8_t* w1, int64_t k_steps, int32_t* acc) {
+  if (nm == 2 && nb == 2) {
+    tiles_amx<2, 2, kSigned>(p0, p1, w0, w1, k_steps, acc);
+  } else if (nm == 2) {
+    tiles_amx<2, 1, kSigned>(p0, p1, w0, w1, k_steps, acc);
+  } else if (nb == 2) {
+    tiles_amx<1, 2, kSigned>(p0, p1, w0, w1, k_steps, acc);
+  } else {
+    tiles_amx<1, 1, kSigned>(p0, p1, w0, w1, k_steps, acc);
+  }
 }
 
 NIBBLE_AMX void run_conv_task_amx(const ConvJob& job, int64_t task) {
@@ -102,14 +127,10 @@ NIBBLE_AMX void run_conv_task_amx(const ConvJob& job, int64_t task) {
         prefetch_epilogue(job.epilogue, segs.of_block(b + j - b_begin), segs.count(b + j - b_begin), job.plane,
                           g * pw.maps_per_group + mg0, prefetch_rows);
       }
-      if (nm == 2 && nb == 2) {
-        tiles_amx<2, 2>(p0, p1, w0, w1, pw.k_steps, acc);
-      } else if (nm == 2) {
-        tiles_amx<2, 1>(p0, p1, w0, w1, pw.k_steps, acc);
-      } else if (nb == 2) {
-        tiles_amx<1, 2>(p0, p1, w0, w1, pw.k_steps, acc);
+      if (job.x_signed) {
+        tiles_amx_any<true>(nm, nb, p0, p1, w0, w1, pw.k_steps, acc);
       } else {
-        tiles_amx<1, 1>(p0, p1, w0, w1, pw.k_steps, acc);
+        tiles_amx_any<false>(nm, nb, p0, p1, w0, w1, pw.k_steps, acc);
       }
       for (int i = 0; i < nm; ++i) {
         const int64_t tile_m0 = (mb + i) * kMr;  // first map of the tile within the group
@@ -142,7 +163,7 @@ bool amx_usable() {
 }
 
 const ConvIsa& conv_isa_amx() {
-  static const ConvIsa isa{"amx", kMr, kPanelNr, true, pack_chunk_avx2, run_conv_task_amx, true,
+  static const ConvIsa isa{"amx", kMr, kPanelNr, true, pack_chunk_avx2, run_conv_task_amx, true, true,
                            &conv_isa_avx512vnni()};
   return isa;
 }
