@@ -4,8 +4,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "backends/cpu/parallel.h"
@@ -77,18 +79,38 @@ BlockKind classify_block(const int64_t* po, int64_t nr, ConvMode mode, Readable 
 }
 
 // x copied into zero-padded planes of T, N x C x (H + pads) x (W + pads).
+// Only the padding is zeroed: every other element is written once (bytes copied whole).
+// The copy is a flat tensor of T (u8 or s16), kPaddedSlack elements longer than the planes, from
+// the tensor pool: the same sizes come back on every run.
 template <typename T, typename X>
-std::vector<T> padded_copy(const X* x, int64_t planes, int64_t h, int64_t w, int64_t pad_top,
-                           int64_t pad_left, int64_t padded_h, int64_t padded_w) {
-  std::vector<T> out(static_cast<size_t>(planes * padded_h * padded_w + kPaddedSlack), T{0});
-  parallel_for(planes, [&](int64_t c) {
-    for (int64_t i = 0; i < h; ++i) {
-      const X* src = x + (c * h + i) * w;
-      T* dst = out.data() + (c * padded_h + i + pad_top) * padded_w + pad_left;
-      for (int64_t j = 0; j < w; ++j) dst[j] = static_cast<T>(src[j]);
+Tensor padded_copy(const X* x, int64_t planes, int64_t h, int64_t w, int64_t pad_top, int64_t pad_left,
+                   int64_t padded_h, int64_t padded_w) {
+  Tensor buffer = Tensor::uninitialized(sizeof(T) == 1 ? DType::u8 : DType::s16,
+                                        {planes * padded_h * padded_w + kPaddedSlack});
+  T* out = reinterpret_cast<T*>(buffer.bytes());
+  std::fill(out + buffer.numel() - kPaddedSlack, out + buffer.numel(), T{0});
+  const int64_t pad_right = padded_w - w - pad_left;
+  // Planes in tasks of about 64 KiB: the pool's wake-up costs more than a small plane's copy.
+  const int64_t per_task = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, padded_h * padded_w));
+  parallel_for((planes + per_task - 1) / per_task, [&](int64_t t) {
+    for (int64_t c = t * per_task; c < std::min(planes, (t + 1) * per_task); ++c) {
+      T* plane = out + c * padded_h * padded_w;
+      std::fill(plane, plane + pad_top * padded_w, T{0});
+      std::fill(plane + (pad_top + h) * padded_w, plane + padded_h * padded_w, T{0});
+      for (int64_t i = 0; i < h; ++i) {
+        const X* src = x + (c * h + i) * w;
+        T* row = plane + (i + pad_top) * padded_w;
+        std::fill(row, row + pad_left, T{0});
+        if constexpr (sizeof(T) == sizeof(X)) {
+          std::memcpy(row + pad_left, src, sizeof(T) * static_cast<size_t>(w));
+        } else {
+          for (int64_t j = 0; j < w; ++j) row[pad_left + j] = static_cast<T>(src[j]);
+        }
+        std::fill(row + pad_left + w, row + pad_left + w + pad_right, T{0});
+      }
     }
   });
-  return out;
+  return buffer;
 }
 
 }  // namespace
@@ -186,25 +208,24 @@ void int_conv_cpu(const Node& node, const ref::Inputs& in, ref::Outputs& out, co
   const int64_t src_h = in_h + win.pad_begin[0] + win.pad_end[0];
   const int64_t src_w = in_w + win.pad_begin[1] + win.pad_end[1];
   const int64_t planes = p.batch * p.in_channels;
-  std::vector<uint8_t> src_u8;
-  std::vector<int16_t> src_s16;
+  Tensor src_u8, src_s16;  // padded copies
   if (job.mode == ConvMode::u8s8) {
     if (padded) {
       // Bytes as they are (u8, or s8 with x_signed): zero padding is 0 either way.
       src_u8 = padded_copy<uint8_t>(x.bytes(), planes, in_h, in_w, win.pad_begin[0], win.pad_begin[1],
                                     src_h, src_w);
-      job.src = src_u8.data();
+      job.src = src_u8.bytes();
     } else {
       job.src = x.bytes();
     }
   } else if (x.dtype() == DType::u8) {
     src_s16 = padded_copy<int16_t>(x.data<uint8_t>(), planes, in_h, in_w, win.pad_begin[0], win.pad_begin[1],
                                    src_h, src_w);
-    job.src = src_s16.data();
+    job.src = src_s16.bytes();
   } else {
     src_s16 = padded_copy<int16_t>(x.data<int8_t>(), planes, in_h, in_w, win.pad_begin[0], win.pad_begin[1],
                                    src_h, src_w);
-    job.src = src_s16.data();
+    job.src = src_s16.bytes();
   }
   const int64_t channel_stride = src_h * src_w;
   const int64_t channels_per_group = p.in_channels / p.group;
@@ -236,8 +257,8 @@ void int_conv_cpu(const Node& node, const ref::Inputs& in, ref::Outputs& out, co
   }
   // Only whole blocks take the vector reads.
   const int64_t src_elems = job.mode == ConvMode::u8s8
-                                ? (padded ? static_cast<int64_t>(src_u8.size()) : x.numel())
-                                : static_cast<int64_t>(src_s16.size());
+                                ? (padded ? src_u8.numel() : x.numel())
+                                : src_s16.numel();
   const int64_t max_k_offset = *std::max_element(k_offset.begin(), k_offset.end());
   const int64_t last_group = (p.group - 1) * job.group_stride;
   auto readable = [&](int64_t offset) { return last_group + max_k_offset + offset + 32 <= src_elems; };

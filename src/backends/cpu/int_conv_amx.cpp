@@ -123,10 +123,8 @@ NIBBLE_AMX void run_conv_task_amx(const ConvJob& job, int64_t task) {
       const uint8_t* p1 = p0 + block_bytes;
       const int64_t mg0 = mb * kMr;
       const int prefetch_rows = static_cast<int>(std::min<int64_t>(nm * kMr, pw.maps_per_group - mg0));
-      for (int j = 0; j < nb; ++j) {
-        prefetch_epilogue(job.epilogue, segs.of_block(b + j - b_begin), segs.count(b + j - b_begin), job.plane,
-                          g * pw.maps_per_group + mg0, prefetch_rows);
-      }
+      prefetch_epilogue(job.epilogue, segs.of_block(b - b_begin), segs.count(b - b_begin), job.plane,
+                        g * pw.maps_per_group + mg0, prefetch_rows);
       if (job.x_signed) {
         tiles_amx_any<true>(nm, nb, p0, p1, w0, w1, pw.k_steps, acc);
       } else {
