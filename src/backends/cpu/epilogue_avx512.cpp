@@ -2,6 +2,7 @@
 // block's end, and the 32-bit requantization where the saturation thresholds allow it.
 #include <immintrin.h>
 
+#include <cstdint>
 #include <cstring>
 
 #include "backends/cpu/conv_task_avx2.h"
@@ -75,10 +76,61 @@ void prefetch_epilogue(const ConvEpilogue& ep, const Segment* segs, int nsegs, i
   (void)nsegs;
 }
 
+namespace {
+
+enum class ResKind { none, s32, folded };
+
+// The common case without per-row branches: lanes map 1:1 onto consecutive outputs, 8-bit
+// outputs, and 32-bit requantizations (the saturation thresholds exist).
+template <ResKind kRes, bool kSigned>
+NIBBLE_AVX512 void epilogue_direct_avx512(const ConvEpilogue& ep, const Segment& seg, int64_t plane, int64_t m0,
+                                          int rows, const int32_t* acc) {
+  const __mmask16 lanes = static_cast<__mmask16>((1u << seg.lane_end) - 1);
+  const RequantAvx512 kq = requant_consts_avx512(ep.shift, ep.hi, ep.is_signed);
+  const RequantAvx512 kr = requant_consts_avx512(ep.res_shift, ep.res_hi, ep.res_is_signed);
+  const __m512i floor = ep.relu ? _mm512_setzero_si512() : _mm512_set1_epi32(INT32_MIN);
+  for (int r = 0; r < rows; ++r) {
+    const int64_t m = m0 + r;
+    const int64_t at = seg.first + m * plane;
+    __m512i v = _mm512_add_epi32(_mm512_loadu_si512(acc + r * kPanelNr), _mm512_set1_epi32(ep.bias[m]));
+    if constexpr (kRes == ResKind::s32) {
+      v = _mm512_add_epi32(v, _mm512_maskz_loadu_epi32(lanes, ep.residual + at));
+    } else if constexpr (kRes == ResKind::folded) {
+      const __m128i bytes = _mm_maskz_loadu_epi8(lanes, ep.res_src + at);
+      const __m512i x = ep.res_src_signed ? _mm512_cvtepi8_epi32(bytes) : _mm512_cvtepu8_epi32(bytes);
+      v = _mm512_add_epi32(v, requantize_avx512(x, ep.res_factor + m, ep.res_sat + m, kr));
+    }
+    v = requantize_avx512(_mm512_max_epi32(v, floor), ep.factor + m, ep.sat + m, kq);
+    uint8_t* y = static_cast<uint8_t*>(ep.out) + at;
+    if constexpr (kSigned) {
+      _mm512_mask_cvtsepi32_storeu_epi8(y, lanes, v);
+    } else {
+      _mm512_mask_cvtusepi32_storeu_epi8(y, lanes, v);
+    }
+  }
+}
+
+template <ResKind kRes>
+NIBBLE_AVX512 void epilogue_direct_any(const ConvEpilogue& ep, const Segment& seg, int64_t plane, int64_t m0,
+                                       int rows, const int32_t* acc) {
+  if (ep.out_dtype == DType::s8) {
+    epilogue_direct_avx512<kRes, true>(ep, seg, plane, m0, rows, acc);
+  } else {
+    epilogue_direct_avx512<kRes, false>(ep, seg, plane, m0, rows, acc);
+  }
+}
+
+}  // namespace
+
 NIBBLE_AVX512 void epilogue_tile_avx512(const ConvEpilogue& ep, const Segment* segs, int nsegs, int64_t plane,
                                         int64_t m0, int rows, const int32_t* acc) {
   // Lanes map 1:1 onto consecutive outputs: masked loads and stores in place.
   const bool direct = nsegs == 1 && segs[0].lane_begin == 0;
+  if (direct && ep.factor && ep.sat && ep.out_dtype != DType::s32 && (!ep.res_src || ep.res_sat)) {
+    if (ep.residual) return epilogue_direct_any<ResKind::s32>(ep, segs[0], plane, m0, rows, acc);
+    if (ep.res_src) return epilogue_direct_any<ResKind::folded>(ep, segs[0], plane, m0, rows, acc);
+    return epilogue_direct_any<ResKind::none>(ep, segs[0], plane, m0, rows, acc);
+  }
   const __mmask16 lanes = direct ? static_cast<__mmask16>((1u << segs[0].lane_end) - 1) : 0xFFFF;
   const size_t out_size = ep.out_dtype == DType::s32 ? 4 : 1;
   const RequantAvx512 kq = requant_consts_avx512(ep.shift, ep.hi, ep.is_signed);
