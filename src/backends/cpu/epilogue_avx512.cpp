@@ -80,9 +80,10 @@ namespace {
 
 enum class ResKind { none, s32, folded };
 
-// The common case without per-row branches: lanes map 1:1 onto consecutive outputs, 8-bit
-// outputs, and 32-bit requantizations (the saturation thresholds exist).
-template <ResKind kRes, bool kSigned>
+// The common cases without per-row branches: lanes map 1:1 onto consecutive outputs, and either
+// 8-bit outputs with 32-bit requantizations (the saturation thresholds exist) or s32 outputs.
+enum class OutKind { u8, s8, s32 };
+template <ResKind kRes, OutKind kOut>
 NIBBLE_AVX512 void epilogue_direct_avx512(const ConvEpilogue& ep, const Segment& seg, int64_t plane, int64_t m0,
                                           int rows, const int32_t* acc) {
   const __mmask16 lanes = static_cast<__mmask16>((1u << seg.lane_end) - 1);
@@ -100,12 +101,17 @@ NIBBLE_AVX512 void epilogue_direct_avx512(const ConvEpilogue& ep, const Segment&
       const __m512i x = ep.res_src_signed ? _mm512_cvtepi8_epi32(bytes) : _mm512_cvtepu8_epi32(bytes);
       v = _mm512_add_epi32(v, requantize_avx512(x, ep.res_factor + m, ep.res_sat + m, kr));
     }
-    v = requantize_avx512(_mm512_max_epi32(v, floor), ep.factor + m, ep.sat + m, kq);
-    uint8_t* y = static_cast<uint8_t*>(ep.out) + at;
-    if constexpr (kSigned) {
-      _mm512_mask_cvtsepi32_storeu_epi8(y, lanes, v);
+    v = _mm512_max_epi32(v, floor);
+    if constexpr (kOut == OutKind::s32) {
+      _mm512_mask_storeu_epi32(static_cast<int32_t*>(ep.out) + at, lanes, v);
     } else {
-      _mm512_mask_cvtusepi32_storeu_epi8(y, lanes, v);
+      v = requantize_avx512(v, ep.factor + m, ep.sat + m, kq);
+      uint8_t* y = static_cast<uint8_t*>(ep.out) + at;
+      if constexpr (kOut == OutKind::s8) {
+        _mm512_mask_cvtsepi32_storeu_epi8(y, lanes, v);
+      } else {
+        _mm512_mask_cvtusepi32_storeu_epi8(y, lanes, v);
+      }
     }
   }
 }
@@ -113,10 +119,12 @@ NIBBLE_AVX512 void epilogue_direct_avx512(const ConvEpilogue& ep, const Segment&
 template <ResKind kRes>
 NIBBLE_AVX512 void epilogue_direct_any(const ConvEpilogue& ep, const Segment& seg, int64_t plane, int64_t m0,
                                        int rows, const int32_t* acc) {
-  if (ep.out_dtype == DType::s8) {
-    epilogue_direct_avx512<kRes, true>(ep, seg, plane, m0, rows, acc);
+  if (!ep.factor) {
+    epilogue_direct_avx512<kRes, OutKind::s32>(ep, seg, plane, m0, rows, acc);
+  } else if (ep.out_dtype == DType::s8) {
+    epilogue_direct_avx512<kRes, OutKind::s8>(ep, seg, plane, m0, rows, acc);
   } else {
-    epilogue_direct_avx512<kRes, false>(ep, seg, plane, m0, rows, acc);
+    epilogue_direct_avx512<kRes, OutKind::u8>(ep, seg, plane, m0, rows, acc);
   }
 }
 
@@ -126,7 +134,9 @@ NIBBLE_AVX512 void epilogue_tile_avx512(const ConvEpilogue& ep, const Segment* s
                                         int64_t m0, int rows, const int32_t* acc) {
   // Lanes map 1:1 onto consecutive outputs: masked loads and stores in place.
   const bool direct = nsegs == 1 && segs[0].lane_begin == 0;
-  if (direct && ep.factor && ep.sat && ep.out_dtype != DType::s32 && (!ep.res_src || ep.res_sat)) {
+  const bool requant32 = ep.factor && ep.sat && ep.out_dtype != DType::s32;
+  const bool plain32 = !ep.factor && ep.out_dtype == DType::s32;
+  if (direct && (requant32 || plain32) && (!ep.res_src || ep.res_sat)) {
     if (ep.residual) return epilogue_direct_any<ResKind::s32>(ep, segs[0], plane, m0, rows, acc);
     if (ep.res_src) return epilogue_direct_any<ResKind::folded>(ep, segs[0], plane, m0, rows, acc);
     return epilogue_direct_any<ResKind::none>(ep, segs[0], plane, m0, rows, acc);
