@@ -38,16 +38,18 @@ struct alignas(64) TileConfig {
   uint8_t rows[16] = {};
 };
 
+// Loaded by every task, not once per thread: other AMX code in the process (another library on
+// the same thread) may have configured the tiles differently or released them in between.
 NIBBLE_AMX void configure_tiles() {
-  thread_local bool configured = false;
-  if (configured) return;
-  TileConfig c;
-  for (int t = 0; t < 8; ++t) {
-    c.colsb[t] = 64;
-    c.rows[t] = 16;
-  }
-  _tile_loadconfig(&c);
-  configured = true;
+  static const TileConfig config = [] {
+    TileConfig c;
+    for (int t = 0; t < 8; ++t) {
+      c.colsb[t] = 64;
+      c.rows[t] = 16;
+    }
+    return c;
+  }();
+  _tile_loadconfig(&config);
 }
 
 // kM map blocks x kB pixel blocks (each 1 or 2) of sums over k_steps (a multiple of 16) into acc:
