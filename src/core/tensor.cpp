@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <cstdint>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -58,9 +59,21 @@ std::string shape_str(const Shape& s) { return fmt::format("[{}]", fmt::join(s, 
 namespace {
 
 // Freed tensor buffers by size, reused by the next allocation of exactly that size.
+// Under AddressSanitizer every buffer is freed for real, so that a use after free is reported.
+#if defined(__SANITIZE_ADDRESS__)
+#define NIBBLE_TENSOR_POOL 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define NIBBLE_TENSOR_POOL 0
+#endif
+#endif
+#ifndef NIBBLE_TENSOR_POOL
+#define NIBBLE_TENSOR_POOL 1
+#endif
+
 class BufferPool {
  public:
-  static constexpr size_t kMinBytes = size_t{64} << 10;
+  static constexpr size_t kMinBytes = NIBBLE_TENSOR_POOL ? size_t{64} << 10 : SIZE_MAX;
   static constexpr size_t kMaxHeldBytes = size_t{1} << 30;
 
   uint8_t* allocate(size_t n) {
