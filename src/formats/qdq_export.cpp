@@ -8,6 +8,7 @@
 #include <cmath>
 #include <map>
 
+#include "nibble/dtype.h"
 #include "nibble/error.h"
 #include "nibble/file_util.h"
 #include "nibble/model_loader.h"
@@ -23,9 +24,14 @@ struct QInfo {
   int64_t hi;
 };
 
+// ONNX element types newer than this libonnx's enum (TensorProto.data_type is an int32 field).
+constexpr int kFloat8E4M3FN = 17;  // opset 19
+constexpr int kUint4 = 21;         // opset 21
+constexpr int kInt4 = 22;          // opset 21
+
 class Exporter {
  public:
-  explicit Exporter(const ModelDir& m) : m_(m) {}
+  Exporter(const ModelDir& m, int opset) : m_(m), opset_(opset) {}
 
   onnx::ModelProto run() {
     const LayerFile& root = m_.layer("model");
@@ -33,11 +39,12 @@ class Exporter {
       fail(m_.path, "export writes models made by `nibble quantize` (GraphQuantized); this one is {}", root.type);
     }
     onnx::ModelProto model;
-    model.set_ir_version(7);
+    // The IR version that introduced the types the opset may use: 8-bit (7), FP8 (9), 4-bit (10).
+    model.set_ir_version(opset_ >= 21 ? 10 : (opset_ >= 19 ? 9 : 7));
     model.set_producer_name("nibble");
     auto* opset = model.add_opset_import();
     opset->set_domain("");
-    opset->set_version(13);
+    opset->set_version(opset_);
     g_ = model.mutable_graph();
     g_->set_name("nibble_qdq");
     const std::string input = root.get_string("input");
@@ -91,15 +98,27 @@ class Exporter {
   }
 
   // An initializer of `type` holding `values` (converted), with `dims`.
-  std::string init(const std::string& name, onnx::TensorProto::DataType type, const std::vector<double>& values,
+  std::string init(const std::string& name, int type, const std::vector<double>& values,
                    const std::vector<int64_t>& dims) {
     onnx::TensorProto* t = g_->add_initializer();
     t->set_name(name);
     t->set_data_type(type);
     for (int64_t d : dims) t->add_dims(d);
     std::string raw;
+    if (type == kInt4 || type == kUint4) {
+      // Two per byte, the first in the low nibble (as nibble stores them).
+      raw.assign((values.size() + 1) / 2, '\0');
+      for (size_t i = 0; i < values.size(); ++i) {
+        const int v = static_cast<int>(values[i]) & 0xF;
+        raw[i / 2] = static_cast<char>(static_cast<uint8_t>(raw[i / 2]) | (v << (4 * (i % 2))));
+      }
+      t->set_raw_data(raw);
+      return name;
+    }
     for (double v : values) {
-      if (type == onnx::TensorProto::FLOAT) {
+      if (type == kFloat8E4M3FN) {
+        raw.push_back(static_cast<char>(f32_to_e4m3_bits(static_cast<float>(v))));
+      } else if (type == onnx::TensorProto::FLOAT) {
         const float f = static_cast<float>(v);
         raw.append(reinterpret_cast<const char*>(&f), sizeof f);
       } else if (type == onnx::TensorProto::INT8) {
@@ -131,12 +150,14 @@ class Exporter {
     return std::stod(field->value);
   }
 
-  // x -> [Clip] -> QuantizeLinear -> DequantizeLinear, named `name`.
+  // x -> [Clip] -> QuantizeLinear -> DequantizeLinear, named `name`. From opset 21 ranges of at
+  // most 4 bits take the 4-bit types.
   void qdq(const std::string& x, const std::string& name, double scale, int64_t bits, bool is_signed) {
     const int64_t top = (int64_t{1} << bits) - 1;
     const QInfo q{scale, is_signed ? -top : 0, top};
     std::string v = x;
-    const bool native = !is_signed && bits == 8;
+    const bool four = opset_ >= 21 && bits <= (is_signed ? 3 : 4);
+    const bool native = !is_signed && bits == (four ? 4 : 8);
     if (!native) {
       const std::string lo = init(name + ".clip_min", onnx::TensorProto::FLOAT, {static_cast<double>(static_cast<float>(q.lo * scale))}, {});
       const std::string hi = init(name + ".clip_max", onnx::TensorProto::FLOAT, {static_cast<double>(static_cast<float>(q.hi * scale))}, {});
@@ -144,22 +165,52 @@ class Exporter {
       v = name + ".clip";
     }
     const std::string s = init(name + ".scale", onnx::TensorProto::FLOAT, {scale}, {});
-    const std::string zp = init(name + ".zero_point", is_signed ? onnx::TensorProto::INT8 : onnx::TensorProto::UINT8, {0.0}, {});
+    const int type = four ? (is_signed ? kInt4 : kUint4) : (is_signed ? onnx::TensorProto::INT8 : onnx::TensorProto::UINT8);
+    const std::string zp = init(name + ".zero_point", type, {0.0}, {});
     node("QuantizeLinear", {v, s, zp}, name + ".q");
     node("DequantizeLinear", {name + ".q", s, zp}, name);
     value_[name] = name;
     qinfo_[name] = q;
   }
 
-  // An integer weight read through a per-output-channel DequantizeLinear.
+  // x -> QuantizeLinear -> DequantizeLinear through float8e4m3fn, named `name`: x / scale rounded
+  // to the e4m3 grid (nearest even, saturating at 448), as nibble:QuantizeFloat computes it.
+  void fp8_qdq(const std::string& x, const std::string& name, double scale) {
+    if (opset_ < 19) fail(m_.path, "FP8 (e4m3) activations need ONNX opset 19 or later (--opset 19 or 21)");
+    const std::string s = init(name + ".scale", onnx::TensorProto::FLOAT, {scale}, {});
+    const std::string zp = init(name + ".zero_point", kFloat8E4M3FN, {0.0}, {});
+    node("QuantizeLinear", {x, s, zp}, name + ".q");
+    node("DequantizeLinear", {name + ".q", s, zp}, name);
+    value_[name] = name;
+  }
+
+  // An integer weight read through a per-output-channel DequantizeLinear: int8 (int4 for 4-bit
+  // weights from opset 21), or the float8e4m3fn weights of an FP8 layer with group scales.
   std::string weight(const LayerFile& f) {
     const Tensor& w = f.get_tensor("weight");
     if (w.dtype() == DType::f32) return init(f.name + ".weight", onnx::TensorProto::FLOAT, values(w), w.shape());
     const Tensor& s = f.get_tensor("weight_scale");
     if (s.numel() != w.dim(0)) fail(where(f.name), "weight_scale needs one value per output channel");
-    const std::string q = init(f.name + ".weight_quantized", onnx::TensorProto::INT8, values(w), w.shape());
+    std::vector<double> levels = values(w);
+    int type = opset_ >= 21 && (w.dtype() == DType::s4 || w.dtype() == DType::u4) ? kInt4 : onnx::TensorProto::INT8;
+    if (f.has("weight_group_scale")) {
+      if (opset_ < 19) fail(where(f.name), "FP8 weights with group scales need ONNX opset 19 or later (--opset 19 or 21)");
+      // The layer computes with e4m3(f32(level x group scale)) (nibble:Fp8Conv).
+      const Tensor& g = f.get_tensor("weight_group_scale");
+      const int64_t size = f.get_int("weight_group_size");
+      const int64_t per = w.numel() / w.dim(0), groups = size > 0 ? (per + size - 1) / size : 0;
+      if (size < 1 || g.rank() != 2 || g.dim(0) != w.dim(0) || g.dim(1) != groups) {
+        fail(where(f.name), "weight_group_scale must be {} x {} for weight_group_size {}", w.dim(0), groups, size);
+      }
+      for (int64_t i = 0; i < w.numel(); ++i) {
+        const float gv = static_cast<float>(g.get((i / per) * groups + (i % per) / size));
+        levels[static_cast<size_t>(i)] = e4m3_bits_to_f32(f32_to_e4m3_bits(static_cast<float>(w.get(i)) * gv));
+      }
+      type = kFloat8E4M3FN;
+    }
+    const std::string q = init(f.name + ".weight_quantized", type, levels, w.shape());
     const std::string sc = init(f.name + ".weight_scale", onnx::TensorProto::FLOAT, values(s), {s.numel()});
-    const std::string zp = init(f.name + ".weight_zero_point", onnx::TensorProto::INT8,
+    const std::string zp = init(f.name + ".weight_zero_point", type,
                                 std::vector<double>(static_cast<size_t>(s.numel()), 0.0), {s.numel()});
     onnx::NodeProto* n = node("DequantizeLinear", {q, sc, zp}, f.name + ".weight");
     attr(n, "axis", int64_t{0});
@@ -205,7 +256,10 @@ class Exporter {
     const std::string& type = f.type;
     if (type == "QuantizeFloat" || type == "Quantize") {
       const auto mode = parse_compute_mode(f.get_string("compute_mode"), where(name));
-      if (mode.back().kind == 'f') fail(where(name), "FP8 (e4m3) activations need ONNX opset 19; QDQ export writes opset 13");
+      if (mode.back().kind == 'f') {
+        fp8_qdq(xs[0], name, std::stod(f.get_string("output_scale")));
+        return;
+      }
       const int64_t bits = f.get_int("output_bits");
       if (bits == 31 || !f.has("output_scale")) {
         value_[name] = xs[0];  // into an accumulator scale: the float graph needs no step
@@ -341,6 +395,7 @@ class Exporter {
   }
 
   const ModelDir& m_;
+  const int opset_;
   onnx::GraphProto* g_ = nullptr;
   std::map<std::string, std::string> value_;  // layer -> ONNX value holding its real-valued output
   std::map<std::string, QInfo> qinfo_;        // ONNX value -> its quantization grid
@@ -349,12 +404,27 @@ class Exporter {
 
 }  // namespace
 
-void export_qdq_onnx(const ModelDir& m, const std::string& path) {
-  onnx::ModelProto model = Exporter(m).run();
-  try {
-    onnx::checker::check_model(model);
-  } catch (const std::exception& e) {
-    fail(path, "internal: the exported model fails ONNX's checker: {}", e.what());
+bool has_fp8_layers(const ModelDir& m) {
+  for (const auto& [name, layer] : m.layers) {
+    if (!layer.has("compute_mode")) continue;
+    for (const NumberType& t : parse_compute_mode(layer.get_string("compute_mode"), m.path + "/" + name)) {
+      if (t.kind == 'f' && t.bits == 8) return true;
+    }
+  }
+  return false;
+}
+
+void export_qdq_onnx(const ModelDir& m, const std::string& path, int opset) {
+  if (opset == 0) opset = has_fp8_layers(m) ? 19 : 13;
+  if (opset != 13 && opset != 19 && opset != 21) fail(path, "ONNX opset {} cannot be exported (choose 13, 19 or 21)", opset);
+  onnx::ModelProto model = Exporter(m, opset).run();
+  // This ONNX library's checker knows the operator sets up to 17.
+  if (opset <= 17) {
+    try {
+      onnx::checker::check_model(model);
+    } catch (const std::exception& e) {
+      fail(path, "internal: the exported model fails ONNX's checker: {}", e.what());
+    }
   }
   std::string bytes;
   if (!model.SerializeToString(&bytes)) fail(path, "cannot serialize the ONNX model");

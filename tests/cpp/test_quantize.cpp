@@ -3,9 +3,13 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <stdexcept>
 #include <random>
+
+#include <onnx/onnx_pb.h>
 
 #include "nibble/dataset.h"
 #include "nibble/dtype.h"
@@ -524,6 +528,97 @@ TEST_F(Quantize, QdqExportAndImportRoundTripExactly) {
   }
   const Tensor yb = run_graph(quantized(back.model), *test_x_);
   for (int64_t i = 0; i < yb.numel(); ++i) ASSERT_EQ(yb.get(i), yi.get(i));
+}
+
+// The newer opsets: 4-bit weights as int4 and 4-bit activations through uint4 (opset 21), FP8
+// activations and DPQ's FP8 weights through float8e4m3fn (opset 19); this ONNX library's checker
+// and importer stop at opset 17, so the protobuf is checked field by field against the model.
+TEST_F(Quantize, QdqExportWritesFp8AndInt4Types) {
+  auto read = [](const std::string& file) {
+    onnx::ModelProto m;
+    std::ifstream f(file, std::ios::binary);
+    const std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    EXPECT_TRUE(m.ParseFromString(bytes)) << file;
+    return m;
+  };
+  auto find_init = [](const onnx::ModelProto& m, const std::string& name) -> const onnx::TensorProto* {
+    for (const auto& t : m.graph().initializer()) {
+      if (t.name() == name) return &t;
+    }
+    return nullptr;
+  };
+  {
+    quant::QuantizeOptions opt;
+    opt.precision = quant::Precision::int4;
+    auto r = quant::quantize_model(*graph_, *table_, opt);
+    r.model.path = path("q4.nbl");
+    export_qdq_onnx(r.model, path("q4.onnx"), 21);
+    const onnx::ModelProto m = read(path("q4.onnx"));
+    ASSERT_EQ(m.opset_import_size(), 1);
+    EXPECT_EQ(m.opset_import(0).version(), 21);
+    EXPECT_EQ(m.ir_version(), 10);
+    int int4_weights = 0, uint4_points = 0;
+    for (const auto& [name, layer] : r.model.layers) {
+      if (!layer.has("weight") || layer.get_tensor("weight").dtype() != DType::s4) continue;
+      const Tensor& w = layer.get_tensor("weight");
+      const onnx::TensorProto* t = find_init(m, name + ".weight_quantized");
+      ASSERT_NE(t, nullptr) << name;
+      ASSERT_EQ(t->data_type(), 22) << name;  // INT4
+      ASSERT_EQ(t->raw_data().size(), static_cast<size_t>((w.numel() + 1) / 2)) << name;
+      for (int64_t i = 0; i < w.numel(); ++i) {
+        ASSERT_EQ(unpack_s4(reinterpret_cast<const uint8_t*>(t->raw_data().data()), i), w.get(i)) << name << "[" << i << "]";
+      }
+      ++int4_weights;
+    }
+    for (const auto& t : m.graph().initializer()) uint4_points += t.data_type() == 21;  // UINT4 zero points
+    EXPECT_GT(int4_weights, 0);
+    EXPECT_GT(uint4_points, 0);
+    // At opset 13 the same weights are int8 values.
+    export_qdq_onnx(r.model, path("q4_13.onnx"), 13);
+    const onnx::ModelProto m13 = read(path("q4_13.onnx"));
+    for (const auto& t : m13.graph().initializer()) EXPECT_LE(t.data_type(), 16) << t.name();
+  }
+  {
+    quant::QuantizeOptions opt;
+    opt.precision = quant::Precision::w4a8_fp8;
+    opt.dpq = true;
+    opt.group_size = 16;
+    auto r = quant::quantize_model(*graph_, *table_, opt);
+    r.model.path = path("fp8.nbl");
+    EXPECT_TRUE(has_fp8_layers(r.model));
+    EXPECT_THROW(export_qdq_onnx(r.model, path("fp8_13.onnx"), 13), Error);
+    EXPECT_FALSE(std::filesystem::exists(path("fp8_13.onnx")));
+    export_qdq_onnx(r.model, path("fp8.onnx"));  // opset 19 by default
+    const onnx::ModelProto m = read(path("fp8.onnx"));
+    ASSERT_EQ(m.opset_import_size(), 1);
+    EXPECT_EQ(m.opset_import(0).version(), 19);
+    EXPECT_EQ(m.ir_version(), 9);
+    int fp8_layers = 0;
+    for (const auto& [name, layer] : r.model.layers) {
+      if (!layer.has("weight_group_scale")) continue;
+      const Tensor& w = layer.get_tensor("weight");
+      const Tensor& g = layer.get_tensor("weight_group_scale");
+      const int64_t size = layer.get_int("weight_group_size"), per = w.numel() / w.dim(0);
+      const onnx::TensorProto* t = find_init(m, name + ".weight_quantized");
+      ASSERT_NE(t, nullptr) << name;
+      ASSERT_EQ(t->data_type(), 17) << name;  // FLOAT8E4M3FN
+      ASSERT_EQ(t->raw_data().size(), static_cast<size_t>(w.numel()));
+      for (int64_t i = 0; i < w.numel(); ++i) {
+        const float want = static_cast<float>(w.get(i)) * static_cast<float>(g.get((i / per) * g.dim(1) + (i % per) / size));
+        ASSERT_EQ(static_cast<uint8_t>(t->raw_data()[static_cast<size_t>(i)]), f32_to_e4m3_bits(want)) << name << "[" << i << "]";
+      }
+      ++fp8_layers;
+    }
+    EXPECT_GT(fp8_layers, 0);
+    int fp8_points = 0;
+    for (const auto& n : m.graph().node()) {
+      if (n.op_type() != "QuantizeLinear") continue;
+      const onnx::TensorProto* zp = find_init(m, n.input(2));
+      ASSERT_NE(zp, nullptr);
+      fp8_points += zp->data_type() == 17;
+    }
+    EXPECT_GT(fp8_points, 0);
+  }
 }
 
 TEST_F(Quantize, BrokenGraphQuantizedModelsAreClearErrors) {
