@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "backends/cpu/conv_job.h"
@@ -21,6 +22,26 @@ struct Segment {
   int lane_begin, lane_end;
   int64_t first;
 };
+
+// The elements (elem_size bytes each) of one map row of `src` that the segments cover, copied to
+// their lanes of `dst`; `row` is that map's offset (m x plane). Other lanes keep their contents.
+inline void gather_segments(void* dst, const void* src, size_t elem_size, const Segment* segs, int nsegs,
+                            int64_t row) {
+  for (int s = 0; s < nsegs; ++s) {
+    std::memcpy(static_cast<uint8_t*>(dst) + segs[s].lane_begin * elem_size,
+                static_cast<const uint8_t*>(src) + (segs[s].first + row) * static_cast<int64_t>(elem_size),
+                elem_size * static_cast<size_t>(segs[s].lane_end - segs[s].lane_begin));
+  }
+}
+// The reverse: the segments' lanes of `src` written to one map row of `dst`.
+inline void scatter_segments(void* dst, const void* src, size_t elem_size, const Segment* segs, int nsegs,
+                             int64_t row) {
+  for (int s = 0; s < nsegs; ++s) {
+    std::memcpy(static_cast<uint8_t*>(dst) + (segs[s].first + row) * static_cast<int64_t>(elem_size),
+                static_cast<const uint8_t*>(src) + segs[s].lane_begin * elem_size,
+                elem_size * static_cast<size_t>(segs[s].lane_end - segs[s].lane_begin));
+  }
+}
 
 // Packs pixel blocks [b_begin, b_end) of group g into `panel` (AVX2 byte shuffles).
 void pack_blocks_avx2(const ConvJob& job, int64_t g, int64_t b_begin, int64_t b_end, uint8_t* panel);

@@ -153,10 +153,7 @@ NIBBLE_AVX512 void epilogue_tile_avx512(const ConvEpilogue& ep, const Segment* s
         v = _mm512_add_epi32(v, _mm512_maskz_loadu_epi32(lanes, ep.residual + segs[0].first + m * plane));
       } else {
         alignas(64) int32_t res[kPanelNr] = {};
-        for (int s = 0; s < nsegs; ++s) {
-          std::memcpy(res + segs[s].lane_begin, ep.residual + segs[s].first + m * plane,
-                      sizeof(int32_t) * static_cast<size_t>(segs[s].lane_end - segs[s].lane_begin));
-        }
+        gather_segments(res, ep.residual, sizeof(int32_t), segs, nsegs, m * plane);
         v = _mm512_add_epi32(v, _mm512_load_si512(res));
       }
     } else if (ep.res_src) {
@@ -165,10 +162,7 @@ NIBBLE_AVX512 void epilogue_tile_avx512(const ConvEpilogue& ep, const Segment* s
         bytes = _mm_maskz_loadu_epi8(lanes, ep.res_src + segs[0].first + m * plane);
       } else {
         alignas(16) uint8_t res[kPanelNr] = {};
-        for (int s = 0; s < nsegs; ++s) {
-          std::memcpy(res + segs[s].lane_begin, ep.res_src + segs[s].first + m * plane,
-                      static_cast<size_t>(segs[s].lane_end - segs[s].lane_begin));
-        }
+        gather_segments(res, ep.res_src, 1, segs, nsegs, m * plane);
         bytes = _mm_load_si128(reinterpret_cast<const __m128i*>(res));
       }
       const __m512i x = ep.res_src_signed ? _mm512_cvtepi8_epi32(bytes) : _mm512_cvtepu8_epi32(bytes);
@@ -194,11 +188,7 @@ NIBBLE_AVX512 void epilogue_tile_avx512(const ConvEpilogue& ep, const Segment* s
       } else {
         _mm_store_si128(reinterpret_cast<__m128i*>(tmp), _mm512_cvtsepi32_epi8(v));
       }
-      for (int s = 0; s < nsegs; ++s) {
-        std::memcpy(static_cast<uint8_t*>(ep.out) + (segs[s].first + m * plane) * static_cast<int64_t>(out_size),
-                    tmp + segs[s].lane_begin * out_size,
-                    out_size * static_cast<size_t>(segs[s].lane_end - segs[s].lane_begin));
-      }
+      scatter_segments(ep.out, tmp, out_size, segs, nsegs, m * plane);
     }
   }
 }

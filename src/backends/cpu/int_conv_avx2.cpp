@@ -234,10 +234,7 @@ NIBBLE_AVX2 void epilogue_tile_avx2(const ConvEpilogue& ep, const Segment* segs,
       if (direct && segs[0].lane_end == kNr) {
         rp = ep.residual + segs[0].first + m * plane;
       } else {
-        for (int s = 0; s < nsegs; ++s) {
-          std::memcpy(res + segs[s].lane_begin, ep.residual + segs[s].first + m * plane,
-                      sizeof(int32_t) * static_cast<size_t>(segs[s].lane_end - segs[s].lane_begin));
-        }
+        gather_segments(res, ep.residual, sizeof(int32_t), segs, nsegs, m * plane);
         rp = res;
       }
       for (int j = 0; j < 2; ++j) {
@@ -245,10 +242,7 @@ NIBBLE_AVX2 void epilogue_tile_avx2(const ConvEpilogue& ep, const Segment* segs,
       }
     } else if (ep.res_src) {
       alignas(16) uint8_t res[kNr] = {};
-      for (int s = 0; s < nsegs; ++s) {
-        std::memcpy(res + segs[s].lane_begin, ep.res_src + segs[s].first + m * plane,
-                    static_cast<size_t>(segs[s].lane_end - segs[s].lane_begin));
-      }
+      gather_segments(res, ep.res_src, 1, segs, nsegs, m * plane);
       const __m128i b = _mm_load_si128(reinterpret_cast<const __m128i*>(res));
       const __m256i x[2] = {ep.res_src_signed ? _mm256_cvtepi8_epi32(b) : _mm256_cvtepu8_epi32(b),
                             ep.res_src_signed ? _mm256_cvtepi8_epi32(_mm_srli_si128(b, 8))
@@ -268,12 +262,7 @@ NIBBLE_AVX2 void epilogue_tile_avx2(const ConvEpilogue& ep, const Segment* segs,
     } else {
       alignas(32) uint8_t tmp[kNr * 4];
       store_s32x16_as_avx2(v[0], v[1], ep.out_dtype, tmp, 0, kNr);
-      for (int s = 0; s < nsegs; ++s) {
-        std::memcpy(
-            static_cast<uint8_t*>(ep.out) + (segs[s].first + m * plane) * static_cast<int64_t>(out_size),
-            tmp + segs[s].lane_begin * out_size,
-            out_size * static_cast<size_t>(segs[s].lane_end - segs[s].lane_begin));
-      }
+      scatter_segments(ep.out, tmp, out_size, segs, nsegs, m * plane);
     }
   }
 }
