@@ -192,7 +192,7 @@ class Exporter {
     const Tensor& s = f.get_tensor("weight_scale");
     if (s.numel() != w.dim(0)) fail(where(f.name), "weight_scale needs one value per output channel");
     std::vector<double> levels = values(w);
-    int type = opset_ >= 21 && (w.dtype() == DType::s4 || w.dtype() == DType::u4) ? kInt4 : onnx::TensorProto::INT8;
+    int type = opset_ >= 21 && w.dtype() == DType::s4 ? kInt4 : onnx::TensorProto::INT8;
     if (f.has("weight_group_scale")) {
       if (opset_ < 19) fail(where(f.name), "FP8 weights with group scales need ONNX opset 19 or later (--opset 19 or 21)");
       // The layer computes with e4m3(f32(level x group scale)) (nibble:Fp8Conv).
