@@ -350,6 +350,24 @@ nlohmann::json server_scenario(const std::function<void(int64_t)>& run, int64_t 
     fmt::print("\n");
     return j;
   }
+  // A query alone takes at least one single-image run: a bound below that no rate can meet, and
+  // the search would only halve the rate into runs whose 100 queries take minutes.
+  std::vector<double> alone;
+  for (int i = 0; i < 3; ++i) {
+    const auto a = Clock::now();
+    run(1);
+    alone.push_back(ms_between(a, Clock::now()));
+  }
+  const double single_ms = *std::min_element(alone.begin(), alone.end());
+  j["single_query_ms"] = single_ms;
+  if (single_ms > args.latency_bound_ms) {
+    fmt::print("Server: one single-image query takes {:.3f} ms, above the {} ms bound: no rate can be valid "
+               "(raise --latency-bound)\n\n",
+               single_ms, args.latency_bound_ms);
+    j["peak_qps"] = 0.0;
+    j["runs"] = nlohmann::json::array();
+    return j;
+  }
   // The search: the Offline rate at the largest batch bounds what the runner can serve.
   const auto t0 = Clock::now();
   int reps = 0;
@@ -371,6 +389,12 @@ nlohmann::json server_scenario(const std::function<void(int64_t)>& run, int64_t 
       if (qps > best.qps) best = r;
     } else {
       hi = qps;
+      // Queries that seldom meet (the runner busy under 5% of the time) wait for nothing: a
+      // lower rate cannot bring the latency down, and its runs only take longer.
+      if (qps * single_ms / 1000.0 < 0.05) {
+        fmt::print("Server: p99 above the bound while the runner is idle 95% of the time: stopping the search\n");
+        break;
+      }
     }
   }
   if (best.valid) {

@@ -75,6 +75,15 @@ def test_server_scenario_searches_the_peak_rate(run_nibble, tmp_path):
     assert proc.stdout.count("target 50.0 qps") == 1
 
 
+def test_server_scenario_stops_at_once_when_one_query_exceeds_the_bound(run_nibble, tmp_path):
+    out = tmp_path / "server.json"
+    proc = run_nibble("bench", MODEL, "--scenario", "server", "--batch", "4", "--duration", "0.2",
+                      "--latency-bound", "0.000001", "--json", out, check=True)
+    assert "no rate can be valid" in proc.stdout and "Server: peak" not in proc.stdout
+    r = json.loads(out.read_text())["results"][0]
+    assert r["peak_qps"] == 0 and r["runs"] == [] and r["single_query_ms"] > 0.000001
+
+
 def test_inputs_shapes_threads_and_outputs(run_nibble, tmp_path):
     import numpy as np
     x = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
