@@ -20,8 +20,8 @@ namespace nibble {
 //   opset 21: also the 4-bit types: 4-bit weights as int4 initializers, unsigned 4-bit
 //     activations through uint4 (signed ones through int4 after a Clip).
 // 0 picks the lowest opset that can hold the model: 13, or 19 with FP8 layers. Writes through a
-// temporary file; throws nibble::Error naming the model or `path`.
-void export_qdq_onnx(const ModelDir& m, const std::string& path, int opset = 0);
+// temporary file; returns the opset written; throws nibble::Error naming the model or `path`.
+int export_qdq_onnx(const ModelDir& m, const std::string& path, int opset = 0);
 
 // Whether `m` has FP8 (e4m3) layers, which need opset 19 or later.
 bool has_fp8_layers(const ModelDir& m);

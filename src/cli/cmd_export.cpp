@@ -28,8 +28,7 @@ void add_export_command(CLI::App& app) {
     check_new_output(args->output);
     const ModelDir m = read_model_dir(args->model);
     quantized_graph(m);  // every layer checked as the engine reads it, before anything is written
-    const int opset = args->opset ? args->opset : (has_fp8_layers(m) ? 19 : 13);
-    export_qdq_onnx(m, args->output, opset);
+    const int opset = export_qdq_onnx(m, args->output, args->opset);
     fmt::print("wrote {} (ONNX QDQ, opset {})\n", args->output, opset);
   });
 }

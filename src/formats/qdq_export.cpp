@@ -414,7 +414,7 @@ bool has_fp8_layers(const ModelDir& m) {
   return false;
 }
 
-void export_qdq_onnx(const ModelDir& m, const std::string& path, int opset) {
+int export_qdq_onnx(const ModelDir& m, const std::string& path, int opset) {
   if (opset == 0) opset = has_fp8_layers(m) ? 19 : 13;
   if (opset != 13 && opset != 19 && opset != 21) fail(path, "ONNX opset {} cannot be exported (choose 13, 19 or 21)", opset);
   onnx::ModelProto model = Exporter(m, opset).run();
@@ -429,6 +429,7 @@ void export_qdq_onnx(const ModelDir& m, const std::string& path, int opset) {
   std::string bytes;
   if (!model.SerializeToString(&bytes)) fail(path, "cannot serialize the ONNX model");
   write_file_atomic(path, bytes);
+  return opset;
 }
 
 }  // namespace nibble

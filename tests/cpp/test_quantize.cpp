@@ -501,7 +501,7 @@ TEST_F(Quantize, QdqExportAndImportRoundTripExactly) {
   opt.precision = quant::Precision::int4;
   auto r = quant::quantize_model(*graph_, *table_, opt);
   r.model.path = path("q.nbl");
-  export_qdq_onnx(r.model, path("q.onnx"));
+  EXPECT_EQ(export_qdq_onnx(r.model, path("q.onnx")), 13);
   const Graph qdq = load_model(path("q.onnx"));
   ASSERT_TRUE(quant::is_qdq(qdq));
   // The QDQ graph, run in float, stays close to the integer model.
@@ -588,7 +588,7 @@ TEST_F(Quantize, QdqExportWritesFp8AndInt4Types) {
     EXPECT_TRUE(has_fp8_layers(r.model));
     EXPECT_THROW(export_qdq_onnx(r.model, path("fp8_13.onnx"), 13), Error);
     EXPECT_FALSE(std::filesystem::exists(path("fp8_13.onnx")));
-    export_qdq_onnx(r.model, path("fp8.onnx"));  // opset 19 by default
+    EXPECT_EQ(export_qdq_onnx(r.model, path("fp8.onnx")), 19);  // opset 19 by default
     const onnx::ModelProto m = read(path("fp8.onnx"));
     ASSERT_EQ(m.opset_import_size(), 1);
     EXPECT_EQ(m.opset_import(0).version(), 19);
