@@ -2,10 +2,12 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <optional>
 #include <random>
 #include <string>
@@ -237,6 +239,8 @@ TEST(CpuBackend, Fp8ConvMatchesTheReference) {
       {2, 3, 9, 11, 5, 3, 1, 1, 1, 0, DType::s4, false},   {1, 16, 8, 8, 13, 3, 2, 1, 1, 32, DType::s4, true},
       {1, 64, 7, 7, 8, 1, 1, 0, 1, 32, DType::s4, false},  {3, 8, 10, 6, 4, 3, 1, 2, 2, 7, DType::s4, true},
       {1, 128, 5, 5, 17, 3, 1, 1, 1, 0, DType::s8, false}, {1, 512, 4, 4, 6, 3, 1, 1, 1, 128, DType::s4, false},
+      // Images wide enough for runs of pixels whose windows lie inside (no bounds checks).
+      {1, 8, 30, 30, 5, 3, 1, 1, 1, 0, DType::s4, true},   {2, 4, 33, 29, 6, 3, 2, 1, 1, 16, DType::s8, false},
   };
   std::mt19937 rng(7);
   for (const Case& cc : cases) {
@@ -278,6 +282,59 @@ TEST(CpuBackend, Fp8ConvMatchesTheReference) {
       ASSERT_NE(fn, nullptr) << isa << " has no " << node.op_type;
       EXPECT_TRUE(identical(want, run_kernel(fn, node, in))) << isa << ": c " << cc.c << " k " << cc.k << " groups " << cc.group_size;
     }
+  }
+}
+
+// QuantizeFloat to e4m3: random f32 bit patterns of every exponent, the values around each
+// rounding boundary of the e4m3 grid (ties included), zeros, subnormals, saturation,
+// infinities and NaN, with one scale and with per-channel scales, lengths not a multiple of 8.
+TEST(CpuBackend, QuantizeFloatToE4m3MatchesTheReference) {
+  SKIP_WITHOUT_CPU_KERNELS();
+  std::vector<float> values = {0.0f, -0.0f, 448.0f, -448.0f, 464.0f, 464.00003f, 480.0f, 1e30f, -1e30f,
+                               std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),
+                               std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::denorm_min(),
+                               std::ldexp(1.0f, -6), std::ldexp(1.0f, -10), std::ldexp(3.0f, -11)};
+  // Each e4m3 value, the midpoints to its neighbours, and one f32 step either side of those.
+  for (int b = 0; b < 0x7F; ++b) {
+    const float v = e4m3_bits_to_f32(static_cast<uint8_t>(b)), next = e4m3_bits_to_f32(static_cast<uint8_t>(b + 1));
+    const float mid = b + 1 < 0x7F ? (v + next) / 2.0f : v + std::ldexp(1.0f, 4);
+    for (float x : {v, mid, std::nextafter(mid, 0.0f), std::nextafter(mid, 1e9f)}) {
+      values.push_back(x);
+      values.push_back(-x);
+    }
+  }
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<uint32_t> bits;
+  while (values.size() % 8 != 5 || values.size() < 20000) values.push_back(std::bit_cast<float>(bits(rng)));
+  const int64_t n = static_cast<int64_t>(values.size());
+  Tensor x(DType::f32, {1, n});
+  std::memcpy(x.bytes(), values.data(), values.size() * sizeof(float));
+  Node node;
+  node.op_type = "nibble:QuantizeFloat";
+  node.name = "q";
+  node.attrs["e4m3"] = int64_t{1};
+  for (float s : {1.0f, 0.0137f, 3.5f}) {
+    Tensor scale(DType::f32, {1});
+    scale.set(0, s);
+    const ref::Inputs in{&x, &scale};
+    const Tensor want = run_kernel(ref::quantize_float, node, in);
+    for (const auto& isa : vector_isas()) {
+      const ref::KernelFn fn = cpu::find_kernel(isa, node.op_type);
+      ASSERT_NE(fn, nullptr) << isa;
+      EXPECT_TRUE(identical(want, run_kernel(fn, node, in))) << isa << ", scale " << s;
+    }
+  }
+  // Per-channel scales over N x C x H x W (runs of 13 values per channel).
+  Tensor x4(DType::f32, {2, 3, 13, 1});
+  for (int64_t i = 0; i < x4.numel(); ++i) x4.set(i, static_cast<double>(values[static_cast<size_t>(i * 97)]));
+  Tensor scales(DType::f32, {3});
+  scales.set(0, 0.5);
+  scales.set(1, 2.0);
+  scales.set(2, 0.0078125);
+  const ref::Inputs in4{&x4, &scales};
+  const Tensor want4 = run_kernel(ref::quantize_float, node, in4);
+  for (const auto& isa : vector_isas()) {
+    EXPECT_TRUE(identical(want4, run_kernel(cpu::find_kernel(isa, node.op_type), node, in4))) << isa << ", per channel";
   }
 }
 

@@ -26,6 +26,7 @@ Table avx2_table() {
           {
               {"MaxPool", max_pool_u8_avx2},
               {"nibble:Fp8Conv", fp8_conv_avx2},
+              {"nibble:QuantizeFloat", quantize_float_avx2},
               {"nibble:IntConv", int_conv_avx2},
               {"nibble:IntConvFused", int_conv_fused_avx2},
               {"nibble:IntLinear", int_linear_avx2},
@@ -38,6 +39,7 @@ Table avx512vnni_table() {
           {
               {"MaxPool", max_pool_u8_avx2},
               {"nibble:Fp8Conv", fp8_conv_avx2},
+              {"nibble:QuantizeFloat", quantize_float_avx2},
               {"nibble:IntConv", int_conv_avx512vnni},
               {"nibble:IntConvFused", int_conv_fused_avx512vnni},
               {"nibble:IntLinear", int_linear_avx2},

@@ -14,6 +14,8 @@ void requantize_avx2(const Node&, const ref::Inputs&, ref::Outputs&);
 void max_pool_u8_avx2(const Node&, const ref::Inputs&, ref::Outputs&);
 // FP8 (e4m3) x integer or FP8 weights, summed exactly in doubles (results equal the reference).
 void fp8_conv_avx2(const Node&, const ref::Inputs&, ref::Outputs&);
+// nibble:QuantizeFloat to e4m3, eight values per step (integer outputs: the reference).
+void quantize_float_avx2(const Node&, const ref::Inputs&, ref::Outputs&);
 
 // AVX-512 VNNI (F, BW, VL, VNNI): u8 x s8 with vpdpbusd, s16 x s16 with vpdpwssd; the other ops
 // take the AVX2 kernels.
