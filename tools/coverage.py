@@ -131,7 +131,7 @@ def survey(name, args, work):
         row["peer_cos"] = pytorch_int8_cosine(model, x, calib, ref)
     table = work / f"{name}.calib"
     p, _ = nibble(args, "calibrate", onnx_path, "--data", work / "calib.npy", "--samples", 0, "--batch", 8,
-                  "--method", "percentile:99.99", "-o", table)
+                  "--method", args.method, "-o", table)
     if p.returncode != 0:
         row["int8"] = first_error(p)
         return row
@@ -193,6 +193,8 @@ def main():
     ap.add_argument("--nibble", default=str(REPO / "build" / "nibble"))
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--calib", type=int, default=32, help="calibration crops")
+    ap.add_argument("--method", default="percentile:99.99",
+                    help="nibble calibrate --method for the INT8 column (default percentile:99.99)")
     ap.add_argument("--no-peer", dest="peer", action="store_false", help="skip PyTorch's own INT8 quantization")
     ap.add_argument("--work", help="keep the exported models here (default: a temporary directory)")
     ap.add_argument("-o", "--output", help="write the table here (markdown), else print it")

@@ -266,7 +266,37 @@ class Quantizer {
         r.residual_only = true;
       }
     }
+    // A tensor read only by a channel Concat whose output an integer layer reads takes the Concat
+    // output's range: every branch is then quantized with the scale the concatenation is
+    // quantized with, so the requantization after the Concat repeats the same rounding exactly
+    // instead of rounding a second time. (Where only float ops read the Concat, each branch keeps
+    // its own, finer, range.)
+    auto integer_reader = [&](const std::string& v) {
+      const auto it = readers.find(v);
+      if (it == readers.end()) return false;
+      for (const Node* r : it->second) {
+        if (r->op_type == "Conv" || r->op_type == "MaxPool" || r->op_type == "Gemm" || r->op_type == "MatMul") return true;
+      }
+      return false;
+    };
+    for (const Node& n : g_.nodes) {
+      if (n.op_type != "Concat" || n.outputs.empty() || !calib_.find(n.outputs[0]) || !integer_reader(n.outputs[0])) continue;
+      const int64_t axis = n.attr_int("axis", 1);
+      if (axis != 1 && axis != -3) continue;
+      for (const auto& in : n.inputs) {
+        const auto rd = readers.find(in);
+        if (in.empty() || outputs.count(in) || rd == readers.end() || rd->second.size() != 1) continue;
+        if (!producer_index.count(in)) continue;  // graph inputs and constants keep their own range
+        range_of_[in] = n.outputs[0];
+      }
+    }
     return units;
+  }
+
+  // The calibrated range that quantizes tensor `t` (its own, or a Concat's it feeds).
+  const CalibEntry* calib_entry(const std::string& t) const {
+    const auto it = range_of_.find(t);
+    return calib_.find(it == range_of_.end() ? t : it->second);
   }
 
   // Runs `fold` (a conv or linear layer's folding); when it refuses the layer, the node becomes
@@ -616,7 +646,7 @@ class Quantizer {
   // The calibrated quantization of tensor `t` at `bits`.
   // After a ReLU (`non_negative`) the value is unsigned whatever the table says.
   QValue plan_activation(const std::string& t, int bits, bool non_negative = false) {
-    const CalibEntry* e = calib_.find(t);
+    const CalibEntry* e = calib_entry(t);
     if (!e) fail(g_.source, "the calibration table has no range for tensor '{}'", t);
     const bool is_signed = e->lo < 0.0 && !non_negative;
     const double top = non_negative ? std::max(e->hi, 0.0) : std::max(std::abs(e->lo), std::abs(e->hi));
@@ -1095,7 +1125,7 @@ class Quantizer {
     const std::string t = resolve(tensor);
     if (auto it = fp8_.find(t); it != fp8_.end()) return it->second;
     const std::string f = need_float(t);
-    const CalibEntry* e = calib_.find(t);
+    const CalibEntry* e = calib_entry(t);
     if (!e) fail(g_.source, "the calibration table has no range for tensor '{}'", t);
     double scale = fp8_activation_scale(*e);
     if (!(scale > 0.0)) {
@@ -1204,6 +1234,7 @@ class Quantizer {
   std::set<std::string> taken_;
   std::map<std::string, int> bits_;             // ONNX tensor -> activation bits its readers need
   std::map<std::string, std::string> alias_;    // ONNX tensor -> the tensor it equals
+  std::map<std::string, std::string> range_of_;  // ONNX tensor -> the Concat output whose range it takes
   std::map<std::string, QValue> quant_;         // ONNX tensor -> integer form
   std::map<std::string, AccValue> acc_;         // ONNX tensor -> unrescaled accumulators
   std::map<std::string, std::string> float_;    // ONNX tensor -> layer giving its f32 form

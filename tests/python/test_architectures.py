@@ -103,7 +103,7 @@ PATTERNS = {
     "hardswish_hardsigmoid": lambda: nn.Sequential(conv_bn(3, 8, 3, 2, act=nn.Hardswish),
                                                    InvertedResidual(8, se=True, act=nn.Hardswish), Head(8)),
     "inception_concat": lambda: nn.Sequential(conv_bn(3, 8, 3, 2), nn.MaxPool2d(3, 2, ceil_mode=True), Inception(8),
-                                              Head(24)),
+                                              conv_bn(24, 16, 1), Head(16)),
     "dense_concat": lambda: nn.Sequential(conv_bn(3, 8, 3, 2), DenseLayer(8), DenseLayer(16), Head(24)),
     "channel_shuffle": lambda: nn.Sequential(conv_bn(3, 8, 3, 2), ShuffleBlock(8), ShuffleBlock(8), Head(8)),
     "tokens": Tokens,
@@ -164,6 +164,34 @@ def test_pattern_runs_in_fp32_and_quantizes(run_nibble, tmp_path, name):
     assert cos >= 0.99, cos
     # The quantized model exports to QDQ ONNX, float ops included.
     run_nibble("export", q, "-o", tmp_path / "qdq.onnx", check=True)
+    if "Concat" in FLOAT_OPS.get(name, set()):
+        shared = concat_branches_sharing_its_scale(onnx_path, q)
+        assert shared > 0 if name == "inception_concat" else shared == 0, shared
+
+
+def concat_branches_sharing_its_scale(onnx_path, q):
+    """How many tensors read only by a quantized Concat take the Concat's scale (every one must,
+    so that the requantization after the Concat does not round a second time)."""
+    import collections
+    import onnx
+    graph = onnx.load(str(onnx_path)).graph
+    readers = collections.Counter(i for n in graph.node for i in n.input)
+    scales = collections.defaultdict(set)
+    for f in q.iterdir():
+        if not f.is_file():
+            continue
+        fields = dict(line.split("=", 1) for line in f.read_text().splitlines() if "=" in line and not line.startswith("!"))
+        if "onnx_tensor" in fields and "output_scale" in fields:
+            scales[fields["onnx_tensor"]].add(fields["output_scale"])
+    shared = 0
+    for n in graph.node:
+        if n.op_type != "Concat" or n.output[0] not in scales:
+            continue
+        for i in n.input:
+            if readers[i] == 1 and i in scales:
+                assert scales[i] == scales[n.output[0]], (i, scales[i], n.output[0], scales[n.output[0]])
+                shared += 1
+    return shared
 
 
 def test_nhwc_model_takes_images_in_its_layout(run_nibble, tmp_path):
