@@ -2,6 +2,9 @@
 // networks with the CPU engine (skipped without a CUDA device).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <random>
@@ -278,6 +281,23 @@ TEST(CudaPlan, SeedModelPacksFourBitTensors) {
   EXPECT_EQ(packed_convs, 52);  // all but the stem (8-bit input) and the classifier (7-bit input)
   EXPECT_LT(static_cast<double>(p.weight_bytes), 0.6 * static_cast<double>(q.weight_bytes));
   EXPECT_LT(static_cast<double>(p.arena_bytes_per_image), 0.75 * static_cast<double>(q.arena_bytes_per_image));
+  // The wgmma kernels' direct epilogue needs, on every ReLU layer, thresholds that reach the top
+  // of the output range, and residual requantizations that stay in range: the seed has both.
+  int relu_convs = 0, residual_convs = 0;
+  for (const auto& st : p.steps) {
+    if (st.kind != cuda::StepKind::conv) continue;
+    if (st.conv.relu && !st.conv.factor.empty()) {
+      ++relu_convs;
+      EXPECT_EQ(st.conv.sat_top.size(), st.conv.sat.size()) << st.name;
+      EXPECT_FALSE(st.conv.sat_top.empty()) << st.name;
+    }
+    if (st.conv.res_requant) {
+      ++residual_convs;
+      EXPECT_TRUE(st.conv.res_in_range) << st.name;
+    }
+  }
+  EXPECT_EQ(relu_convs, 49);
+  EXPECT_EQ(residual_convs, 16);
 }
 
 // The wgmma kernels widen packed activations in registers: lane (g, t) of a warp loads packed
@@ -482,12 +502,15 @@ RandomNet random_conv(uint32_t seed) {
   const int res_kind = static_cast<int>(b.rng() % 3);  // 0 none, 1 narrow, 2 s32
   // Narrow residuals: signed 3 bits (packed s4 where the input is 4-bit), 4 or 7 bits (bytes).
   const int res_bits = four ? (seed % 3 == 0 ? 3 : 4) : 7;
+  // Unsigned residuals after a ReLU (as between ResNet blocks) for 8-bit inputs (seed % 4 == 1)
+  // and 4-bit ones (seed % 8 == 2); signed ones otherwise.
+  const bool res_unsigned = seed % 4 == 1 || seed % 8 == 2;
   g.source = fmt::format("random_conv({}: {}x{}x{}x{} -> {} ch, {}x{} conv to {} maps, stride {}, pad {}, dilation {}, {}-bit, "
                          "out {} bits, residual {})",
                          seed, n, c0, h, w, cin, k, k, cout, s, p, d, four ? 4 : 8, out_bits,
                          res_kind == 0 ? "none"
                          : res_kind == 2 ? "s32"
-                                         : fmt::format("{} bits{}", res_bits, seed % 4 == 1 ? " unsigned" : ""));
+                                         : fmt::format("{} bits{}", res_bits, res_unsigned ? " unsigned" : ""));
   g.inputs.push_back({"x", DType::u8, Shape{-1, c0, h, w}, {"N", "", "", ""}});
   const DType wt = four ? DType::s4 : DType::s8;
   const std::string a = b.conv("feed", "x", c0, cin, {.wt = DType::s8, .bits = four ? 4 : 8, .relu = true});
@@ -500,11 +523,10 @@ RandomNet random_conv(uint32_t seed) {
     side.sgn = true;
     res = b.conv("side", a, cin, cout, side);  // s32, added as it is
   } else if (res_kind == 1) {
-    // A narrow output, requantized to 31 bits inside the subject's epilogue: signed, or (every
-    // fourth seed) unsigned after a ReLU, as between ResNet blocks.
+    // A narrow output, requantized to 31 bits inside the subject's epilogue.
     NetBuilder::Conv side = shape;
     side.bits = res_bits;
-    side.sgn = seed % 4 != 1;
+    side.sgn = !res_unsigned;
     side.relu = !side.sgn;
     res = b.requantize_31("side_rq", b.conv("side", a, cin, cout, side), cout);
   }
@@ -729,6 +751,225 @@ TEST(CudaPlan, SaturationThresholdsAreExact) {
       }
     }
   }
+}
+
+// sat_top: clamping acc to it and requantizing without a final clamp must give the clamped
+// requantization for every acc >= 0, and it must be refused where the requantization skips hi.
+TEST(CudaPlan, TopThresholdsReachTheTopExactly) {
+  std::mt19937 rng(12);
+  int filled = 0, refused = 0;
+  for (int trial = 0; trial < 300; ++trial) {
+    const int shift = static_cast<int>(rng() % 20), bits = 1 + static_cast<int>(rng() % 8);
+    const auto r = quant::output_range(bits, false);
+    std::vector<uint16_t> f(4);
+    // Mostly scales below one (every value reached), some above (values skipped).
+    for (auto& v : f) v = static_cast<uint16_t>(trial % 4 == 0 ? rng() % 65536 : rng() % ((1u << shift) + 1));
+    const auto sat = quant::saturation_thresholds(f, shift, r.lo, r.hi);
+    if (sat.empty()) continue;
+    const auto top = cuda::top_thresholds(f, shift, r.hi, sat);
+    const uint64_t round = shift ? uint64_t{1} << (shift - 1) : 0;
+    auto unclamped = [&](uint64_t x, uint16_t fc) { return static_cast<int64_t>((x * fc + round) >> shift); };
+    if (top.empty()) {
+      ++refused;
+      bool skips = false;  // some map must have no acc that gives hi
+      for (size_t c = 0; c < f.size(); ++c) skips |= f[c] != 0 && unclamped(sat[c] - 1, f[c]) != r.hi;
+      EXPECT_TRUE(skips);
+      continue;
+    }
+    ++filled;
+    for (size_t c = 0; c < f.size(); ++c) {
+      ASSERT_LE(top[c], sat[c]);
+      for (int64_t x : {int64_t{0}, int64_t{1}, int64_t{top[c]} - 1, int64_t{top[c]}, int64_t{top[c]} + 1,
+                        int64_t{sat[c]}, int64_t{2147483647}}) {
+        if (x < 0) continue;
+        const uint64_t clamped = std::min<uint64_t>(static_cast<uint64_t>(x), top[c]);
+        EXPECT_EQ(unclamped(clamped, f[c]), quant::requantize(x, f[c], shift, r)) << "acc " << x << " factor " << f[c];
+      }
+    }
+  }
+  EXPECT_GT(filled, 100);
+  EXPECT_GT(refused, 5);
+}
+
+// res_in_range: true exactly when both ends of the residual's values requantize inside the range.
+TEST(CudaPlan, ResidualRequantizationRange) {
+  const std::vector<uint16_t> f = {100, 5000};
+  // 255 x 5000 / 2 = 637500 (shift 1): inside 31 bits, outside 19.
+  EXPECT_TRUE(cuda::requantization_in_range(f, 1, 0, 255, -(int64_t{1} << 30), int64_t{1} << 30));
+  EXPECT_FALSE(cuda::requantization_in_range(f, 1, 0, 255, -(int64_t{1} << 19), (int64_t{1} << 19) - 1));
+  EXPECT_TRUE(cuda::requantization_in_range(f, 1, -127, 127, -637500, 637500));
+  EXPECT_FALSE(cuda::requantization_in_range(f, 1, -127, 127, -317499, 637500));  // -127 x 5000 / 2 = -317500
+  EXPECT_TRUE(cuda::requantization_in_range(f, 1, -127, 127, -317500, 317500));
+}
+
+// ---- FP8 (w4a8-fp8) convolutions ----
+
+// input f32 -> QuantizeFloat (e4m3) -> nibble:Fp8Conv -> f32 output, of random shape. Weights:
+// s4 levels, s8 levels that e4m3 holds exactly (|l| <= 16), or s4 levels with group scales.
+struct Fp8Net {
+  Graph graph;
+  Tensor input;
+  int64_t c = 0, k = 0, group_size = 0;
+};
+
+Fp8Net random_fp8_conv(uint32_t seed) {
+  NetBuilder b(seed * 104729 + 7, "");
+  Graph& g = b.g;
+  const int64_t n = b.uni(1, 3), c = b.pick({3, 16, 64, 96, 130}), h = b.uni(4, 20), w = b.uni(4, 20);
+  const int64_t m = b.pick({8, 64, 100, 200, 256});
+  const int k = static_cast<int>(b.pick({1, 3, 5})), s = static_cast<int>(b.pick({1, 1, 2}));
+  const int p = k / 2;
+  const int kind = static_cast<int>(seed % 3);  // 0: s4 levels, 1: s8 levels up to 16, 2: s4 with group scales
+  const int64_t group_size = kind == 2 ? b.pick({16, 32, 64}) : 0;
+  g.source = fmt::format("random_fp8_conv({}: {}x{}x{}x{} -> {} maps, {}x{} stride {}, {})", seed, n, c, h, w, m, k, k, s,
+                         kind == 0 ? "s4" : (kind == 1 ? "s8 levels <= 16" : fmt::format("s4, groups of {}", group_size)));
+  g.inputs.push_back({"x", DType::f32, Shape{-1, c, h, w}, {"N", "", "", ""}});
+  Tensor in_scale(DType::f32, {1});
+  in_scale.set(0, 1.0 / 64);
+  g.initializers["in_scale"] = in_scale;
+  Node q{"nibble:QuantizeFloat", "quant_in", {"x", "in_scale"}, {"xq"}, {}};
+  q.attrs["e4m3"] = int64_t{1};
+  g.nodes.push_back(q);
+  const DType wt = kind == 1 ? DType::s8 : DType::s4;
+  const int wmax = kind == 1 ? 16 : 7;
+  Node conv{"nibble:Fp8Conv", "conv", {"xq", b.tensor("conv.w", wt, {m, c, k, k}, -wmax, wmax), "conv.b", "conv.s"}, {"y"}, {}};
+  Tensor bias(DType::f32, {m}), scale(DType::f32, {m});
+  for (int64_t i = 0; i < m; ++i) {
+    bias.set(i, std::uniform_real_distribution<double>(-1.0, 1.0)(b.rng));
+    scale.set(i, std::ldexp(1.0 + 0.01 * static_cast<double>(i % 50), -8));
+  }
+  g.initializers["conv.b"] = bias;
+  g.initializers["conv.s"] = scale;
+  if (group_size > 0) {
+    const int64_t count = (c * k * k + group_size - 1) / group_size;
+    Tensor gs(DType::f32, {m, count});
+    for (int64_t i = 0; i < gs.numel(); ++i) gs.set(i, std::uniform_real_distribution<double>(0.05, 8.0)(b.rng));
+    g.initializers["conv.g"] = gs;
+    conv.inputs.push_back("conv.g");
+    conv.attrs["group_size"] = group_size;
+  }
+  conv.attrs["kernel_shape"] = std::vector<int64_t>{k, k};
+  conv.attrs["strides"] = std::vector<int64_t>{s, s};
+  conv.attrs["pads"] = std::vector<int64_t>{p, p, p, p};
+  conv.attrs["dilations"] = std::vector<int64_t>{1, 1};
+  conv.attrs["relu"] = int64_t{seed % 2};
+  g.nodes.push_back(conv);
+  for (Node& node : g.nodes) node.opset = 1;
+  g.outputs.push_back({"y", DType::f32, std::nullopt, {}});
+  Tensor in(DType::f32, {n, c, h, w});
+  for (int64_t i = 0; i < in.numel(); ++i) in.set(i, std::uniform_real_distribution<double>(-1.0, 2.0)(b.rng));
+  return {g, in, c, k, group_size};
+}
+
+// Planning: the FP8 input is e4m3 in rows of whole K tiles, the convolution's weights are the
+// e4m3 codes of its levels (times the group scales), its output f32; levels e4m3 cannot hold
+// are refused by name.
+TEST(CudaPlan, Fp8ConvolutionsTakeE4m3CodesAndRows) {
+  for (uint32_t seed = 0; seed < 3; ++seed) {
+    const Fp8Net net = random_fp8_conv(seed);
+    const cuda::Plan plan = cuda::make_plan(net.graph, cuda::StorageMode::native);
+    const cuda::Value& x = plan.values[static_cast<size_t>(plan.input_value)];
+    EXPECT_EQ(x.storage, cuda::Storage::e4m3);
+    EXPECT_EQ(x.row % 64, 0);
+    EXPECT_GE(x.row, net.c);
+    ASSERT_EQ(plan.steps.size(), 2u);
+    const cuda::Step& st = plan.steps[1];
+    ASSERT_EQ(st.kind, cuda::StepKind::conv);
+    EXPECT_TRUE(st.conv.fp8);
+    EXPECT_EQ(st.conv.load, cuda::ConvLoad::vec);
+    EXPECT_EQ(plan.values[static_cast<size_t>(st.y)].storage, cuda::Storage::f32);
+    const Tensor& w = net.graph.initializers.at("conv.w");
+    const Tensor* gs = net.group_size ? &net.graph.initializers.at("conv.g") : nullptr;
+    const int64_t per = w.numel() / w.dim(0), count = gs ? gs->dim(1) : 1;
+    // Weight (m, ch, a, b) sits at m x k_pad + (a x kw + b) x row + ch.
+    for (int64_t i = 0; i < w.numel(); i += 7) {
+      const int64_t m = i / per, ch = (i % per) / (net.k * net.k), a = (i % (net.k * net.k)) / net.k, bb = i % net.k;
+      const float level = static_cast<float>(w.get(i));
+      const float v = gs ? level * static_cast<float>(gs->get(m * count + (i % per) / net.group_size)) : level;
+      const size_t at = static_cast<size_t>(m * st.conv.k_pad + (a * net.k + bb) * x.row + ch);
+      ASSERT_EQ(static_cast<uint8_t>(st.conv.weights[at]), f32_to_e4m3_bits(v)) << net.graph.source << " weight " << i;
+    }
+    EXPECT_EQ(st.conv.fscale.size(), static_cast<size_t>(st.conv.m_pad));
+    // The reference runs the same graph (the GPU test's peer).
+    const Tensor y = Engine(net.graph, Backend::cpu).run({net.input})[0];
+    const cuda::Value& yv = plan.values[static_cast<size_t>(st.y)];
+    EXPECT_EQ(y.shape(), (Shape{net.input.dim(0), yv.c, yv.h, yv.w})) << net.graph.source;
+  }
+  Fp8Net net = random_fp8_conv(1);  // s8 levels
+  net.graph.initializers.at("conv.w").set(0, 17);
+  const std::string err = error_of([&] { cuda::make_plan(net.graph, cuda::StorageMode::native); });
+  EXPECT_NE(err.find("conv"), std::string::npos) << err;
+  EXPECT_NE(err.find("e4m3"), std::string::npos) << err;
+}
+
+// The FP8 tensor cores multiply e4m3 values exactly but keep only about 14 significant bits of
+// each sum they add into the f32 accumulators (NVIDIA documents no order or rounding), so the
+// GPU's FP8 convolution is not bit-exact with the reference's exact sum. The rule checked here:
+// each accumulation step (one k32 MMA) may err by 2^-12 of the largest partial sum it can reach,
+// so |GPU - reference| <= |scale| x (K / 32 + 1) x 2^-12 x sum |x w| + 2^-20 |reference|, where
+// sum |x w| is the output's sum of product magnitudes. A wrong tap, channel or weight breaks it
+// by orders of magnitude.
+TEST(CudaEngine, Fp8ConvolutionsMatchTheReferenceWithinTheAccumulationBound) {
+  REQUIRE_CUDA();
+  double worst = 0.0;
+  for (uint32_t seed = 0; seed < 12; ++seed) {
+    const Fp8Net net = random_fp8_conv(seed);
+    const Tensor want = Engine(net.graph, Backend::cpu).run({net.input})[0];
+    CudaEngineOptions o;
+    o.max_batch = 4;
+    const Tensor got = CudaEngine(net.graph, o).run({net.input})[0];
+    ASSERT_EQ(got.shape(), want.shape()) << net.graph.source;
+    // The magnitudes: |x| as e4m3 after the input's quantization, |w| as the layer computes with.
+    const Graph& g = net.graph;
+    const Tensor& w = g.initializers.at("conv.w");
+    const Tensor* gs = net.group_size ? &g.initializers.at("conv.g") : nullptr;
+    const Tensor& scale = g.initializers.at("conv.s");
+    const Node& conv = g.nodes[1];
+    const int64_t n = net.input.dim(0), c = net.c, h = net.input.dim(2), wd = net.input.dim(3), k = net.k;
+    const int64_t m = w.dim(0), oh = want.dim(2), ow = want.dim(3), per = c * k * k;
+    const int64_t st = conv.attr_ints("strides", {1, 1})[0], p = conv.attr_ints("pads", {0, 0, 0, 0})[0];
+    std::vector<double> ax(static_cast<size_t>(net.input.numel())), aw(static_cast<size_t>(w.numel()));
+    for (int64_t i = 0; i < net.input.numel(); ++i) {
+      ax[static_cast<size_t>(i)] = std::abs(e4m3_bits_to_f32(f32_to_e4m3_bits(static_cast<float>(net.input.get(i) * 64.0))));
+    }
+    for (int64_t i = 0; i < w.numel(); ++i) {
+      const float l = static_cast<float>(w.get(i));
+      const float v = gs ? l * static_cast<float>(gs->get((i / per) * gs->dim(1) + (i % per) / net.group_size)) : l;
+      aw[static_cast<size_t>(i)] = std::abs(gs ? e4m3_bits_to_f32(f32_to_e4m3_bits(v)) : v);
+    }
+    const double steps = static_cast<double>((per + 31) / 32 + 1);
+    int64_t bad = 0;
+    for (int64_t b = 0; b < n; ++b) {
+      for (int64_t mm = 0; mm < m; ++mm) {
+        for (int64_t y = 0; y < oh; ++y) {
+          for (int64_t xx = 0; xx < ow; ++xx) {
+            double mag = 0.0;
+            for (int64_t ch = 0; ch < c; ++ch) {
+              for (int64_t a = 0; a < k; ++a) {
+                for (int64_t bb = 0; bb < k; ++bb) {
+                  const int64_t iy = y * st - p + a, ix = xx * st - p + bb;
+                  if (iy < 0 || iy >= h || ix < 0 || ix >= wd) continue;
+                  mag += ax[static_cast<size_t>(((b * c + ch) * h + iy) * wd + ix)] *
+                         aw[static_cast<size_t>(((mm * c + ch) * k + a) * k + bb)];
+                }
+              }
+            }
+            const int64_t at = ((b * m + mm) * oh + y) * ow + xx;
+            const double ref = want.get(at), diff = std::abs(got.get(at) - ref);
+            const double bound = std::abs(scale.get(mm)) * steps * std::ldexp(mag, -12) + std::ldexp(std::abs(ref), -20) + 1e-30;
+            worst = std::max(worst, diff / bound);
+            if (diff > bound && bad++ < 3) {
+              ADD_FAILURE() << net.graph.source << ": output " << at << " got " << got.get(at) << ", want " << ref
+                            << " (bound " << bound << ")";
+            }
+          }
+        }
+      }
+    }
+    EXPECT_EQ(bad, 0) << net.graph.source;
+  }
+  RecordProperty("fp8_worst_error_over_bound", std::to_string(worst));
+  std::printf("FP8 convolutions: the largest error is %.3g of the bound\n", worst);
 }
 
 }  // namespace

@@ -12,7 +12,8 @@ constexpr uint32_t kAnyInteger = bit(Storage::u8) | bit(Storage::s8) | bit(Stora
 constexpr uint32_t kBytes = bit(Storage::u8) | bit(Storage::s8);
 
 const ConvKernel kTable[] = {
-    {"wgmma", ConvLoad::vec, kAnyInteger, 90, 90, true, wgmma_conv_fits, wgmma_conv_preferred, launch_conv_wgmma},
+    {"wgmma", ConvLoad::vec, kAnyInteger | bit(Storage::e4m3), 90, 90, true, wgmma_conv_fits, wgmma_conv_preferred,
+     launch_conv_wgmma},
     {"mma", ConvLoad::vec, kAnyInteger, 80, 1000, false, nullptr, nullptr, launch_conv_mma},
     {"mma", ConvLoad::taps, kBytes, 80, 1000, false, nullptr, nullptr, launch_conv_mma},
     {"mma", ConvLoad::gather, kBytes, 80, 1000, false, nullptr, nullptr, launch_conv_mma},

@@ -32,6 +32,7 @@
 #include <cstdlib>
 #include <mutex>
 #include <string>
+#include <type_traits>
 
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/epilogue.cuh"
@@ -228,25 +229,33 @@ __device__ __noinline__ void epilogue_chunk_call(const ConvArgs& a, const WgShap
   epilogue_chunk<kPre>(a, shape, epi, row0, tile_map0, cmap, bn, tid, cw, res, par);
 }
 
-// Residual kinds of the direct epilogue.
-enum class DRes { none, same_unsigned, s8 };  // none; unsigned at the output's width; s8
+// Residual kinds of the direct epilogue: none; unsigned at the output's width; s8; unsigned at
+// the other width (4-bit residuals of an 8-bit output, 8-bit ones of a 4-bit output).
+enum class DRes { none, same_unsigned, s8, other_unsigned };
+
+// requantize_narrow where the result is known to be inside its range (ConvArgs::res_in_range).
+__device__ __forceinline__ int32_t requantize_narrow_in_range(int32_t x, uint32_t factor, int shift, uint32_t round) {
+  const uint32_t mag = (static_cast<uint32_t>(abs(x)) * factor + round) >> shift;
+  return x < 0 ? -static_cast<int32_t>(mag) : static_cast<int32_t>(mag);
+}
 
 // The direct epilogue of one consumer's 64 rows x BN maps: from the accumulator fragments
 // (element (j, e): row 16 x warp + g (+ 8 for e >= 2), map 8j + 2t + (e & 1)) through bias,
 // residual, ReLU and requantization to packed kBits-wide outputs in the shared output tile `out`.
 // The same integer arithmetic as group_math (epilogue.cuh) for these cases, without its
-// runtime branches: kRelu (unsigned outputs; otherwise signed ones), thresholds and factors
-// present, the residual (if any) narrow with a factor.
+// runtime branches and clamps that cannot act: kRelu (unsigned outputs, thresholds `sat_top`
+// in the constants, so no clamp after the requantization; otherwise signed outputs and the
+// `sat` thresholds), factors present, the residual (if any) narrow with a factor whose
+// requantization stays in range (direct_kind checks all of this).
 template <int BN, int kBits, DRes kRes, bool kRelu>
 __device__ __forceinline__ void direct_epilogue(const ConvArgs& a, const int32_t (&acc)[BN / 2], const uint8_t* res,
                                                 const uint8_t* par, uint8_t* out, int cw, int warp, int g, int t) {
-  constexpr int kResBits = kRes == DRes::s8 ? 8 : kBits;
+  constexpr int kResBits = kRes == DRes::s8 ? 8 : (kRes == DRes::other_unsigned ? 12 - kBits : kBits);
   constexpr int kResRow = BN * kResBits / 8, kResBox = kResRow < 128 ? kResRow : 128;
   constexpr int kResLw = kResBox == 128 ? 7 : (kResBox == 64 ? 6 : (kResBox == 32 ? 5 : 4));
   constexpr int kOutRow = BN * kBits / 8, kOutBox = kOutRow < 128 ? kOutRow : 128;
   constexpr int kOutLw = kOutBox == 128 ? 7 : (kOutBox == 64 ? 6 : (kOutBox == 32 ? 5 : 4));
   const int32_t lo = static_cast<int32_t>(a.lo), hi = static_cast<int32_t>(a.hi);
-  const int32_t rlo = static_cast<int32_t>(a.res_lo), rhi = static_cast<int32_t>(a.res_hi);
   const uint32_t round = a.shift > 0 ? 1u << (a.shift - 1) : 0u;
   const uint32_t res_round = a.res_shift > 0 ? 1u << (a.res_shift - 1) : 0u;
   const int shift = a.shift, res_shift = a.res_shift;
@@ -275,11 +284,11 @@ __device__ __forceinline__ void direct_epilogue(const ConvArgs& a, const int32_t
         int32_t r0, r1;
         if constexpr (kRes == DRes::s8) {
           const uint32_t w = *reinterpret_cast<const uint16_t*>(rp);
-          r0 = requantize_narrow(static_cast<int32_t>(w << 24) >> 24, q0, res_shift, rlo, rhi);
-          r1 = requantize_narrow(static_cast<int32_t>(w << 16) >> 24, q1, res_shift, rlo, rhi);
+          r0 = requantize_narrow_in_range(static_cast<int32_t>(w << 24) >> 24, q0, res_shift, res_round);
+          r1 = requantize_narrow_in_range(static_cast<int32_t>(w << 16) >> 24, q1, res_shift, res_round);
         } else {
           uint32_t u0, u1;
-          if constexpr (kBits == 8) {
+          if constexpr (kResBits == 8) {
             const uint32_t w = *reinterpret_cast<const uint16_t*>(rp);
             u0 = w & 0xFF;
             u1 = w >> 8;
@@ -288,18 +297,19 @@ __device__ __forceinline__ void direct_epilogue(const ConvArgs& a, const int32_t
             u0 = w & 0xF;
             u1 = w >> 4;
           }
-          // Unsigned and below 2^8, factor below 2^16: fits 32 bits and is >= 0.
-          r0 = static_cast<int32_t>(min((u0 * q0 + res_round) >> res_shift, static_cast<uint32_t>(rhi)));
-          r1 = static_cast<int32_t>(min((u1 * q1 + res_round) >> res_shift, static_cast<uint32_t>(rhi)));
+          // Unsigned and below 2^8, factor below 2^16: fits 32 bits, is >= 0 and in range.
+          r0 = static_cast<int32_t>((u0 * q0 + res_round) >> res_shift);
+          r1 = static_cast<int32_t>((u1 * q1 + res_round) >> res_shift);
         }
         v0 = wrap_add(v0, r0);
         v1 = wrap_add(v1, r1);
       }
       if constexpr (kRelu) {
-        // Nothing is negative after ReLU: clamp, one multiply-add, shift, clamp.
+        // Nothing is negative after ReLU: clamp to the largest acc that stays within hi (which
+        // it reaches), one multiply-add, shift.
         const uint32_t x0 = min(static_cast<uint32_t>(max(v0, 0)), sat.x), x1 = min(static_cast<uint32_t>(max(v1, 0)), sat.y);
-        v0 = static_cast<int32_t>(min((x0 * f0 + round) >> shift, static_cast<uint32_t>(hi)));
-        v1 = static_cast<int32_t>(min((x1 * f1 + round) >> shift, static_cast<uint32_t>(hi)));
+        v0 = static_cast<int32_t>((x0 * f0 + round) >> shift);
+        v1 = static_cast<int32_t>((x1 * f1 + round) >> shift);
       } else {
         v0 = requantize_saturating(v0, f0, sat.x, shift, lo, hi);
         v1 = requantize_saturating(v1, f1, sat.y, shift, lo, hi);
@@ -318,27 +328,58 @@ __device__ __forceinline__ void direct_epilogue(const ConvArgs& a, const int32_t
 }
 
 // The direct epilogue's variants, chosen per launch (the same for every tile): `kind` as
-// direct_kind returns it (kinds 4 to 7: the variants 0 to 3 with outputs of the other width than
-// the input's: 8-bit outputs of a 4-bit input, 4-bit outputs of an 8-bit one).
+// direct_kind returns it (kinds kDirectVariants and up: the variants with outputs of the other
+// width than the input's: 8-bit outputs of a 4-bit input, 4-bit outputs of an 8-bit one).
+constexpr int kDirectVariants = 5;
 template <int BN, int kBits>
-__device__ __forceinline__ void direct_variant(int kind, const ConvArgs& a, const int32_t (&acc)[BN / 2],
+__device__ __forceinline__ void direct_variant(int variant, const ConvArgs& a, const int32_t (&acc)[BN / 2],
                                                const uint8_t* res, const uint8_t* par, uint8_t* out, int cw, int warp,
                                                int g, int t) {
-  switch (kind) {
+  switch (variant) {
     case 0: direct_epilogue<BN, kBits, DRes::none, true>(a, acc, res, par, out, cw, warp, g, t); break;
     case 1: direct_epilogue<BN, kBits, DRes::none, false>(a, acc, res, par, out, cw, warp, g, t); break;
     case 2: direct_epilogue<BN, kBits, DRes::same_unsigned, true>(a, acc, res, par, out, cw, warp, g, t); break;
-    default: direct_epilogue<BN, kBits, DRes::s8, true>(a, acc, res, par, out, cw, warp, g, t); break;
+    case 3: direct_epilogue<BN, kBits, DRes::s8, true>(a, acc, res, par, out, cw, warp, g, t); break;
+    default: direct_epilogue<BN, kBits, DRes::other_unsigned, true>(a, acc, res, par, out, cw, warp, g, t); break;
   }
 }
 template <int BN, bool kPackedInput>
 __device__ __forceinline__ void direct_dispatch(int kind, const ConvArgs& a, const int32_t (&acc)[BN / 2],
                                                 const uint8_t* res, const uint8_t* par, uint8_t* out, int cw, int warp,
                                                 int g, int t) {
-  if ((kind >= 4) == kPackedInput) {
-    direct_variant<BN, 8>(kind & 3, a, acc, res, par, out, cw, warp, g, t);
+  if ((kind >= kDirectVariants) == kPackedInput) {
+    direct_variant<BN, 8>(kind % kDirectVariants, a, acc, res, par, out, cw, warp, g, t);
   } else {
-    direct_variant<BN, 4>(kind & 3, a, acc, res, par, out, cw, warp, g, t);
+    direct_variant<BN, 4>(kind % kDirectVariants, a, acc, res, par, out, cw, warp, g, t);
+  }
+}
+
+// The FP8 epilogue of one consumer's 64 rows x BN maps, straight from the accumulator fragments
+// (element (j, e): row 16 x warp + g (+ 8 for e >= 2), map 8j + 2t + (e & 1)): y = sum x fscale
+// + fbias with the multiply and the add rounded separately (as the reference's f32 steps), ReLU,
+// stored as f32 rows (a.y_storage f32). fscale and fbias are padded to m_pad maps.
+template <int BN>
+__device__ __forceinline__ void fp8_epilogue(const ConvArgs& a, const float (&acc)[BN / 2], int64_t row0, int map0,
+                                             int warp, int g, int t) {
+#pragma unroll
+  for (int j = 0; j < BN / 8; ++j) {
+    const int m = map0 + 8 * j + 2 * t;
+    if (m >= a.m) continue;
+    const float s0 = a.fscale[m], s1 = a.fscale[m + 1], b0 = a.fbias[m], b1 = a.fbias[m + 1];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t p = row0 + warp * 16 + g + 8 * h;
+      if (p >= a.pixels) continue;
+      float v0 = __fadd_rn(__fmul_rn(acc[4 * j + 2 * h], s0), b0);
+      float v1 = __fadd_rn(__fmul_rn(acc[4 * j + 2 * h + 1], s1), b1);
+      if (a.relu) {
+        v0 = v0 < 0.0f ? 0.0f : v0;
+        v1 = v1 < 0.0f ? 0.0f : v1;
+      }
+      float* dst = reinterpret_cast<float*>(a.y + p * a.y_row) + m;
+      dst[0] = v0;
+      if (m + 1 < a.m) dst[1] = v1;
+    }
   }
 }
 
@@ -444,7 +485,8 @@ __global__ void __launch_bounds__(WgTile<BN, kA, kE, kCtas, kResW>::kThreadsT) _
     const int g = lane >> 2, t = lane & 3;
     int stage = 0, local = 0;
     uint32_t phase = 0;
-    int32_t acc[BN / 2];
+    constexpr bool kFp8 = kA == Storage::e4m3;
+    std::conditional_t<kFp8, float, int32_t> acc[BN / 2];
     // ldmatrix lane address of the 4-bit path: rows (lane & 7) + 8 x bit 3 of the warp's 16,
     // 16-byte chunk lane >> 4, under the 32-byte swizzle (chunk ^= bit 2 of the row).
     const int lrow = cw * 64 + warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
@@ -462,8 +504,13 @@ __global__ void __launch_bounds__(WgTile<BN, kA, kE, kCtas, kResW>::kThreadsT) _
           const uint8_t* sb = kResW ? smem + T::kWOffset + kt * T::kBBytes : sa + T::kABytes;
           wgmma_fence();
           const uint8_t* mine = sa + cw * 64 * T::kARow;
-          wgmma_ss<BN, T::kUnsignedA>(acc, smem_desc<64>(mine), smem_desc<64>(sb), kt > 0);
-          wgmma_ss<BN, T::kUnsignedA>(acc, smem_desc<64>(mine + 32), smem_desc<64>(sb + 32), 1);
+          if constexpr (kFp8) {
+            wgmma_fp8<BN>(acc, smem_desc<64>(mine), smem_desc<64>(sb), kt > 0);
+            wgmma_fp8<BN>(acc, smem_desc<64>(mine + 32), smem_desc<64>(sb + 32), 1);
+          } else {
+            wgmma_ss<BN, T::kUnsignedA>(acc, smem_desc<64>(mine), smem_desc<64>(sb), kt > 0);
+            wgmma_ss<BN, T::kUnsignedA>(acc, smem_desc<64>(mine + 32), smem_desc<64>(sb + 32), 1);
+          }
           wgmma_commit();
           wgmma_wait<1>();  // the previous stage's MMAs are done: it can be refilled
           if (kt > 0 && tid == 0) mbar_arrive(&empty[prev]);
@@ -502,54 +549,57 @@ __global__ void __launch_bounds__(WgTile<BN, kA, kE, kCtas, kResW>::kThreadsT) _
       wgmma_wait<0>();
       fence_operands(acc);
       if (!T::kPacked && tid == 0) mbar_arrive(&empty[prev]);
-
-      // Fragment element (j, e): row 16 x warp + lane / 4 (+ 8 for e >= 2), map 8j + 2 (lane % 4) + (e & 1).
-      const int64_t row0 = static_cast<int64_t>(mt) * kBM + cw * 64;
-      int32_t* epi = reinterpret_cast<int32_t*>(smem + T::kEpiOffset) + cw * 64 * kEpiRow;
-      const uint8_t* res = nullptr;
-      const uint8_t* par = nullptr;
-      const int b = local & 1;
-      if constexpr (T::kPre) {
-        mbar_wait(&rfull[b], (local >> 1) & 1);
-        res = smem + T::kResOffset + b * kBM * BN;
-        par = smem + T::kParOffset + b * 12 * BN;
-      }
-      if constexpr (kE == Epi::direct) {
-        uint8_t* out = smem + T::kEpiOffset + cw * 64 * T::kOutRow;
-        if (tid == 0) bulk_wait_read();  // the previous tile's stores have read the output tile
-        named_barrier(1 + cw, 128);
-        direct_dispatch<BN, T::kPacked>(shape.direct_kind, a, acc, res, par, out, cw, warp, g, t);
-        fence_proxy_async();  // the tile's writes, before the copy engine reads them
-        named_barrier(1 + cw, 128);
-        if (tid == 0) {
-          mbar_arrive(&rempty[b]);  // this consumer no longer reads the tile's residual or constants
-          for (int x = 0; x < shape.out_row; x += shape.out_box) {
-            const int col = nt * shape.out_row + x;
-            if (col < shape.out_cols) tma_store_2d(&tma_y, out + x * 64, col, static_cast<int>(row0));
-          }
-          bulk_commit();
-        }
+      if constexpr (kFp8) {
+        fp8_epilogue<BN>(a, acc, static_cast<int64_t>(mt) * kBM + cw * 64, nt * BN, warp, g, t);
       } else {
-#pragma unroll
-        for (int cb = 0; cb < BN / kEpiCols; ++cb) {
-          named_barrier(1 + cw, 128);  // the previous chunk's readers are done
-#pragma unroll
-          for (int jj = 0; jj < 8; ++jj) {
-            const int j = cb * 8 + jj;
-            int32_t* dst = epi + (warp * 16 + g) * kEpiRow + jj * 8 + 2 * t;
-            *reinterpret_cast<int2*>(dst) = make_int2(acc[4 * j], acc[4 * j + 1]);
-            *reinterpret_cast<int2*>(dst + 8 * kEpiRow) = make_int2(acc[4 * j + 2], acc[4 * j + 3]);
-          }
-          named_barrier(1 + cw, 128);
-          if constexpr (BN / kEpiCols > 2) {
-            epilogue_chunk_call<kE == Epi::prefetch>(a, shape, epi, row0, nt * BN, cb * kEpiCols, BN, tid, cw, res, par);
-          } else {
-            epilogue_chunk<kE == Epi::prefetch>(a, shape, epi, row0, nt * BN, cb * kEpiCols, BN, tid, cw, res, par);
-          }
+        // Fragment element (j, e): row 16 x warp + lane / 4 (+ 8 for e >= 2), map 8j + 2 (lane % 4) + (e & 1).
+        const int64_t row0 = static_cast<int64_t>(mt) * kBM + cw * 64;
+        int32_t* epi = reinterpret_cast<int32_t*>(smem + T::kEpiOffset) + cw * 64 * kEpiRow;
+        const uint8_t* res = nullptr;
+        const uint8_t* par = nullptr;
+        const int b = local & 1;
+        if constexpr (T::kPre) {
+          mbar_wait(&rfull[b], (local >> 1) & 1);
+          res = smem + T::kResOffset + b * kBM * BN;
+          par = smem + T::kParOffset + b * 12 * BN;
         }
-        if constexpr (kE == Epi::prefetch) {
+        if constexpr (kE == Epi::direct) {
+          uint8_t* out = smem + T::kEpiOffset + cw * 64 * T::kOutRow;
+          if (tid == 0) bulk_wait_read();  // the previous tile's stores have read the output tile
           named_barrier(1 + cw, 128);
-          if (tid == 0) mbar_arrive(&rempty[b]);  // this consumer no longer reads the tile's residual or constants
+          direct_dispatch<BN, T::kPacked>(shape.direct_kind, a, acc, res, par, out, cw, warp, g, t);
+          fence_proxy_async();  // the tile's writes, before the copy engine reads them
+          named_barrier(1 + cw, 128);
+          if (tid == 0) {
+            mbar_arrive(&rempty[b]);  // this consumer no longer reads the tile's residual or constants
+            for (int x = 0; x < shape.out_row; x += shape.out_box) {
+              const int col = nt * shape.out_row + x;
+              if (col < shape.out_cols) tma_store_2d(&tma_y, out + x * 64, col, static_cast<int>(row0));
+            }
+            bulk_commit();
+          }
+        } else {
+#pragma unroll
+          for (int cb = 0; cb < BN / kEpiCols; ++cb) {
+            named_barrier(1 + cw, 128);  // the previous chunk's readers are done
+#pragma unroll
+            for (int jj = 0; jj < 8; ++jj) {
+              const int j = cb * 8 + jj;
+              int32_t* dst = epi + (warp * 16 + g) * kEpiRow + jj * 8 + 2 * t;
+              *reinterpret_cast<int2*>(dst) = make_int2(acc[4 * j], acc[4 * j + 1]);
+              *reinterpret_cast<int2*>(dst + 8 * kEpiRow) = make_int2(acc[4 * j + 2], acc[4 * j + 3]);
+            }
+            named_barrier(1 + cw, 128);
+            if constexpr (BN / kEpiCols > 2) {
+              epilogue_chunk_call<kE == Epi::prefetch>(a, shape, epi, row0, nt * BN, cb * kEpiCols, BN, tid, cw, res, par);
+            } else {
+              epilogue_chunk<kE == Epi::prefetch>(a, shape, epi, row0, nt * BN, cb * kEpiCols, BN, tid, cw, res, par);
+            }
+          }
+          if constexpr (kE == Epi::prefetch) {
+            named_barrier(1 + cw, 128);
+            if (tid == 0) mbar_arrive(&rempty[b]);  // this consumer no longer reads the tile's residual or constants
+          }
         }
       }
     }
@@ -673,18 +723,21 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 // no residual, or one with a factor that is unsigned at the output's width or s8 (ReLU).
 int direct_kind(const ConvArgs& a, int in_bits) {
   if (!a.factor || !a.sat || a.shift < 0 || a.shift > 31 || a.res_shift < 0 || a.res_shift > 31) return -1;
+  if (a.relu && !a.sat_top) return -1;  // the clamp after the requantization stays
   if (!narrow(a.y_storage)) return -1;
   const int bits = storage_bits(a.y_storage);
   const Storage y_unsigned = bits == 8 ? Storage::u8 : Storage::u4, y_signed = bits == 8 ? Storage::s8 : Storage::s4;
+  const Storage other_unsigned = bits == 8 ? Storage::u4 : Storage::u8;
   if (a.y_storage != (a.relu ? y_unsigned : y_signed)) return -1;
   if (a.y_row % 16 != 0 || !aligned16(a.y) || (int64_t{a.m} * bits) % 8 != 0 || a.pixels >= (int64_t{1} << 31)) {
     return -1;
   }
-  const int wide = bits != in_bits ? 4 : 0;
+  const int wide = bits != in_bits ? kDirectVariants : 0;
   if (!a.res) return (a.relu ? 0 : 1) + wide;
-  if (!a.relu || !a.res_factor || a.res_row % 16 != 0 || !aligned16(a.res)) return -1;
+  if (!a.relu || !a.res_factor || !a.res_in_range || a.res_row % 16 != 0 || !aligned16(a.res)) return -1;
   if (a.res_storage == y_unsigned) return 2 + wide;
   if (a.res_storage == Storage::s8) return 3 + wide;
+  if (a.res_storage == other_unsigned) return 4 + wide;
   return -1;
 }
 
@@ -733,8 +786,11 @@ void launch_wg(const ConvArgs& a, cudaStream_t stream) {
   if (kResW && (int64_t{s.k_iters} * T::kBBytes > T::kWBytes || (grid != s.tiles && grid % s.n_tiles != 0))) {
     throw_cuda_error(cudaErrorInvalidValue, "launch_wg: the weights cannot stay resident", __FILE__, __LINE__);
   }
+  // The direct epilogue of a ReLU layer clamps to the thresholds that reach hi exactly.
+  ConvArgs k = a;
+  if (kE == Epi::direct && a.relu) k.sat = a.sat_top;
   launch_kernel(conv_wgmma_kernel<BN, kA, kE, kCtas, kResW>, dim3(grid), dim3(T::kThreadsT), T::kSmem, stream, tx, tw,
-                tr, ty, a, s);
+                tr, ty, k, s);
 }
 
 // NIBBLE_WGMMA_EPILOGUE=staged forces the staged epilogue everywhere, =prefetch takes the
@@ -788,11 +844,16 @@ bool two_ctas_allowed() {
 // more, as 128-map tiles (the short reduction leaves the epilogue as the work, and twice the
 // warps hide its latencies: layer1_0_conv3 0.274 against 0.313 ms), and convolutions of at most
 // 64 maps. With 256 input channels or more one block of 256-map tiles is faster. Returns the map
-// tile, or 0 for one block.
+// tile, or 0 for one block. NIBBLE_WGMMA_EXPAND_BN=64 takes 64-map tiles for those expanding
+// layers instead (for measurements).
 int two_ctas(const ConvArgs& a, int in_bits) {
+  static const int expand_bn = [] {
+    const char* e = std::getenv("NIBBLE_WGMMA_EXPAND_BN");
+    return e && std::string(e) == "64" ? 64 : 128;
+  }();
   if (!two_ctas_allowed() || epilogue_forced() != 0 || direct_kind(a, in_bits) < 0) return 0;
   const int64_t channels = in_bits == 4 ? 2 * a.x_row : a.x_row;
-  if (a.kh * a.kw == 1 && a.m >= 256 && a.m > channels && channels <= 128) return 128;
+  if (a.kh * a.kw == 1 && a.m >= 256 && a.m > channels && channels <= 128) return expand_bn;
   return a.m <= 64 ? 64 : 0;
 }
 
@@ -843,8 +904,10 @@ const char* launch_bn(const ConvArgs& a, cudaStream_t stream, const Names& names
 bool wgmma_conv_fits(const ConvArgs& a) {
   if (a.load != ConvLoad::vec || !a.wide_weights) return false;
   const bool packed = a.x_storage == Storage::u4 || a.x_storage == Storage::s4;
-  if (!packed && a.x_storage != Storage::u8 && a.x_storage != Storage::s8) return false;
+  const bool fp8 = a.x_storage == Storage::e4m3;
+  if (!packed && !fp8 && a.x_storage != Storage::u8 && a.x_storage != Storage::s8) return false;
   if (a.x_row % (packed ? 32 : 64) != 0) return false;
+  if (fp8 && (a.y_storage != Storage::f32 || !a.fscale || !a.fbias || a.res)) return false;
   // im2col limits of a 4-D tensor map: corners within [-128, 127], traversal strides 1..8,
   // tap offsets below 256.
   const int corners[4] = {-a.pw, -a.ph, a.pw_end - (a.kw - 1) * a.dw, a.ph_end - (a.kh - 1) * a.dh};
@@ -867,6 +930,7 @@ bool wgmma_conv_fits(const ConvArgs& a) {
 // blocks, where the wgmma kernels' 128-pixel tiles would leave most multiprocessors idle
 // (SingleStream on the seed model, 2026-12-03: p90 0.835 ms with mma, 0.871 ms with wgmma).
 bool wgmma_conv_preferred(const ConvArgs& a) {
+  if (a.x_storage == Storage::e4m3) return true;  // the only family with FP8 kernels
   const int64_t bn = a.m <= 64 ? 64 : (a.m <= 128 ? 128 : 256);
   const int64_t tiles = (a.pixels + kBM - 1) / kBM * ((a.m + bn - 1) / bn);
   if (tiles < multiprocessors()) return false;
@@ -892,6 +956,18 @@ const char* launch_conv_wgmma(const ConvArgs& a, cudaStream_t stream) {
     case Storage::s8: return launch_bn<Storage::s8>(a, stream, s8, s8_two);
     case Storage::u4: return launch_bn<Storage::u4>(a, stream, u4, u4_two);
     case Storage::s4: return launch_bn<Storage::s4>(a, stream, s4, none);
+    case Storage::e4m3:
+      // FP8 (QGMMA): e4m3 activations and weight codes, f32 accumulators, the f32 epilogue.
+      if (a.m <= 64) {
+        launch_wg<64, Storage::e4m3, Epi::staged>(a, stream);
+        return "wgmma_e4m3_n64";
+      }
+      if (a.m <= 128) {
+        launch_wg<128, Storage::e4m3, Epi::staged>(a, stream);
+        return "wgmma_e4m3_n128";
+      }
+      launch_wg<256, Storage::e4m3, Epi::staged>(a, stream);
+      return "wgmma_e4m3_n256";
     default: break;
   }
   throw_cuda_error(cudaErrorInvalidValue, "launch_conv_wgmma: unsupported input storage", __FILE__, __LINE__);

@@ -35,6 +35,9 @@ struct DevConv {
   const uint16_t* factor = nullptr;
   const uint16_t* res_factor = nullptr;
   const uint32_t* sat = nullptr;
+  const uint32_t* sat_top = nullptr;
+  const float* fscale = nullptr;  // FP8 convolutions
+  const float* fbias = nullptr;
 };
 
 // The split-K workspace of a context's stream (ConvArgs::split_partials): partial sums for up to
@@ -136,7 +139,10 @@ struct CudaEngine::Impl {
       if (bytes) std::memcpy(host.data() + off, data, bytes);
       return off;
     };
-    struct Offsets { size_t w = 0, b = 0, f = SIZE_MAX, rf = SIZE_MAX, fl = SIZE_MAX, sat = SIZE_MAX, wide = SIZE_MAX; };
+    struct Offsets {
+      size_t w = 0, b = 0, f = SIZE_MAX, rf = SIZE_MAX, fl = SIZE_MAX, sat = SIZE_MAX, top = SIZE_MAX, wide = SIZE_MAX;
+      size_t fs = SIZE_MAX, fb = SIZE_MAX;  // FP8 convolutions: f32 scale and bias
+    };
     // The wgmma kernels run on sm_90 only: elsewhere their weights are not uploaded.
     const bool wgmma = sm == 90 && options.conv_kernels != "mma";
     std::vector<Offsets> offs(plan.steps.size());
@@ -154,6 +160,11 @@ struct CudaEngine::Impl {
         if (!c.factor.empty()) o.f = put(c.factor.data(), c.factor.size() * 2);
         if (!c.res_factor.empty()) o.rf = put(c.res_factor.data(), c.res_factor.size() * 2);
         if (!c.sat.empty()) o.sat = put(c.sat.data(), c.sat.size() * 4);
+        if (!c.sat_top.empty()) o.top = put(c.sat_top.data(), c.sat_top.size() * 4);
+        if (c.fp8) {
+          o.fs = put(c.fscale.data(), c.fscale.size() * 4);
+          o.fb = put(c.fbias.data(), c.fbias.size() * 4);
+        }
       } else if (st.kind == StepKind::requantize) {
         o.f = put(st.conv.factor.data(), st.conv.factor.size() * 2);
       } else if (st.kind == StepKind::input && st.input.quantize) {
@@ -181,7 +192,10 @@ struct CudaEngine::Impl {
         }
         convs[s].bias = reinterpret_cast<const int32_t*>(constants + o.b);
         if (o.sat != SIZE_MAX) convs[s].sat = reinterpret_cast<const uint32_t*>(constants + o.sat);
+        if (o.top != SIZE_MAX) convs[s].sat_top = reinterpret_cast<const uint32_t*>(constants + o.top);
         if (o.rf != SIZE_MAX) convs[s].res_factor = reinterpret_cast<const uint16_t*>(constants + o.rf);
+        if (o.fs != SIZE_MAX) convs[s].fscale = reinterpret_cast<const float*>(constants + o.fs);
+        if (o.fb != SIZE_MAX) convs[s].fbias = reinterpret_cast<const float*>(constants + o.fb);
       }
       if (o.fl != SIZE_MAX) step_floats[s] = reinterpret_cast<float*>(constants + o.fl);
     }
@@ -239,9 +253,12 @@ struct CudaEngine::Impl {
     a.wide_k = convs[s].wide_k;
     a.load = k.load;
     a.bias = convs[s].bias;
+    a.fscale = convs[s].fscale;
+    a.fbias = convs[s].fbias;
     a.relu = k.relu;
     a.factor = convs[s].factor;
     a.sat = convs[s].sat;
+    a.sat_top = convs[s].sat_top;
     a.shift = k.shift;
     a.lo = k.lo;
     a.hi = k.hi;
@@ -263,6 +280,7 @@ struct CudaEngine::Impl {
       a.res_shift = k.res_shift;
       a.res_lo = k.res_lo;
       a.res_hi = k.res_hi;
+      a.res_in_range = k.res_in_range;
     }
     return a;
   }

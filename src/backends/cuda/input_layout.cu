@@ -1,6 +1,8 @@
 // The input step: NCHW as the caller passes it (u8, s8, or f32 through nibble:QuantizeFloat) to
 // the NHWC rows the convolutions read, channels padded with zeros to whole words, or to the
 // unfolded rows of the stem convolution (InputUnfold in plan.h).
+#include <cuda_fp8.h>
+
 #include <type_traits>
 
 #include "backends/cuda/common.cuh"
@@ -10,13 +12,18 @@ namespace nibble::cuda {
 
 namespace {
 
-// One input value as the 8-bit integer the network reads: as it is, or (f32) quantize_float's
-// f32 quotient rounded half to even, NaN to 0, clamped to [lo, hi].
-template <typename Src>
+// One input value as the byte the network reads: as it is, or (f32) quantize_float's f32
+// quotient rounded half to even, NaN to 0, clamped to [lo, hi]; with kFp8 the quotient's e4m3
+// code (nearest even, saturating at +-448, NaN to 0x7F as f32_to_e4m3_bits).
+template <typename Src, bool kFp8 = false>
 __device__ __forceinline__ uint32_t input_byte(Src x, const float* scale, int64_t scale_count, int64_t ch, int64_t lo,
                                                int64_t hi) {
   int32_t q;
-  if constexpr (std::is_same_v<Src, float>) {
+  if constexpr (kFp8) {
+    const float v = x / scale[scale_count == 1 ? 0 : ch];
+    if (v != v) return 0x7Fu;
+    return static_cast<uint32_t>(__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3));
+  } else if constexpr (std::is_same_v<Src, float>) {
     const float r = rintf(x / scale[scale_count == 1 ? 0 : ch]);
     float v = r != r ? 0.0f : r;
     v = v < static_cast<float>(lo) ? static_cast<float>(lo) : (v > static_cast<float>(hi) ? static_cast<float>(hi) : v);
@@ -27,7 +34,7 @@ __device__ __forceinline__ uint32_t input_byte(Src x, const float* scale, int64_
   return static_cast<uint32_t>(q) & 0xFFu;
 }
 
-template <typename Src>
+template <typename Src, bool kFp8 = false>
 __global__ void input_kernel(const Src* src, int64_t words, int64_t words_per_pixel, int64_t c, int64_t plane,
                              const float* scale, int64_t scale_count, int64_t lo, int64_t hi, uint32_t* dst) {
   grid_dependency_sync();
@@ -41,7 +48,7 @@ __global__ void input_kernel(const Src* src, int64_t words, int64_t words_per_pi
   for (int j = 0; j < 4; ++j) {
     const int64_t ch = wd * 4 + j;
     if (ch >= c) break;
-    out |= input_byte(src[(n * c + ch) * plane + p], scale, scale_count, ch, lo, hi) << (8 * j);
+    out |= input_byte<Src, kFp8>(src[(n * c + ch) * plane + p], scale, scale_count, ch, lo, hi) << (8 * j);
   }
   dst[i] = out;
 }
@@ -109,7 +116,18 @@ void launch_typed(const Src* src, int64_t batch, int64_t c, int64_t h, int64_t w
 void launch_input(const void* src, DType src_dtype, int64_t batch, int64_t c, int64_t h, int64_t w,
                   const float* scale, int64_t scale_count, int64_t lo, int64_t hi, uint8_t* dst, Storage storage,
                   int64_t row, const InputUnfold& unfold, cudaStream_t stream) {
-  (void)storage;  // u8 or s8: the bytes are the same
+  // u8 or s8: the bytes are the same. e4m3 (from f32 only): FP8 codes, rows of whole K tiles.
+  if (storage == Storage::e4m3) {
+    if (src_dtype != DType::f32 || unfold.on) {
+      throw_cuda_error(cudaErrorInvalidValue, "launch_input: FP8 inputs come from f32, not unfolded", __FILE__, __LINE__);
+    }
+    const int threads = 256;
+    const int64_t words = batch * h * w * (row / 4);
+    const unsigned blocks = static_cast<unsigned>((words + threads - 1) / threads);
+    launch_kernel(input_kernel<float, true>, dim3(blocks), dim3(threads), 0, stream, static_cast<const float*>(src), words,
+                  row / 4, c, h * w, scale, scale_count, lo, hi, reinterpret_cast<uint32_t*>(dst));
+    return;
+  }
   switch (src_dtype) {
     case DType::u8:
       launch_typed(static_cast<const uint8_t*>(src), batch, c, h, w, scale, scale_count, lo, hi, dst, row, unfold, stream);

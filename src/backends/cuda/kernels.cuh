@@ -29,9 +29,14 @@ struct ConvArgs {
   int64_t wide_k = 0;
   ConvLoad load = ConvLoad::vec;
   const int32_t* bias = nullptr;
+  // FP8 convolutions (x_storage e4m3, e4m3 weight codes, f32 output): per map f32 scale and bias,
+  // y = f32(sum) x fscale + fbias (ConvStep::fp8); `bias` and the requantization are unused.
+  const float* fscale = nullptr;
+  const float* fbias = nullptr;
   bool relu = false;
   const uint16_t* factor = nullptr;  // nullptr: s32 output
   const uint32_t* sat = nullptr;     // per map saturation thresholds (ConvStep::sat), or nullptr
+  const uint32_t* sat_top = nullptr; // ConvStep::sat_top, or nullptr
   int shift = 0;
   int64_t lo = 0, hi = 0;
   uint8_t* y = nullptr;
@@ -43,6 +48,7 @@ struct ConvArgs {
   const uint16_t* res_factor = nullptr;  // nullptr: added as stored (s32)
   int res_shift = 0;
   int64_t res_lo = 0, res_hi = 0;
+  bool res_in_range = false;  // ConvStep::res_in_range: no clamp after the residual's requantization
   // Split-K workspace of the stream (nullptr: none): partial sums of `split_bytes` bytes and one
   // arrival counter per output tile for up to `split_tiles` tiles, zero between launches.
   int32_t* split_partials = nullptr;
@@ -79,8 +85,8 @@ bool wgmma_conv_fits(const ConvArgs& a);
 bool wgmma_conv_preferred(const ConvArgs& a);
 const char* launch_conv_wgmma(const ConvArgs& a, cudaStream_t stream);
 
-// NCHW host dtype (u8, s8 or f32 quantized by `scale`) to NHWC `storage` rows (u8 or s8), or to
-// the unfolded stem input where `unfold.on` (plan.h).
+// NCHW host dtype (u8, s8 or f32 quantized by `scale`) to NHWC `storage` rows (u8 or s8; e4m3
+// from f32: quantize_float's FP8 rounding), or to the unfolded stem input where `unfold.on` (plan.h).
 void launch_input(const void* src, DType src_dtype, int64_t batch, int64_t c, int64_t h, int64_t w,
                   const float* scale, int64_t scale_count, int64_t lo, int64_t hi, uint8_t* dst, Storage storage,
                   int64_t row, const InputUnfold& unfold, cudaStream_t stream);

@@ -19,6 +19,7 @@ const char* storage_name(Storage s) {
     case Storage::s4: return "s4";
     case Storage::s32: return "s32";
     case Storage::f32: return "f32";
+    case Storage::e4m3: return "e4m3";
   }
   return "?";
 }
@@ -32,6 +33,7 @@ int64_t row_bytes(Storage s, int64_t channels) {
     case Storage::s4: bytes = (channels + 1) / 2; break;
     case Storage::s32:
     case Storage::f32: bytes = channels * 4; break;
+    case Storage::e4m3: return (channels + kTileChannels - 1) / kTileChannels * kTileChannels;
   }
   return (bytes + 3) / 4 * 4;
 }
@@ -147,18 +149,26 @@ class Planner {
     st.input.host_dtype = *in.dtype;
     if (*in.dtype == DType::f32) {
       if (!q) fail("input '{}' is f32: the CUDA backend runs integer models (a nibble:QuantizeFloat must read it)", in.name);
-      if (q->attr_int("e4m3", 0)) fail("{}: FP8 inputs are not supported by the CUDA backend", q->label());
       const Tensor& scale = init(*q, 1, "scale");
       if (scale.numel() != 1 && scale.numel() != s[1]) fail("{}: {} scales for {} channels", q->label(), scale.numel(), s[1]);
       for (int64_t i = 0; i < scale.numel(); ++i) st.input.scale.push_back(static_cast<float>(scale.get(i)));
+      folded_quantize_ = q;
+      st.input.quantize = true;
+      if (q->attr_int("e4m3", 0)) {
+        st.input.e4m3 = true;
+        st.y = new_value(q->outputs.at(0), DType::e4m3, 8, s[1], s[2], s[3], true);
+        plan_.values.back().storage = Storage::e4m3;
+        names_[in.name] = st.y;
+        plan_.input_value = st.y;
+        plan_.steps.push_back(std::move(st));
+        return;
+      }
       const int bits = static_cast<int>(q->attr_int("bits", 8));
       const bool sgn = q->attr_int("signed", 0) != 0;
       if (bits < 1 || bits > 8 || (sgn && bits > 7)) fail("{}: {}-bit inputs are not supported", q->label(), bits);
       const auto r = quant::output_range(bits, sgn);
-      st.input.quantize = true;
       st.input.lo = r.lo;
       st.input.hi = r.hi;
-      folded_quantize_ = q;
       st.y = new_value(q->outputs.at(0), quant::storage_dtype(bits, sgn), bits, s[1], s[2], s[3], true);
       plan_.values.back().storage = byte_storage(bits, sgn);
       names_[in.name] = st.y;  // nothing else may read the raw floats; checked in add_node
@@ -179,6 +189,7 @@ class Planner {
       if (folded_quantize_ && i == g_.inputs[0].name) fail("{} reads the f32 input directly", n.label());
     }
     if (n.op_type == "nibble:IntConvFused" || n.op_type == "nibble:IntConv") return add_conv(n);
+    if (n.op_type == "nibble:Fp8Conv") return add_fp8_conv(n);
     if (n.op_type == "nibble:IntLinear") return add_linear(n);
     if (n.op_type == "nibble:Requantize") return add_requantize(n);
     if (n.op_type == "MaxPool") return add_pool(n, StepKind::max_pool);
@@ -198,37 +209,14 @@ class Planner {
     const int x = lookup(n.inputs.at(0), n.label());
     const Tensor& w = init(n, 1, "weight");
     const Tensor& bias = init(n, 2, "bias");
-    if (n.attr_int("group", 1) != 1) fail("{}: grouped convolutions are not supported", n.label());
-    if (n.has_attr("auto_pad") && n.attr_string("auto_pad", "NOTSET") != "NOTSET") {
-      fail("{}: auto_pad is not supported", n.label());
-    }
-    if (w.rank() != 4) fail("{}: weight must be M x C x KH x KW, got {}", n.label(), shape_str(w.shape()));
-    const auto strides = n.attr_ints("strides", {1, 1});
-    const auto dil = n.attr_ints("dilations", {1, 1});
-    const auto pads = n.attr_ints("pads", {0, 0, 0, 0});
-    if (strides.size() != 2 || dil.size() != 2 || pads.size() != 4) fail("{}: needs 2-D strides, dilations and pads", n.label());
     Step st;
     st.kind = StepKind::conv;
     st.name = n.name;
     st.op = n.op_type;
     ConvStep& c = st.conv;
-    c.kh = static_cast<int>(w.dim(2));
-    c.kw = static_cast<int>(w.dim(3));
-    c.sh = static_cast<int>(strides[0]);
-    c.sw = static_cast<int>(strides[1]);
-    c.dh = static_cast<int>(dil[0]);
-    c.dw = static_cast<int>(dil[1]);
-    c.ph = static_cast<int>(pads[0]);
-    c.pw = static_cast<int>(pads[1]);
-    c.ph_end = static_cast<int>(pads[2]);
-    c.pw_end = static_cast<int>(pads[3]);
     const Value xv = plan_.values[static_cast<size_t>(x)];  // a copy: new_value() may reallocate
-    if (!xv.spatial || w.dim(1) != xv.c) {
-      fail("{}: weight {} does not match input '{}' of {} channels", n.label(), shape_str(w.shape()), xv.name, xv.c);
-    }
-    const int64_t oh = (xv.h + pads[0] + pads[2] - dil[0] * (c.kh - 1) - 1) / strides[0] + 1;
-    const int64_t ow = (xv.w + pads[1] + pads[3] - dil[1] * (c.kw - 1) - 1) / strides[1] + 1;
-    if (oh <= 0 || ow <= 0) fail("{}: the output would be empty", n.label());
+    if (xv.storage == Storage::e4m3) fail("{}: input '{}' is FP8, an integer convolution cannot read it", n.label(), xv.name);
+    const auto [oh, ow] = conv_window(n, w, xv, c);
     c.relu = n.attr_int("relu", 0) != 0;
     Residual res;
     if (n.op_type == "nibble:IntConvFused" && n.inputs.size() > 3 && !n.inputs[3].empty()) {
@@ -259,6 +247,12 @@ class Planner {
     }
     set_conv_constants(n, st, w, bias, factor, res);
     if (factor) c.sat = quant::saturation_thresholds(c.factor, c.shift, c.lo, c.hi);
+    if (factor && c.relu && c.lo == 0 && !c.sat.empty()) c.sat_top = top_thresholds(c.factor, c.shift, c.hi, c.sat);
+    if (res.requant) {
+      const Value& rv = plan_.values[static_cast<size_t>(res.value)];
+      const auto vr = quant::output_range(rv.bits, traits(rv.dtype).is_signed);
+      c.res_in_range = rv.bits <= 8 && requantization_in_range(c.res_factor, c.res_shift, vr.lo, vr.hi, c.res_lo, c.res_hi);
+    }
     st.x = x;
     use(x, Use::conv_x);
     if (res.value >= 0) {
@@ -267,6 +261,95 @@ class Planner {
     }
     st.y = new_value(n.outputs.at(0), out_dtype, bits, c.m, oh, ow, true);
     plan_.values.back().storage = factor ? byte_storage(bits, sgn) : Storage::s32;
+    st.macs_per_image = oh * ow * c.m * xv.c * c.kh * c.kw;
+    plan_.steps.push_back(std::move(st));
+  }
+
+  // The window attributes of a 2-D convolution node into `c`; returns the output's height and width.
+  std::pair<int64_t, int64_t> conv_window(const Node& n, const Tensor& w, const Value& xv, ConvStep& c) {
+    if (n.attr_int("group", 1) != 1) fail("{}: grouped convolutions are not supported", n.label());
+    if (n.has_attr("auto_pad") && n.attr_string("auto_pad", "NOTSET") != "NOTSET") {
+      fail("{}: auto_pad is not supported", n.label());
+    }
+    if (w.rank() != 4) fail("{}: weight must be M x C x KH x KW, got {}", n.label(), shape_str(w.shape()));
+    const auto strides = n.attr_ints("strides", {1, 1});
+    const auto dil = n.attr_ints("dilations", {1, 1});
+    const auto pads = n.attr_ints("pads", {0, 0, 0, 0});
+    if (strides.size() != 2 || dil.size() != 2 || pads.size() != 4) fail("{}: needs 2-D strides, dilations and pads", n.label());
+    c.kh = static_cast<int>(w.dim(2));
+    c.kw = static_cast<int>(w.dim(3));
+    c.sh = static_cast<int>(strides[0]);
+    c.sw = static_cast<int>(strides[1]);
+    c.dh = static_cast<int>(dil[0]);
+    c.dw = static_cast<int>(dil[1]);
+    c.ph = static_cast<int>(pads[0]);
+    c.pw = static_cast<int>(pads[1]);
+    c.ph_end = static_cast<int>(pads[2]);
+    c.pw_end = static_cast<int>(pads[3]);
+    if (!xv.spatial || w.dim(1) != xv.c) {
+      fail("{}: weight {} does not match input '{}' of {} channels", n.label(), shape_str(w.shape()), xv.name, xv.c);
+    }
+    const int64_t oh = (xv.h + pads[0] + pads[2] - dil[0] * (c.kh - 1) - 1) / strides[0] + 1;
+    const int64_t ow = (xv.w + pads[1] + pads[3] - dil[1] * (c.kw - 1) - 1) / strides[1] + 1;
+    if (oh <= 0 || ow <= 0) fail("{}: the output would be empty", n.label());
+    return {oh, ow};
+  }
+
+  // nibble:Fp8Conv (e4m3 x s4/s8 levels, optional group scales) with an f32 output. The weights
+  // become e4m3 codes: plain levels must be values e4m3 holds exactly (all of s4's).
+  void add_fp8_conv(const Node& n) {
+    const int x = lookup(n.inputs.at(0), n.label());
+    const Tensor& w = init(n, 1, "weight");
+    const Tensor& bias = init(n, 2, "bias");
+    const Tensor& scale = init(n, 3, "scale");
+    const Tensor* groups = opt_init(n, 4, "group scales");
+    const Value xv = plan_.values[static_cast<size_t>(x)];
+    if (xv.storage != Storage::e4m3) fail("{}: input '{}' must be e4m3", n.label(), xv.name);
+    Step st;
+    st.kind = StepKind::conv;
+    st.name = n.name;
+    st.op = n.op_type;
+    ConvStep& c = st.conv;
+    const auto [oh, ow] = conv_window(n, w, xv, c);
+    if (w.dtype() != DType::s8 && w.dtype() != DType::s4) fail("{}: weights must be s8 or s4", n.label());
+    c.m = w.dim(0);
+    c.m_pad = round_up(c.m, kMapAlign);
+    if (bias.numel() != c.m || scale.numel() != c.m || bias.dtype() != DType::f32 || scale.dtype() != DType::f32) {
+      fail("{}: bias and scale must be {} f32 values", n.label(), c.m);
+    }
+    c.fp8 = true;
+    c.relu = n.attr_int("relu", 0) != 0;
+    c.fscale.assign(static_cast<size_t>(c.m_pad), 0.0f);
+    c.fbias.assign(static_cast<size_t>(c.m_pad), 0.0f);
+    for (int64_t i = 0; i < c.m; ++i) {
+      c.fscale[static_cast<size_t>(i)] = static_cast<float>(scale.get(i));
+      c.fbias[static_cast<size_t>(i)] = static_cast<float>(bias.get(i));
+    }
+    const int64_t per = w.numel() / c.m;
+    std::vector<uint8_t> codes(static_cast<size_t>(w.numel()));
+    int64_t size = 0, count = 0;
+    if (groups) {
+      size = n.attr_int("group_size", 0);
+      count = size > 0 ? (per + size - 1) / size : 0;
+      if (size < 1 || groups->dtype() != DType::f32 || groups->rank() != 2 || groups->dim(0) != c.m || groups->dim(1) != count) {
+        fail("{}: group scales must be f32 [{}, {}] with a positive group_size", n.label(), c.m, count);
+      }
+    }
+    for (int64_t i = 0; i < w.numel(); ++i) {
+      const float level = static_cast<float>(w.get(i));
+      const float v = groups ? level * static_cast<float>(groups->get((i / per) * count + (i % per) / size)) : level;
+      codes[static_cast<size_t>(i)] = f32_to_e4m3_bits(v);
+      if (!groups && e4m3_bits_to_f32(codes[static_cast<size_t>(i)]) != level) {
+        fail("{}: weight level {} has no exact e4m3 form (FP8 convolutions take 4-bit levels or group scales)", n.label(),
+             level);
+      }
+    }
+    fp8_codes_[plan_.steps.size()] = std::move(codes);
+    weight_tensors_.push_back(&w);
+    st.x = x;
+    use(x, Use::other);
+    st.y = new_value(n.outputs.at(0), DType::f32, 32, c.m, oh, ow, true);
+    plan_.values.back().storage = Storage::f32;
     st.macs_per_image = oh * ow * c.m * xv.c * c.kh * c.kw;
     plan_.steps.push_back(std::move(st));
   }
@@ -578,7 +661,9 @@ class Planner {
           for (int64_t ch = 0; ch < cin; ++ch) {
             for (int64_t a = 0; a < kh; ++a) {
               for (int64_t b = 0; b < kw; ++b) {
-                const int v = static_cast<int>(w.get(((m * cin + ch) * kh + a) * kw + b));
+                const int64_t wi = ((m * cin + ch) * kh + a) * kw + b;
+                const int v = c.fp8 ? static_cast<int8_t>(fp8_codes_.at(static_cast<size_t>(&st - plan_.steps.data()))[static_cast<size_t>(wi)])
+                                    : static_cast<int>(w.get(wi));
                 const int64_t tap = a * kh_bytes + b * tap_bytes;
                 int8_t* dst = c.weights.data() + m * c.k_pad + tap;
                 if (is_packed(x.storage)) {
@@ -656,6 +741,7 @@ class Planner {
   std::map<std::string, int> flattened_;
   std::set<std::string> flat_aliases_;
   std::vector<const Tensor*> weight_tensors_;  // per conv step
+  std::map<size_t, std::vector<uint8_t>> fp8_codes_;  // per Fp8Conv step: its weights as e4m3 codes
   std::vector<std::unique_ptr<Tensor>> owned_weights_;
   const Node* folded_quantize_ = nullptr;
 };
@@ -709,6 +795,42 @@ std::vector<int8_t> wgmma_weights(const ConvStep& c, const Value& x) {
   return out;
 }
 
+namespace {
+// |x| x factor requantized by `shift` (round half up on the magnitude), as the kernels compute it.
+uint64_t requant_magnitude(uint64_t x, uint16_t factor, int shift) {
+  const uint64_t round = shift > 0 ? uint64_t{1} << (shift - 1) : 0;
+  return (x * factor + round) >> shift;
+}
+}  // namespace
+
+std::vector<uint32_t> top_thresholds(const std::vector<uint16_t>& factor, int shift, int64_t hi,
+                                     const std::vector<uint32_t>& sat) {
+  if (sat.size() != factor.size() || hi < 0) return {};
+  std::vector<uint32_t> top(sat.size());
+  for (size_t i = 0; i < sat.size(); ++i) {
+    // A zero factor gives 0 everywhere: any threshold keeps it. Otherwise sat - 1 is the largest
+    // acc below saturation, and it must give hi exactly.
+    if (factor[i] == 0) {
+      top[i] = sat[i];
+    } else {
+      if (sat[i] == 0 || requant_magnitude(sat[i] - 1, factor[i], shift) != static_cast<uint64_t>(hi)) return {};
+      top[i] = sat[i] - 1;
+    }
+  }
+  return top;
+}
+
+bool requantization_in_range(const std::vector<uint16_t>& factor, int shift, int64_t vlo, int64_t vhi, int64_t lo,
+                             int64_t hi) {
+  if (vlo > vhi || shift < 0 || shift > 31) return false;
+  for (uint16_t f : factor) {
+    // The magnitude grows with |x|: the extremes decide.
+    if (vhi > 0 && static_cast<int64_t>(requant_magnitude(static_cast<uint64_t>(vhi), f, shift)) > hi) return false;
+    if (vlo < 0 && -static_cast<int64_t>(requant_magnitude(static_cast<uint64_t>(-vlo), f, shift)) < lo) return false;
+  }
+  return true;
+}
+
 std::vector<uint8_t> to_device_layout(const Tensor& t, Storage storage) {
   const int64_t n = t.dim(0), c = t.dim(1);
   const int64_t plane = t.rank() == 4 ? t.dim(2) * t.dim(3) : 1;
@@ -722,6 +844,7 @@ std::vector<uint8_t> to_device_layout(const Tensor& t, Storage storage) {
         switch (storage) {
           case Storage::u8:
           case Storage::s8: dst[ch] = static_cast<uint8_t>(v); break;
+          case Storage::e4m3: dst[ch] = f32_to_e4m3_bits(static_cast<float>(t.get((b * c + ch) * plane + p))); break;
           case Storage::u4:
           case Storage::s4: pack_4bit(dst, ch, static_cast<int>(v)); break;
           case Storage::s32: {
@@ -753,6 +876,7 @@ Tensor from_device_layout(const uint8_t* data, int64_t batch, const Value& v, bo
         switch (v.storage) {
           case Storage::u8: x = src[ch]; break;
           case Storage::s8: x = static_cast<int8_t>(src[ch]); break;
+          case Storage::e4m3: x = e4m3_bits_to_f32(src[ch]); break;
           case Storage::u4: x = unpack_u4(src, ch); break;
           case Storage::s4: x = unpack_s4(src, ch); break;
           case Storage::s32: {

@@ -14,12 +14,15 @@ namespace nibble::cuda {
 
 // How an activation is stored on the device. Every activation is NHWC with its channels padded
 // to whole 32-bit words: u8/s8 one byte per value, u4/s4 two values per byte (channel 2j in the
-// low nibble of byte j, 2j + 1 in the high one), s32/f32 one word per value.
-enum class Storage : uint8_t { u8, s8, u4, s4, s32, f32 };
+// low nibble of byte j, 2j + 1 in the high one), s32/f32 one word per value; e4m3 (FP8) one byte
+// per value, rows padded to whole 64-byte K tiles (only the wgmma kernels read it).
+enum class Storage : uint8_t { u8, s8, u4, s4, s32, f32, e4m3 };
 
 const char* storage_name(Storage s);
 inline bool is_packed(Storage s) { return s == Storage::u4 || s == Storage::s4; }
-inline bool is_signed_storage(Storage s) { return s == Storage::s8 || s == Storage::s4 || s == Storage::s32 || s == Storage::f32; }
+inline bool is_signed_storage(Storage s) {
+  return s == Storage::s8 || s == Storage::s4 || s == Storage::s32 || s == Storage::f32 || s == Storage::e4m3;
+}
 // Bytes of one NHWC pixel row of `channels` values, padded to whole 32-bit words.
 int64_t row_bytes(Storage s, int64_t channels);
 
@@ -78,6 +81,10 @@ struct ConvStep {
   // 32-bit requantization (clamp |acc| to sat first) is exact; empty otherwise
   // (quant::saturation_thresholds).
   std::vector<uint32_t> sat;
+  // ReLU into an unsigned range: per map the largest acc whose requantized value is at most hi,
+  // filled only where that value is hi itself for every map (a factor of at most 2^shift steps
+  // through every value), so that clamping acc to it leaves no clamp after the requantization.
+  std::vector<uint32_t> sat_top;
   int shift = 0;
   int64_t lo = 0, hi = 0;
   int res = -1;                 // residual value, -1 for none
@@ -85,6 +92,14 @@ struct ConvStep {
   std::vector<uint16_t> res_factor;  // m_pad
   int res_shift = 0;
   int64_t res_lo = 0, res_hi = 0;
+  // The folded residual requantization of every value the residual can hold lands inside
+  // [res_lo, res_hi]: its clamp can be left out.
+  bool res_in_range = false;
+  // nibble:Fp8Conv: e4m3 input, `weights` hold e4m3 codes (the integer levels, or each level
+  // times its group scale, rounded to e4m3 as the reference does), f32 output
+  // y = f32(sum) x fscale[m] + fbias[m], then ReLU where `relu`.
+  bool fp8 = false;
+  std::vector<float> fscale, fbias;  // m_pad
 };
 
 struct PoolStep {
@@ -108,7 +123,8 @@ struct InputUnfold {
 
 struct InputStep {
   DType host_dtype = DType::s8;  // what the caller passes (NCHW)
-  bool quantize = false;         // nibble:QuantizeFloat folded in: f32 -> integer
+  bool quantize = false;         // nibble:QuantizeFloat folded in: f32 -> integer (or e4m3)
+  bool e4m3 = false;             // the folded QuantizeFloat writes FP8
   std::vector<float> scale;      // 1 or C values
   int64_t lo = 0, hi = 0;
   InputUnfold unfold;
@@ -150,7 +166,8 @@ struct PlanOptions {
 };
 
 // Plans `graph` (a fused integer graph: nibble:IntConvFused, nibble:Requantize feeding residuals,
-// MaxPool, nibble:IntAvgPool, Flatten, nibble:IntLinear, nibble:Scale, an input nibble:QuantizeFloat).
+// MaxPool, nibble:IntAvgPool, Flatten, nibble:IntLinear, nibble:Scale, an input nibble:QuantizeFloat;
+// nibble:Fp8Conv on an e4m3 input).
 // Throws nibble::Error naming the model and node for anything the CUDA backend cannot run.
 Plan make_plan(const Graph& graph, StorageMode mode, const PlanOptions& options = {});
 
@@ -158,6 +175,14 @@ Plan make_plan(const Graph& graph, StorageMode mode, const PlanOptions& options 
 // (InputUnfold), for tests and host-side checks: N x h2 x ow pixels of 64 bytes.
 std::vector<uint8_t> unfold_input(const Tensor& x, const InputUnfold& u);
 
+// ConvStep::sat_top of requantizing with `factor` and `shift` into [0, hi] given the `sat`
+// thresholds of that range; empty where some map's requantization skips hi.
+std::vector<uint32_t> top_thresholds(const std::vector<uint16_t>& factor, int shift, int64_t hi,
+                                     const std::vector<uint32_t>& sat);
+// Whether requantizing every value of [vlo, vhi] with each of `factor` and `shift` lands inside
+// [lo, hi] (ConvStep::res_in_range).
+bool requantization_in_range(const std::vector<uint16_t>& factor, int shift, int64_t vlo, int64_t vhi, int64_t lo,
+                             int64_t hi);
 
 // The wgmma kernels' weights of a vec-mode conv with a 4-bit input (ConvArgs::wide_weights):
 // s8, m_pad x (kh x kw x 2 x row) bytes, per tap 64-channel chunks whose 64 k slots follow the
