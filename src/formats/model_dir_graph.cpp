@@ -356,12 +356,12 @@ class Builder {
     return emit(std::move(n), fp8 ? DType::e4m3 : quant::storage_dtype(static_cast<int>(bits), is_signed), shapes_.at(x));
   }
 
-  // Dequantize: integer -> f32, x * scale (one scale, or one per channel).
+  // Dequantize: integer or e4m3 -> f32, x * scale (one scale, or one per channel).
   std::string dequantize(const std::string& layer, const std::string& x) {
     const LayerFile& f = expect(layer, "Dequantize");
     const DType t = node_dtype(x);
-    if (t != DType::u8 && t != DType::s8 && t != DType::s32) {
-      fail(file_of(layer), "Dequantize needs u8, s8 or s32 input, got {}", dtype_name(t));
+    if (t != DType::u8 && t != DType::s8 && t != DType::s32 && t != DType::e4m3) {
+      fail(file_of(layer), "Dequantize needs u8, s8, s32 or e4m3 input, got {}", dtype_name(t));
     }
     Node n = node("DequantizeLinear", layer, {x, constant(layer + ".scale", scale_tensor(f, "scale", x))});
     n.attrs["axis"] = int64_t{1};

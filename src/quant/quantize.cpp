@@ -1189,10 +1189,27 @@ class Quantizer {
     float_epilogue(u);
   }
 
-  // After a layer with f32 results: the residual add and the ReLU in f32.
+  // The f32 value of the e4m3 form of tensor `t` (its FP8 codes times their scale).
+  std::string need_fp8_float(const std::string& tensor) {
+    const std::string t = resolve(tensor);
+    if (auto it = fp8_float_.find(t); it != fp8_float_.end()) return it->second;
+    const std::string codes = need_fp8(t);
+    LayerFile l = new_layer(unique_layer(codes + "_dequantize"), "Dequantize");
+    field(l, "scale", num(fp8_scale_.at(t)));
+    const std::string name = l.name;
+    add_layer(std::move(l), {codes});
+    return fp8_float_[t] = name;
+  }
+
+  // After a layer with f32 results: the residual add and the ReLU in f32. An FP8 layer's residual
+  // is read in its e4m3 form, as an INT8 layer reads its residual's 8-bit form: every tensor
+  // between FP8 layers is then 8 bits wide, the block outputs included.
   void float_epilogue(const Unit& u) {
     std::string value = u.name;
-    if (!u.input2.empty()) value = plain_layer(u.name + "_add", "Add", {value, need_float(u.input2)});
+    if (!u.input2.empty()) {
+      const bool fp8 = u.precision == Precision::w4a8_fp8;
+      value = plain_layer(u.name + "_add", "Add", {value, fp8 ? need_fp8_float(u.input2) : need_float(u.input2)});
+    }
     if (u.relu_after) value = plain_layer(u.name + "_relu", "ReLU", {value});
     if (u.clip_max) value = clip_layer(u, value);
     float_[u.output] = value;
@@ -1240,6 +1257,7 @@ class Quantizer {
   std::map<std::string, std::string> float_;    // ONNX tensor -> layer giving its f32 form
   std::map<std::string, std::string> fp8_;      // ONNX tensor -> layer giving its e4m3 form
   std::map<std::string, double> fp8_scale_;     // ONNX tensor -> the scale of that form
+  std::map<std::string, std::string> fp8_float_;  // ONNX tensor -> layer giving its e4m3 form in f32
 };
 
 }  // namespace

@@ -421,6 +421,22 @@ TEST_F(Quantize, W4a8Fp8ComputesInE4m3AndTracksFp32) {
   int fp8 = 0;
   for (const Node& n : g.nodes) fp8 += n.op_type == "nibble:Fp8Conv";
   EXPECT_EQ(fp8, 10);
+  // A residual Add after an FP8 layer reads the e4m3 form of its shortcut (codes times their
+  // scale), as an INT8 layer reads the 8-bit form: no f32 tensor passes between FP8 blocks.
+  int adds = 0;
+  for (const auto& [name, layer] : r.model.layers) {
+    if (layer.type != "Add") continue;
+    const std::vector<std::string> in = split_name_list(layer.get_string("inputs"));
+    ASSERT_EQ(in.size(), 2u) << name;
+    const LayerFile& deq = r.model.layer(in[1]);
+    EXPECT_EQ(deq.type, "Dequantize") << name;
+    const LayerFile& codes = r.model.layer(split_name_list(deq.get_string("inputs")).at(0));
+    EXPECT_EQ(codes.type, "QuantizeFloat") << name;
+    EXPECT_EQ(codes.get_string("compute_mode"), "f32f32f8") << name;
+    EXPECT_EQ(deq.get_string("scale"), codes.get_string("scale")) << name;
+    ++adds;
+  }
+  EXPECT_GT(adds, 0);
   const Tensor y = run_graph(g, *test_x_);
   // 4-bit weights rounded to nearest (no GPTQ) lose some accuracy; docs/accuracy.md has the
   // measured top-1.

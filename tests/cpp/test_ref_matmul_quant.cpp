@@ -375,6 +375,21 @@ TEST(RefDequantizeLinear, PerAxisS8) {
   EXPECT_NE(kernel_error(dequantize_linear, n, {&x, &s, &zu}).find("x_zero_point"), std::string::npos);
 }
 
+TEST(RefDequantizeLinear, E4m3CodesTimesTheScale) {
+  // Opset 19: float8e4m3fn codes. 0x38 = 1, 0xB8 = -1, 0x7E = 448, 0x01 = 2^-9, 0x3A = 1.25.
+  Node n = node("DequantizeLinear", 19);
+  n.attrs["axis"] = int64_t{1};
+  Tensor codes(DType::e4m3, {1, 2, 1, 3});
+  const uint8_t bits[6] = {0x38, 0xB8, 0x7E, 0x01, 0x3A, 0x00};
+  std::copy(bits, bits + 6, codes.bytes());
+  const Tensor s = f32({2}, {0.5, 4});
+  EXPECT_EQ(values(run(dequantize_linear, n, {&codes, &s})), (std::vector<double>{0.5, -0.5, 224, 4.0 / 512, 5, 0}));
+  Tensor z(DType::e4m3, {2});
+  EXPECT_EQ(values(run(dequantize_linear, n, {&codes, &s, &z})).size(), 6u);
+  z.bytes()[1] = 0x38;
+  EXPECT_NE(kernel_error(dequantize_linear, n, {&codes, &s, &z}).find("zero"), std::string::npos);
+}
+
 // --- Softmax ---------------------------------------------------------------------------------------
 
 TEST(RefSoftmax, AxisSemanticsChangeAtOpset13) {

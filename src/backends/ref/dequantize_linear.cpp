@@ -1,4 +1,5 @@
-// ONNX DequantizeLinear (opsets 10, 13): y = (x - x_zero_point) * x_scale in f32, per tensor or per axis.
+// ONNX DequantizeLinear (opsets 10, 13, 19): y = (x - x_zero_point) * x_scale in f32, per tensor or
+// per axis; x is u8, s8, s32 or float8e4m3fn (opset 19: its value times the scale).
 #include "backends/ref/kernels.h"
 #include "backends/ref/quant_axis.h"
 
@@ -8,8 +9,9 @@ void dequantize_linear(const Node& node, const Inputs& in, Outputs& out) {
   const Tensor& x = required_input(node, in, 0);
   const Tensor& scale = required_input(node, in, 1);
   const Tensor* zp = optional_input(in, 2);
-  if (x.dtype() != DType::u8 && x.dtype() != DType::s8 && x.dtype() != DType::s32) {
-    kernel_fail("DequantizeLinear: x has dtype {}; it must be u8, s8 or s32", dtype_name(x.dtype()));
+  const bool fp8 = x.dtype() == DType::e4m3;
+  if (x.dtype() != DType::u8 && x.dtype() != DType::s8 && x.dtype() != DType::s32 && !fp8) {
+    kernel_fail("DequantizeLinear: x has dtype {}; it must be u8, s8, s32 or e4m3", dtype_name(x.dtype()));
   }
   if (scale.dtype() != DType::f32) {
     kernel_fail("DequantizeLinear: x_scale has dtype {}; it must be f32", dtype_name(scale.dtype()));
@@ -19,6 +21,11 @@ void dequantize_linear(const Node& node, const Inputs& in, Outputs& out) {
                 dtype_name(x.dtype()));
   }
 
+  if (fp8 && zp) {
+    for (int64_t i = 0; i < zp->numel(); ++i) {
+      if ((zp->bytes()[i] & 0x7F) != 0) kernel_fail("DequantizeLinear: an e4m3 x_zero_point must be zero");
+    }
+  }
   const QuantAxisLayout layout = quant_axis_layout(node, x, scale, zp, "x_scale", "x_zero_point");
   const int64_t outer = layout.outer, channels = layout.channels, inner = layout.inner;
 
@@ -27,6 +34,11 @@ void dequantize_linear(const Node& node, const Inputs& in, Outputs& out) {
   for (int64_t o = 0; o < outer; ++o) {
     for (int64_t c = 0; c < channels; ++c) {
       const float s = scale.data<float>()[c];
+      if (fp8) {
+        // ONNX's float8 zero point is 0 (checked below); each code's value times the scale.
+        for (int64_t i = (o * channels + c) * inner, end = i + inner; i < end; ++i) py[i] = e4m3_bits_to_f32(x.bytes()[i]) * s;
+        continue;
+      }
       const int64_t z = zp ? static_cast<int64_t>(zp->get(c)) : 0;
       const int64_t base = (o * channels + c) * inner;
       for (int64_t i = base; i < base + inner; ++i) {
