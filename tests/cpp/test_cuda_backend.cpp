@@ -972,5 +972,109 @@ TEST(CudaEngine, Fp8ConvolutionsMatchTheReferenceWithinTheAccumulationBound) {
   std::printf("FP8 convolutions: the largest error is %.3g of the bound\n", worst);
 }
 
+// A Fashion-MNIST network quantized to w4a8-fp8 (the seed-shaped graph: an INT8 stem, FP8
+// blocks whose Adds read e4m3 shortcuts, an f32 average pool, an INT8 classifier).
+Graph fp8_network(const char* model, const Tensor& x) {
+  const Graph fp32 = load_model(testing_util::source_dir() + "/models/" + model);
+  quant::RangeObserver obs(fp32);
+  obs.observe_ranges(x);
+  quant::QuantizeOptions opt;
+  opt.precision = quant::Precision::w4a8_fp8;
+  const auto table = obs.table(quant::CalibSpec::parse("max"), quant::activation_bits(opt.precision), {"test"});
+  Graph g = graph_from_model_dir(quant::quantize_model(fp32, table, opt).model);
+  fuse_int_conv_epilogues(g);
+  return g;
+}
+
+Tensor fmnist_like(int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  Tensor x(DType::f32, {n, 1, 28, 28});
+  for (int64_t i = 0; i < x.numel(); ++i) x.data<float>()[i] = std::uniform_real_distribution<float>(0, 1)(rng);
+  return x;
+}
+
+TEST(CudaPlan, Fp8NetworksKeepOneByteBetweenLayers) {
+  const Tensor x = fmnist_like(8, 5);
+  for (const char* model : {"fmnist_resnet.onnx", "fmnist_resnet50.onnx"}) {
+    const Graph g = fp8_network(model, x);
+    int fp8_convs = 0, adds = 0;
+    for (const Node& n : g.nodes) {
+      fp8_convs += n.op_type == "nibble:Fp8Conv";
+      adds += n.op_type == "Add";
+    }
+    ASSERT_GT(adds, 0) << model;
+    const cuda::Plan plan = cuda::make_plan(g, cuda::StorageMode::native);
+    int convs = 0, residuals = 0, luts = 0, means = 0, f32_values = 0;
+    for (const cuda::Step& st : plan.steps) {
+      const cuda::Value& y = plan.values[static_cast<size_t>(st.y)];
+      if (st.kind == cuda::StepKind::conv && st.conv.fp8) {
+        ++convs;
+        residuals += st.conv.res >= 0;
+        if (st.conv.res >= 0) {
+          EXPECT_EQ(plan.values[static_cast<size_t>(st.conv.res)].storage, cuda::Storage::e4m3) << st.name;
+          EXPECT_GT(st.conv.fres_scale, 0.0f) << st.name;
+        }
+        if (y.storage == cuda::Storage::e4m3) {
+          EXPECT_GT(st.conv.fout_scale, 0.0f) << st.name;
+          EXPECT_EQ(y.row % 64, 0) << st.name;
+        }
+      }
+      if (st.kind == cuda::StepKind::lut) {
+        ++luts;
+        EXPECT_EQ(y.storage, cuda::Storage::e4m3);
+        ASSERT_EQ(st.lut.size(), 256u);
+        EXPECT_EQ(st.lut[0], 0) << "zero stays zero";
+      }
+      means += st.kind == cuda::StepKind::mean_quantize;
+      f32_values += y.storage == cuda::Storage::f32;
+    }
+    // Every FP8 conv is one step with its Add, Relu and QuantizeFloat; only the last block's
+    // output (read by the average pool) and the logits stay f32.
+    EXPECT_EQ(convs, fp8_convs) << model;
+    EXPECT_EQ(residuals, adds) << model;
+    EXPECT_EQ(luts, 1) << model;
+    EXPECT_EQ(means, 1) << model;
+    EXPECT_EQ(f32_values, 2) << model;
+  }
+}
+
+// The whole FP8 network on the GPU against the CPU engine. Not bit-exact (each FP8 convolution's
+// sum is within CudaEngine.Fp8ConvolutionsMatchTheReferenceWithinTheAccumulationBound's bound,
+// and a sum on the other side of an e4m3 rounding boundary moves the next layer's input by one
+// code), so the logits are compared as a whole: cosine and top-1 agreement.
+TEST(CudaEngine, Fp8NetworksTrackTheCpuEngine) {
+  REQUIRE_CUDA();
+  const Tensor x = fmnist_like(64, 6);
+  for (const char* model : {"fmnist_resnet.onnx", "fmnist_resnet50.onnx"}) {
+    const Graph g = fp8_network(model, fmnist_like(16, 7));
+    const Tensor want = Engine(g, Backend::cpu).run({x})[0];
+    CudaEngineOptions o;
+    o.max_batch = 32;
+    const Tensor got = CudaEngine(g, o).run({x})[0];
+    ASSERT_EQ(got.shape(), want.shape()) << model;
+    double dot = 0, nw = 0, ng = 0;
+    int agree = 0;
+    const int64_t k = want.dim(1);
+    for (int64_t i = 0; i < want.numel(); ++i) {
+      dot += want.get(i) * got.get(i);
+      nw += want.get(i) * want.get(i);
+      ng += got.get(i) * got.get(i);
+    }
+    for (int64_t n = 0; n < want.dim(0); ++n) {
+      int64_t a = 0, b = 0;
+      for (int64_t j = 1; j < k; ++j) {
+        if (want.get(n * k + j) > want.get(n * k + a)) a = j;
+        if (got.get(n * k + j) > got.get(n * k + b)) b = j;
+      }
+      agree += a == b;
+    }
+    const double cosine = dot / std::sqrt(nw * ng);
+    std::printf("%s: FP8 network cosine %.6f, top-1 agreement %d / %lld\n", model, cosine, agree,
+                static_cast<long long>(want.dim(0)));
+    EXPECT_GT(cosine, 0.999) << model;
+    EXPECT_GE(agree, 62) << model;
+  }
+}
+
 }  // namespace
 }  // namespace nibble

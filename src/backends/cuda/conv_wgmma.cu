@@ -34,6 +34,8 @@
 #include <string>
 #include <type_traits>
 
+#include <cuda_fp8.h>
+
 #include "backends/cuda/common.cuh"
 #include "backends/cuda/epilogue.cuh"
 #include "backends/cuda/kernels.cuh"
@@ -356,32 +358,99 @@ __device__ __forceinline__ void direct_dispatch(int kind, const ConvArgs& a, con
 
 // The FP8 epilogue of one consumer's 64 rows x BN maps, straight from the accumulator fragments
 // (element (j, e): row 16 x warp + g (+ 8 for e >= 2), map 8j + 2t + (e & 1)): y = sum x fscale
-// + fbias with the multiply and the add rounded separately (as the reference's f32 steps), ReLU,
-// stored as f32 rows (a.y_storage f32). fscale and fbias are padded to m_pad maps.
+// + fbias with the multiply and the add rounded separately (as the reference's f32 steps); with an
+// e4m3 residual, + f32(its value x fres_scale) (the reference's DequantizeLinear, then Add);
+// ReLU; stored as f32 rows, or as e4m3 rows of e4m3(y / fout_scale) (the reference's
+// QuantizeFloat) whose padding maps get zero. fscale and fbias are padded to m_pad maps.
+__device__ __forceinline__ float e4m3_value(uint8_t code) {
+  const __nv_fp8_e4m3 v = *reinterpret_cast<const __nv_fp8_e4m3*>(&code);
+  return static_cast<float>(v);
+}
+__device__ __forceinline__ uint8_t e4m3_code(float v) {
+  if (v != v) return 0x7F;
+  return static_cast<uint8_t>(__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3));
+}
+
+#if NIBBLE_SM90A
+template <int BN>
+__device__ __forceinline__ void fp8_value_pair(const ConvArgs& a, const float (&acc)[BN / 2], int j, int h, int m,
+                                               const uint8_t* res, float& v0, float& v1) {
+  v0 = __fadd_rn(__fmul_rn(acc[4 * j + 2 * h], a.fscale[m]), a.fbias[m]);
+  v1 = __fadd_rn(__fmul_rn(acc[4 * j + 2 * h + 1], a.fscale[m + 1]), a.fbias[m + 1]);
+  if (res) {
+    if (m < a.m) v0 = __fadd_rn(v0, __fmul_rn(e4m3_value(res[0]), a.fres_scale));
+    if (m + 1 < a.m) v1 = __fadd_rn(v1, __fmul_rn(e4m3_value(res[1]), a.fres_scale));
+  }
+  if (a.relu) {
+    v0 = v0 < 0.0f ? 0.0f : v0;
+    v1 = v1 < 0.0f ? 0.0f : v1;
+  }
+}
+
+// kStageRow: bytes per row of a consumer's e4m3 staging tile (64 rows x BN maps, padded so that
+// the fragment stores of a warp's 8 rows fall in different banks and rows stay 16-byte aligned).
 template <int BN>
 __device__ __forceinline__ void fp8_epilogue(const ConvArgs& a, const float (&acc)[BN / 2], int64_t row0, int map0,
-                                             int warp, int g, int t) {
+                                             int warp, int g, int t, uint8_t* stage, int tid, int cw) {
+  if (a.y_storage != Storage::e4m3) {  // f32 rows (the last block, read by the average pool)
+#pragma unroll
+    for (int j = 0; j < BN / 8; ++j) {
+      const int m = map0 + 8 * j + 2 * t;
+      if (m >= a.m) continue;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int64_t p = row0 + warp * 16 + g + 8 * h;
+        if (p >= a.pixels) continue;
+        float v0, v1;
+        fp8_value_pair<BN>(a, acc, j, h, m, a.res ? a.res + p * a.res_row + m : nullptr, v0, v1);
+        float* dst = reinterpret_cast<float*>(a.y + p * a.y_row) + m;
+        dst[0] = v0;
+        if (m + 1 < a.m) dst[1] = v1;
+      }
+    }
+    return;
+  }
+  // e4m3 rows through shared memory: the residual tile in with 16-byte loads, the codes written
+  // over it in place, the tile out with 16-byte stores (the row's padding maps get code 0).
+  constexpr int kRow = BN + 16;
+  const int cols = static_cast<int>(min(static_cast<int64_t>(BN), a.y_row - map0));  // a multiple of 64
+  const int chunks = cols / 16;
+  sm90::named_barrier(1 + cw, 128);  // this consumer's previous tile has left the staging area
+  if (a.res) {
+    for (int i = tid; i < 64 * chunks; i += 128) {
+      const int r = i / chunks, c = (i % chunks) * 16;
+      if (row0 + r < a.pixels) {
+        *reinterpret_cast<uint4*>(stage + r * kRow + c) =
+            *reinterpret_cast<const uint4*>(a.res + (row0 + r) * a.res_row + map0 + c);
+      }
+    }
+    sm90::named_barrier(1 + cw, 128);
+  }
 #pragma unroll
   for (int j = 0; j < BN / 8; ++j) {
-    const int m = map0 + 8 * j + 2 * t;
-    if (m >= a.m) continue;
-    const float s0 = a.fscale[m], s1 = a.fscale[m + 1], b0 = a.fbias[m], b1 = a.fbias[m + 1];
+    const int col = 8 * j + 2 * t, m = map0 + col;
+    if (col >= cols) continue;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int64_t p = row0 + warp * 16 + g + 8 * h;
-      if (p >= a.pixels) continue;
-      float v0 = __fadd_rn(__fmul_rn(acc[4 * j + 2 * h], s0), b0);
-      float v1 = __fadd_rn(__fmul_rn(acc[4 * j + 2 * h + 1], s1), b1);
-      if (a.relu) {
-        v0 = v0 < 0.0f ? 0.0f : v0;
-        v1 = v1 < 0.0f ? 0.0f : v1;
-      }
-      float* dst = reinterpret_cast<float*>(a.y + p * a.y_row) + m;
-      dst[0] = v0;
-      if (m + 1 < a.m) dst[1] = v1;
+      const int r = warp * 16 + g + 8 * h;
+      if (row0 + r >= a.pixels) continue;
+      uint8_t* at = stage + r * kRow + col;
+      float v0, v1;
+      fp8_value_pair<BN>(a, acc, j, h, m, a.res ? at : nullptr, v0, v1);
+      const uint32_t c0 = m < a.m ? e4m3_code(__fdiv_rn(v0, a.fout_scale)) : 0u;
+      const uint32_t c1 = m + 1 < a.m ? e4m3_code(__fdiv_rn(v1, a.fout_scale)) : 0u;
+      *reinterpret_cast<uint16_t*>(at) = static_cast<uint16_t>(c0 | (c1 << 8));
+    }
+  }
+  sm90::named_barrier(1 + cw, 128);
+  for (int i = tid; i < 64 * chunks; i += 128) {
+    const int r = i / chunks, c = (i % chunks) * 16;
+    if (row0 + r < a.pixels) {
+      *reinterpret_cast<uint4*>(a.y + (row0 + r) * a.y_row + map0 + c) = *reinterpret_cast<const uint4*>(stage + r * kRow + c);
     }
   }
 }
+#endif  // NIBBLE_SM90A
 
 template <int BN, Storage kA, Epi kE, int kCtas, bool kResW>
 __global__ void __launch_bounds__(WgTile<BN, kA, kE, kCtas, kResW>::kThreadsT) __maxnreg__(kCtas == 2 ? 96 : 168)
@@ -550,7 +619,9 @@ __global__ void __launch_bounds__(WgTile<BN, kA, kE, kCtas, kResW>::kThreadsT) _
       fence_operands(acc);
       if (!T::kPacked && tid == 0) mbar_arrive(&empty[prev]);
       if constexpr (kFp8) {
-        fp8_epilogue<BN>(a, acc, static_cast<int64_t>(mt) * kBM + cw * 64, nt * BN, warp, g, t);
+        static_assert(64 * (BN + 16) <= T::kStageEpi / 2, "the e4m3 staging tile fits a consumer's share");
+        fp8_epilogue<BN>(a, acc, static_cast<int64_t>(mt) * kBM + cw * 64, nt * BN, warp, g, t,
+                         smem + T::kEpiOffset + cw * (T::kStageEpi / 2), tid, cw);
       } else {
         // Fragment element (j, e): row 16 x warp + lane / 4 (+ 8 for e >= 2), map 8j + 2 (lane % 4) + (e & 1).
         const int64_t row0 = static_cast<int64_t>(mt) * kBM + cw * 64;
@@ -907,7 +978,9 @@ bool wgmma_conv_fits(const ConvArgs& a) {
   const bool fp8 = a.x_storage == Storage::e4m3;
   if (!packed && !fp8 && a.x_storage != Storage::u8 && a.x_storage != Storage::s8) return false;
   if (a.x_row % (packed ? 32 : 64) != 0) return false;
-  if (fp8 && (a.y_storage != Storage::f32 || !a.fscale || !a.fbias || a.res)) return false;
+  if (fp8 && ((a.y_storage != Storage::f32 && a.y_storage != Storage::e4m3) || !a.fscale || !a.fbias)) return false;
+  if (fp8 && a.res && (a.res_storage != Storage::e4m3 || a.res_factor)) return false;
+  if (fp8 && a.y_storage == Storage::e4m3 && !(a.fout_scale > 0.0f)) return false;
   // im2col limits of a 4-D tensor map: corners within [-128, 127], traversal strides 1..8,
   // tap offsets below 256.
   const int corners[4] = {-a.pw, -a.ph, a.pw_end - (a.kw - 1) * a.dw, a.ph_end - (a.kh - 1) * a.dh};

@@ -84,7 +84,8 @@ struct CudaEngine::Impl {
   int sm = 0;  // compute capability, major x 10 + minor
   uint8_t* constants = nullptr;
   std::vector<DevConv> convs;       // per step (unused entries for other steps)
-  std::vector<float*> step_floats;  // per step: input scales or Scale's divisors
+  std::vector<float*> step_floats;  // per step: input scales, Scale's divisors or mean_quantize's scale
+  std::vector<const uint8_t*> step_luts;  // per step: StepKind::lut's table
   std::vector<Context> contexts;
   int64_t input_bytes_per_image = 0;
 
@@ -142,6 +143,7 @@ struct CudaEngine::Impl {
     struct Offsets {
       size_t w = 0, b = 0, f = SIZE_MAX, rf = SIZE_MAX, fl = SIZE_MAX, sat = SIZE_MAX, top = SIZE_MAX, wide = SIZE_MAX;
       size_t fs = SIZE_MAX, fb = SIZE_MAX;  // FP8 convolutions: f32 scale and bias
+      size_t lut = SIZE_MAX;                // StepKind::lut: 256 e4m3 codes
     };
     // The wgmma kernels run on sm_90 only: elsewhere their weights are not uploaded.
     const bool wgmma = sm == 90 && options.conv_kernels != "mma";
@@ -167,6 +169,10 @@ struct CudaEngine::Impl {
         }
       } else if (st.kind == StepKind::requantize) {
         o.f = put(st.conv.factor.data(), st.conv.factor.size() * 2);
+      } else if (st.kind == StepKind::lut) {
+        o.lut = put(st.lut.data(), st.lut.size());
+      } else if (st.kind == StepKind::mean_quantize) {
+        o.fl = put(st.quant.scale.data(), st.quant.scale.size() * 4);
       } else if (st.kind == StepKind::input && st.input.quantize) {
         o.fl = put(st.input.scale.data(), st.input.scale.size() * 4);
       } else if (st.kind == StepKind::scale) {
@@ -177,6 +183,7 @@ struct CudaEngine::Impl {
     NIBBLE_CUDA_CHECK(cudaMemcpy(constants, host.data(), host.size(), cudaMemcpyHostToDevice));
     convs.resize(plan.steps.size());
     step_floats.assign(plan.steps.size(), nullptr);
+    step_luts.assign(plan.steps.size(), nullptr);
     for (size_t s = 0; s < plan.steps.size(); ++s) {
       const Offsets& o = offs[s];
       if (o.f != SIZE_MAX) convs[s].factor = reinterpret_cast<const uint16_t*>(constants + o.f);
@@ -198,6 +205,7 @@ struct CudaEngine::Impl {
         if (o.fb != SIZE_MAX) convs[s].fbias = reinterpret_cast<const float*>(constants + o.fb);
       }
       if (o.fl != SIZE_MAX) step_floats[s] = reinterpret_cast<float*>(constants + o.fl);
+      if (o.lut != SIZE_MAX) step_luts[s] = constants + o.lut;
     }
   }
 
@@ -255,6 +263,8 @@ struct CudaEngine::Impl {
     a.bias = convs[s].bias;
     a.fscale = convs[s].fscale;
     a.fbias = convs[s].fbias;
+    a.fres_scale = k.fres_scale;
+    a.fout_scale = k.fout_scale;
     a.relu = k.relu;
     a.factor = convs[s].factor;
     a.sat = convs[s].sat;
@@ -330,6 +340,19 @@ struct CudaEngine::Impl {
         cuda::launch_requantize(value_ptr(c, st.x, batch), x.storage, x.row, value_ptr(c, st.y, batch), y.storage, y.row,
                                 y.c, batch * y.h * y.w, convs[s].factor, st.conv.shift, st.conv.lo, st.conv.hi, c.stream);
         return "requantize";
+      }
+      case StepKind::lut: {
+        const Value& x = plan.values[static_cast<size_t>(st.x)];
+        cuda::launch_lut_e4m3(value_ptr(c, st.x, batch), x.row, value_ptr(c, st.y, batch), y.row, y.c,
+                              batch * y.h * y.w, step_luts[s], c.stream);
+        return "lut_e4m3";
+      }
+      case StepKind::mean_quantize: {
+        const Value& x = plan.values[static_cast<size_t>(st.x)];
+        cuda::launch_mean_quantize(reinterpret_cast<const float*>(value_ptr(c, st.x, batch)), x.row, x.c, batch,
+                                   x.h * x.w, step_floats[s], st.quant.lo, st.quant.hi, value_ptr(c, st.y, batch), y.row,
+                                   c.stream);
+        return "mean_quantize";
       }
       case StepKind::scale:
         cuda::launch_scale(reinterpret_cast<const int32_t*>(value_ptr(c, st.x, batch)),

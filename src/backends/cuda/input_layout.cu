@@ -18,7 +18,7 @@ namespace {
 template <typename Src, bool kFp8 = false>
 __device__ __forceinline__ uint32_t input_byte(Src x, const float* scale, int64_t scale_count, int64_t ch, int64_t lo,
                                                int64_t hi) {
-  int32_t q;
+  int32_t q = 0;
   if constexpr (kFp8) {
     const float v = x / scale[scale_count == 1 ? 0 : ch];
     if (v != v) return 0x7Fu;

@@ -33,6 +33,8 @@ struct ConvArgs {
   // y = f32(sum) x fscale + fbias (ConvStep::fp8); `bias` and the requantization are unused.
   const float* fscale = nullptr;
   const float* fbias = nullptr;
+  // ConvStep::fres_scale (an e4m3 residual's scale) and ::fout_scale (an e4m3 output's).
+  float fres_scale = 0.0f, fout_scale = 0.0f;
   bool relu = false;
   const uint16_t* factor = nullptr;  // nullptr: s32 output
   const uint32_t* sat = nullptr;     // per map saturation thresholds (ConvStep::sat), or nullptr
@@ -106,5 +108,13 @@ void launch_requantize(const uint8_t* x, Storage xs, int64_t x_row, uint8_t* y, 
 
 // y[n][k] = float(x[n][k]) / scale[k].
 void launch_scale(const int32_t* x, float* y, const float* scale, int64_t batch, int64_t k, cudaStream_t stream);
+// StepKind::lut: each 8-bit value (rows of x_row bytes) to lut[value], e4m3 rows of y_row bytes
+// whose channels past c are zero.
+void launch_lut_e4m3(const uint8_t* x, int64_t x_row, uint8_t* y, int64_t y_row, int64_t c, int64_t pixels,
+                     const uint8_t* lut, cudaStream_t stream);
+// StepKind::mean_quantize: f32 N x plane x C (rows of x_row bytes) to the 8-bit quantized mean of
+// each channel, N rows of y_row bytes.
+void launch_mean_quantize(const float* x, int64_t x_row, int64_t c, int64_t images, int64_t plane, const float* scale,
+                          int64_t lo, int64_t hi, uint8_t* y, int64_t y_row, cudaStream_t stream);
 
 }  // namespace nibble::cuda

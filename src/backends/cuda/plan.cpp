@@ -7,6 +7,7 @@
 #include <set>
 
 #include "nibble/error.h"
+#include "backends/ref/kernels.h"
 #include "quant/requant.h"
 
 namespace nibble::cuda {
@@ -67,7 +68,13 @@ class Planner {
   Plan run() {
     if (g_.inputs.size() != 1) fail("the CUDA backend runs models of one input, this one has {}", g_.inputs.size());
     add_input();
-    for (const Node& n : g_.nodes) add_node(n);
+    for (const Node& n : g_.nodes) {
+      for (const std::string& i : n.inputs) {
+        if (!i.empty()) readers_[i].push_back(&n);
+      }
+      for (const std::string& o : n.outputs) producer_[o] = &n;
+    }
+    for (const Node* n : planning_order()) add_node(*n);
     for (const ValueInfo& o : g_.outputs) {
       const int v = lookup(o.name, "graph output");
       plan_.outputs.push_back(v);
@@ -83,7 +90,7 @@ class Planner {
 
  private:
   template <typename... Args>
-  [[noreturn]] void fail(fmt::format_string<Args...> f, Args&&... args) {
+  [[noreturn]] void fail(fmt::format_string<Args...> f, Args&&... args) const {
     nibble::fail(g_.source, "CUDA backend: {}", fmt::format(f, std::forward<Args>(args)...));
   }
 
@@ -184,7 +191,7 @@ class Planner {
   }
 
   void add_node(const Node& n) {
-    if (&n == folded_quantize_) return;
+    if (&n == folded_quantize_ || fused_.count(&n)) return;
     for (const std::string& i : n.inputs) {
       if (folded_quantize_ && i == g_.inputs[0].name) fail("{} reads the f32 input directly", n.label());
     }
@@ -196,6 +203,8 @@ class Planner {
     if (n.op_type == "nibble:IntAvgPool") return add_pool(n, StepKind::avg_pool);
     if (n.op_type == "Flatten") return add_flatten(n);
     if (n.op_type == "nibble:Scale") return add_scale(n);
+    if (n.op_type == "DequantizeLinear") return add_dequantize(n);
+    if (n.op_type == "GlobalAveragePool" || n.op_type == "AveragePool") return add_mean_quantize(n);
     fail("op {} ({}) is not supported", n.op_type, n.label());
   }
 
@@ -348,9 +357,191 @@ class Planner {
     weight_tensors_.push_back(&w);
     st.x = x;
     use(x, Use::other);
-    st.y = new_value(n.outputs.at(0), DType::f32, 32, c.m, oh, ow, true);
-    plan_.values.back().storage = Storage::f32;
+    // The f32 ops after it: Add of a DequantizeLinear'd e4m3 residual, Relu, QuantizeFloat to e4m3.
+    std::string out = n.outputs.at(0);
+    if (const Node* d = fp8_residual(out); d && !c.relu) {
+      const Node* a = sole_reader(out);
+      const int r = lookup(d->inputs.at(0), d->label());
+      c.res = r;
+      c.fres_scale = one_scale(*d, 1);
+      use(r, Use::other);
+      fused_.insert(d);
+      fused_.insert(a);
+      out = a->outputs.at(0);
+    }
+    if (const Node* r = sole_reader(out); r && r->op_type == "Relu") {
+      c.relu = true;
+      fused_.insert(r);
+      out = r->outputs.at(0);
+    }
+    Storage ys = Storage::f32;
+    if (const Node* q = sole_reader(out); q && is_e4m3_quantize(*q)) {
+      c.fout_scale = one_scale(*q, 1);
+      fused_.insert(q);
+      out = q->outputs.at(0);
+      ys = Storage::e4m3;
+    }
+    if (ys == Storage::e4m3) {
+      st.y = new_value(out, DType::e4m3, 8, c.m, oh, ow, true);
+    } else {
+      st.y = new_value(out, DType::f32, 32, c.m, oh, ow, true);
+    }
+    plan_.values.back().storage = ys;
     st.macs_per_image = oh * ow * c.m * xv.c * c.kh * c.kw;
+    plan_.steps.push_back(std::move(st));
+  }
+
+  // The one node that reads tensor `t`, where exactly one does and `t` is not a graph output.
+  const Node* sole_reader(const std::string& t) const {
+    const auto it = readers_.find(t);
+    if (it == readers_.end() || it->second.size() != 1) return nullptr;
+    for (const ValueInfo& o : g_.outputs) {
+      if (o.name == t) return nullptr;
+    }
+    return it->second[0];
+  }
+  const Node* node_writing(const std::string& t) const {
+    const auto it = producer_.find(t);
+    return it == producer_.end() ? nullptr : it->second;
+  }
+  static bool is_e4m3_quantize(const Node& q) {
+    return q.op_type == "nibble:QuantizeFloat" && q.attr_int("e4m3", 0) != 0;
+  }
+  // The single f32 scale of input `i` (a QuantizeFloat's or DequantizeLinear's), checked.
+  float one_scale(const Node& n, size_t i) {
+    const Tensor& s = init(n, i, "scale");
+    if (s.dtype() != DType::f32 || s.numel() != 1) fail("{}: needs one f32 scale (per-tensor)", n.label());
+    if (n.op_type == "DequantizeLinear" && n.inputs.size() > 2 && !n.inputs[2].empty()) {
+      const Tensor& z = init(n, 2, "zero point");
+      for (int64_t k = 0; k < z.numel(); ++k) {
+        if (z.get(k) != 0.0) fail("{}: needs a zero zero point", n.label());
+      }
+    }
+    return static_cast<float>(s.get(0));
+  }
+  // Where the only reader of FP8 conv output `out` is an Add whose other operand is a
+  // DequantizeLinear of an e4m3 value read by that Add alone: the DequantizeLinear.
+  const Node* fp8_residual(const std::string& out) const {
+    const Node* a = sole_reader(out);
+    if (!a || a->op_type != "Add" || a->inputs.size() != 2 || a->inputs[0] == a->inputs[1]) return nullptr;
+    const std::string& other = a->inputs[0] == out ? a->inputs[1] : a->inputs[0];
+    const Node* d = node_writing(other);
+    if (!d || d->op_type != "DequantizeLinear" || sole_reader(other) != a) return nullptr;
+    const Node* q = node_writing(d->inputs.at(0));
+    if (!q || !is_e4m3_quantize(*q)) return nullptr;
+    return d;
+  }
+
+  // The nodes in an order the planner can fuse: the graph's, except that an FP8 conv whose output
+  // is added to an e4m3 residual waits for the node producing that residual (an exporter may
+  // place a shortcut's convolution after the block's last one).
+  std::vector<const Node*> planning_order() const {
+    const size_t count = g_.nodes.size();
+    std::map<const Node*, size_t> index;
+    for (size_t i = 0; i < count; ++i) index[&g_.nodes[i]] = i;
+    std::vector<std::vector<size_t>> after(count);  // after[i]: nodes that wait for node i
+    std::vector<int> waits(count, 0);
+    auto edge = [&](const Node* from, size_t to) {
+      if (!from) return;
+      after[index.at(from)].push_back(to);
+      ++waits[to];
+    };
+    for (size_t i = 0; i < count; ++i) {
+      const Node& n = g_.nodes[i];
+      for (const std::string& in : n.inputs) {
+        if (!in.empty()) edge(node_writing(in), i);
+      }
+      if (n.op_type == "nibble:Fp8Conv") {
+        if (const Node* d = fp8_residual(n.outputs.at(0))) edge(node_writing(d->inputs.at(0)), i);
+      }
+    }
+    std::set<size_t> ready;
+    for (size_t i = 0; i < count; ++i) {
+      if (waits[i] == 0) ready.insert(i);
+    }
+    std::vector<const Node*> order;
+    while (!ready.empty()) {
+      const size_t i = *ready.begin();
+      ready.erase(ready.begin());
+      order.push_back(&g_.nodes[i]);
+      for (size_t j : after[i]) {
+        if (--waits[j] == 0) ready.insert(j);
+      }
+    }
+    if (order.size() != count) fail("the graph has a cycle");
+    return order;
+  }
+
+  // DequantizeLinear: of an e4m3 value into an Add (left to the FP8 convolution that fuses it), or
+  // of an 8-bit value into a QuantizeFloat to e4m3 (one table lookup per value).
+  void add_dequantize(const Node& n) {
+    const Node* q = sole_reader(n.outputs.at(0));
+    if (q && q->op_type == "Add") return;  // the FP8 convolution before the Add reads it (or the Add is refused)
+    if (!q || !is_e4m3_quantize(*q)) fail("{}: only a DequantizeLinear into a QuantizeFloat to e4m3 is supported", n.label());
+    const int x = lookup(n.inputs.at(0), n.label());
+    const Value xv = plan_.values[static_cast<size_t>(x)];
+    if (!xv.spatial || (xv.storage != Storage::u8 && xv.storage != Storage::s8)) {
+      fail("{}: input must be an 8-bit N x C x H x W tensor", n.label());
+    }
+    // The table: the reference's two ops on every byte.
+    Tensor bytes(xv.storage == Storage::u8 ? DType::u8 : DType::s8, {1, 256, 1, 1});
+    for (int b = 0; b < 256; ++b) bytes.bytes()[b] = static_cast<uint8_t>(b);
+    Tensor scale(DType::f32, {});
+    scale.data<float>()[0] = one_scale(n, 1);
+    Node deq = n;
+    deq.attrs.erase("axis");
+    ref::Outputs f(1), codes(1);
+    ref::dequantize_linear(deq, {&bytes, &scale}, f);
+    Tensor qscale(DType::f32, {});
+    qscale.data<float>()[0] = one_scale(*q, 1);
+    ref::quantize_float(*q, {&f[0], &qscale}, codes);
+    Step st;
+    st.kind = StepKind::lut;
+    st.name = q->name;
+    st.op = "nibble:QuantizeFloat";
+    st.lut.assign(codes[0].bytes(), codes[0].bytes() + 256);
+    st.x = x;
+    use(x, Use::other);
+    fused_.insert(q);
+    st.y = new_value(q->outputs.at(0), DType::e4m3, 8, xv.c, xv.h, xv.w, true);
+    plan_.values.back().storage = Storage::e4m3;
+    plan_.steps.push_back(std::move(st));
+  }
+
+  // A global average pool of f32 values into a QuantizeFloat to 8 bits: the mean of each
+  // channel's plane (summed in double in row order and divided, as the reference), quantized.
+  void add_mean_quantize(const Node& n) {
+    const int x = lookup(n.inputs.at(0), n.label());
+    const Value xv = plan_.values[static_cast<size_t>(x)];
+    if (!xv.spatial || xv.storage != Storage::f32) fail("{}: input must be an f32 N x C x H x W tensor", n.label());
+    if (n.op_type == "AveragePool") {
+      const auto k = n.attr_ints("kernel_shape");
+      const auto p = n.attr_ints("pads", {0, 0, 0, 0});
+      if (k != std::vector<int64_t>{xv.h, xv.w} || p != std::vector<int64_t>{0, 0, 0, 0} || n.attr_int("ceil_mode", 0) ||
+          n.attr_ints("dilations", {1, 1}) != std::vector<int64_t>{1, 1}) {
+        fail("{}: only an average over the whole plane is supported", n.label());
+      }
+    }
+    const Node* q = sole_reader(n.outputs.at(0));
+    if (!q || q->op_type != "nibble:QuantizeFloat" || is_e4m3_quantize(*q)) {
+      fail("{}: an f32 average pool must be read by a QuantizeFloat to integers alone", n.label());
+    }
+    const int bits = static_cast<int>(q->attr_int("bits", 8));
+    const bool sgn = q->attr_int("signed", 0) != 0;
+    if (bits < 1 || bits > 8 || (sgn && bits > 7)) fail("{}: {}-bit outputs are not supported", q->label(), bits);
+    Step st;
+    st.kind = StepKind::mean_quantize;
+    st.name = n.name;
+    st.op = n.op_type;
+    st.quant.scale.push_back(one_scale(*q, 1));
+    const auto r = quant::output_range(bits, sgn);
+    st.quant.lo = r.lo;
+    st.quant.hi = r.hi;
+    st.x = x;
+    use(x, Use::other);
+    fused_.insert(q);
+    st.y = new_value(q->outputs.at(0), quant::storage_dtype(bits, sgn), bits, xv.c, 1, 1, true);
+    plan_.values.back().storage = byte_storage(bits, sgn);
     plan_.steps.push_back(std::move(st));
   }
 
@@ -736,6 +927,9 @@ class Planner {
   const PlanOptions options_;
   Plan plan_;
   std::map<std::string, int> names_;
+  std::map<std::string, std::vector<const Node*>> readers_;  // tensor -> the nodes reading it
+  std::map<std::string, const Node*> producer_;              // tensor -> the node writing it
+  std::set<const Node*> fused_;                              // nodes another step carries out
   std::vector<std::vector<Use>> uses_;
   std::map<std::string, const Node*> requant_;
   std::map<std::string, int> flattened_;

@@ -51,7 +51,9 @@ struct Value {
 };
 
 // requantize: a nibble:Requantize no conv could fold (its factor, shift and range in `conv`).
-enum class StepKind { input, conv, max_pool, avg_pool, scale, requantize };
+// lut: an 8-bit value to e4m3 through a table of 256 codes (Step::lut); mean_quantize: the f32
+// mean of each channel's whole plane quantized to 8 bits (Step::quant).
+enum class StepKind { input, conv, max_pool, avg_pool, scale, requantize, lut, mean_quantize };
 
 // How the convolution kernel gathers its activation tiles:
 //   vec: the input row is a whole number of K tiles, so a tile lies inside one tap (16-byte copies);
@@ -98,8 +100,11 @@ struct ConvStep {
   // nibble:Fp8Conv: e4m3 input, `weights` hold e4m3 codes (the integer levels, or each level
   // times its group scale, rounded to e4m3 as the reference does), f32 output
   // y = f32(sum) x fscale[m] + fbias[m], then ReLU where `relu`.
+  // With a residual (`res`, e4m3) the sum first adds f32(e4m3 value x fres_scale); an e4m3
+  // output (the value's storage) holds e4m3(y / fout_scale), its channel padding zero.
   bool fp8 = false;
   std::vector<float> fscale, fbias;  // m_pad
+  float fres_scale = 0.0f, fout_scale = 0.0f;
 };
 
 struct PoolStep {
@@ -139,6 +144,8 @@ struct Step {
   PoolStep pool;
   InputStep input;
   std::vector<float> scale;  // StepKind::scale: out = x / scale[k]
+  std::vector<uint8_t> lut;  // StepKind::lut: 256 e4m3 codes, by the input byte
+  InputStep quant;           // StepKind::mean_quantize: scale (one), lo and hi of the output
   int64_t macs_per_image = 0;
   int64_t bytes_per_image = 0;  // the fewest bytes the step must move: inputs read once, output written once
 };
@@ -167,7 +174,9 @@ struct PlanOptions {
 
 // Plans `graph` (a fused integer graph: nibble:IntConvFused, nibble:Requantize feeding residuals,
 // MaxPool, nibble:IntAvgPool, Flatten, nibble:IntLinear, nibble:Scale, an input nibble:QuantizeFloat;
-// nibble:Fp8Conv on an e4m3 input).
+// nibble:Fp8Conv on an e4m3 input, with the Add of a DequantizeLinear'd e4m3 residual, the Relu
+// and the QuantizeFloat to e4m3 after it fused; DequantizeLinear + QuantizeFloat from 8 bits to
+// e4m3; a global AveragePool of f32 values + QuantizeFloat to 8 bits).
 // Throws nibble::Error naming the model and node for anything the CUDA backend cannot run.
 Plan make_plan(const Graph& graph, StorageMode mode, const PlanOptions& options = {});
 
