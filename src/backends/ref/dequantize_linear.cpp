@@ -35,7 +35,7 @@ void dequantize_linear(const Node& node, const Inputs& in, Outputs& out) {
     for (int64_t c = 0; c < channels; ++c) {
       const float s = scale.data<float>()[c];
       if (fp8) {
-        // ONNX's float8 zero point is 0 (checked below); each code's value times the scale.
+        // ONNX's float8 zero point is 0 (checked above); each code's value times the scale.
         for (int64_t i = (o * channels + c) * inner, end = i + inner; i < end; ++i) py[i] = e4m3_bits_to_f32(x.bytes()[i]) * s;
         continue;
       }
