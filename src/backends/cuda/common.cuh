@@ -1,6 +1,7 @@
 // Pieces every CUDA kernel of the backend shares: error checks and the seed's integer arithmetic.
 #pragma once
 
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -23,6 +24,25 @@ namespace nibble::cuda {
 
 // After a kernel launch: reports launch errors (bad configuration, too much shared memory).
 #define NIBBLE_CUDA_LAUNCHED() NIBBLE_CUDA_CHECK(cudaGetLastError())
+
+// The reference QuantizeFloat of one f32 value x with scale s: to integers, x / s rounded half to
+// even, NaN to 0, clamped to [lo, hi]; to FP8, the e4m3 code of x / s (nearest even, saturating at
+// +-448, NaN to 0x7F, as f32_to_e4m3_bits). And an e4m3 code's value (DequantizeLinear's operand).
+__device__ __forceinline__ int32_t quantize_float_int(float x, float s, int64_t lo, int64_t hi) {
+  const float r = rintf(__fdiv_rn(x, s));
+  float v = r != r ? 0.0f : r;
+  v = v < static_cast<float>(lo) ? static_cast<float>(lo) : (v > static_cast<float>(hi) ? static_cast<float>(hi) : v);
+  return static_cast<int32_t>(v);
+}
+__device__ __forceinline__ uint8_t e4m3_code(float v) {
+  if (v != v) return 0x7F;
+  return static_cast<uint8_t>(__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3));
+}
+__device__ __forceinline__ uint8_t quantize_float_e4m3(float x, float s) { return e4m3_code(__fdiv_rn(x, s)); }
+__device__ __forceinline__ float e4m3_value(uint8_t code) {
+  const __nv_fp8_e4m3 v = *reinterpret_cast<const __nv_fp8_e4m3*>(&code);
+  return static_cast<float>(v);
+}
 
 // Programmatic dependent launch (sm_90 and newer): every kernel is launched allowed to start
 // while the kernel ahead of it in the stream finishes, so that its launch and prologue overlap

@@ -356,22 +356,8 @@ __device__ __forceinline__ void direct_dispatch(int kind, const ConvArgs& a, con
   }
 }
 
-// The FP8 epilogue of one consumer's 64 rows x BN maps, straight from the accumulator fragments
-// (element (j, e): row 16 x warp + g (+ 8 for e >= 2), map 8j + 2t + (e & 1)): y = sum x fscale
-// + fbias with the multiply and the add rounded separately (as the reference's f32 steps); with an
-// e4m3 residual, + f32(its value x fres_scale) (the reference's DequantizeLinear, then Add);
-// ReLU; stored as f32 rows, or as e4m3 rows of e4m3(y / fout_scale) (the reference's
-// QuantizeFloat) whose padding maps get zero. fscale and fbias are padded to m_pad maps.
-__device__ __forceinline__ float e4m3_value(uint8_t code) {
-  const __nv_fp8_e4m3 v = *reinterpret_cast<const __nv_fp8_e4m3*>(&code);
-  return static_cast<float>(v);
-}
-__device__ __forceinline__ uint8_t e4m3_code(float v) {
-  if (v != v) return 0x7F;
-  return static_cast<uint8_t>(__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3));
-}
-
 #if NIBBLE_SM90A
+// One fragment pair (maps m, m + 1) of the FP8 epilogue below, before its store.
 template <int BN>
 __device__ __forceinline__ void fp8_value_pair(const ConvArgs& a, const float (&acc)[BN / 2], int j, int h, int m,
                                                const uint8_t* res, float& v0, float& v1) {
@@ -387,8 +373,15 @@ __device__ __forceinline__ void fp8_value_pair(const ConvArgs& a, const float (&
   }
 }
 
-// kStageRow: bytes per row of a consumer's e4m3 staging tile (64 rows x BN maps, padded so that
-// the fragment stores of a warp's 8 rows fall in different banks and rows stay 16-byte aligned).
+// The FP8 epilogue of one consumer's 64 rows x BN maps, straight from the accumulator fragments
+// (element (j, e): row 16 x warp + g (+ 8 for e >= 2), map 8j + 2t + (e & 1)): y = sum x fscale
+// + fbias with the multiply and the add rounded separately (as the reference's f32 steps); with an
+// e4m3 residual, + f32(its value x fres_scale) (the reference's DequantizeLinear, then Add);
+// ReLU; stored as f32 rows, or as e4m3 rows of e4m3(y / fout_scale) (the reference's
+// QuantizeFloat) whose padding maps get zero. fscale and fbias are padded to m_pad maps. The e4m3
+// rows pass through `stage`, the consumer's tile of 64 rows x BN maps (rows of kRow bytes, padded
+// so that the fragment stores of a warp's 8 rows fall in different banks and rows stay 16-byte
+// aligned).
 template <int BN>
 __device__ __forceinline__ void fp8_epilogue(const ConvArgs& a, const float (&acc)[BN / 2], int64_t row0, int map0,
                                              int warp, int g, int t, uint8_t* stage, int tid, int cw) {
@@ -437,8 +430,8 @@ __device__ __forceinline__ void fp8_epilogue(const ConvArgs& a, const float (&ac
       uint8_t* at = stage + r * kRow + col;
       float v0, v1;
       fp8_value_pair<BN>(a, acc, j, h, m, a.res ? at : nullptr, v0, v1);
-      const uint32_t c0 = m < a.m ? e4m3_code(__fdiv_rn(v0, a.fout_scale)) : 0u;
-      const uint32_t c1 = m + 1 < a.m ? e4m3_code(__fdiv_rn(v1, a.fout_scale)) : 0u;
+      const uint32_t c0 = m < a.m ? quantize_float_e4m3(v0, a.fout_scale) : 0u;
+      const uint32_t c1 = m + 1 < a.m ? quantize_float_e4m3(v1, a.fout_scale) : 0u;
       *reinterpret_cast<uint16_t*>(at) = static_cast<uint16_t>(c0 | (c1 << 8));
     }
   }

@@ -37,10 +37,7 @@ __global__ void mean_quantize_kernel(const float* x, int64_t x_row_floats, int64
   double sum = 0.0;
   for (int64_t p = 0; p < plane; ++p) sum += static_cast<double>(src[p * x_row_floats]);
   const float mean = static_cast<float>(sum / static_cast<double>(plane));
-  const float r = rintf(__fdiv_rn(mean, scale[0]));
-  float v = r != r ? 0.0f : r;
-  v = v < static_cast<float>(lo) ? static_cast<float>(lo) : (v > static_cast<float>(hi) ? static_cast<float>(hi) : v);
-  y[n * y_row + ch] = static_cast<uint8_t>(static_cast<int32_t>(v) & 0xFF);
+  y[n * y_row + ch] = static_cast<uint8_t>(quantize_float_int(mean, scale[0], lo, hi) & 0xFF);
 }
 
 }  // namespace

@@ -20,14 +20,9 @@ __device__ __forceinline__ uint32_t input_byte(Src x, const float* scale, int64_
                                                int64_t hi) {
   int32_t q = 0;
   if constexpr (kFp8) {
-    const float v = x / scale[scale_count == 1 ? 0 : ch];
-    if (v != v) return 0x7Fu;
-    return static_cast<uint32_t>(__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3));
+    return quantize_float_e4m3(x, scale[scale_count == 1 ? 0 : ch]);
   } else if constexpr (std::is_same_v<Src, float>) {
-    const float r = rintf(x / scale[scale_count == 1 ? 0 : ch]);
-    float v = r != r ? 0.0f : r;
-    v = v < static_cast<float>(lo) ? static_cast<float>(lo) : (v > static_cast<float>(hi) ? static_cast<float>(hi) : v);
-    q = static_cast<int32_t>(v);
+    q = quantize_float_int(x, scale[scale_count == 1 ? 0 : ch], lo, hi);
   } else {
     q = x;
   }

@@ -374,19 +374,15 @@ class Planner {
       fused_.insert(r);
       out = r->outputs.at(0);
     }
-    Storage ys = Storage::f32;
-    if (const Node* q = sole_reader(out); q && is_e4m3_quantize(*q)) {
+    const Node* q = sole_reader(out);
+    const bool fp8_out = q && is_e4m3_quantize(*q);
+    if (fp8_out) {
       c.fout_scale = one_scale(*q, 1);
       fused_.insert(q);
       out = q->outputs.at(0);
-      ys = Storage::e4m3;
     }
-    if (ys == Storage::e4m3) {
-      st.y = new_value(out, DType::e4m3, 8, c.m, oh, ow, true);
-    } else {
-      st.y = new_value(out, DType::f32, 32, c.m, oh, ow, true);
-    }
-    plan_.values.back().storage = ys;
+    st.y = new_value(out, fp8_out ? DType::e4m3 : DType::f32, fp8_out ? 8 : 32, c.m, oh, ow, true);
+    plan_.values.back().storage = fp8_out ? Storage::e4m3 : Storage::f32;
     st.macs_per_image = oh * ow * c.m * xv.c * c.kh * c.kw;
     plan_.steps.push_back(std::move(st));
   }
