@@ -49,15 +49,29 @@ def div(x, d):
     return x / torch.full((), d, dtype=x.dtype, device=x.device)
 
 
-def choose_requant(ratio):
+def choose_requant(ratio, limit=31):
     """quant::choose_requant on a float64 tensor of ratios, on its device without a host sync:
     the largest shift in 0..31 such that every factor round_half_even(ratio * 2^shift) fits in
-    u16. Returns (shift, factor, fits): a 0-d float64 tensor, a float64 tensor of integers, and
-    a 0-d bool tensor that is false when the largest ratio does not fit even with shift 0."""
+    u16, but at most `limit` unless a positive ratio's factor would be 0 there. Returns (shift,
+    factor, fits): a 0-d float64 tensor, a float64 tensor of integers, and a 0-d bool tensor that
+    is false when the largest ratio does not fit even with shift 0."""
     top = ratio.max()
     steps = torch.arange(1, 32, dtype=torch.float64, device=ratio.device)
-    shift = (torch.round(top * pow2(steps)) <= 65535.0).sum().to(torch.float64)
+    free = (torch.round(top * pow2(steps)) <= 65535.0).sum().to(torch.float64)
+    capped = torch.clamp(free, max=float(limit))
+    zero = ((ratio > 0) & (torch.round(ratio * pow2(capped)) == 0)).any()
+    shift = torch.where(zero, free, capped)
     return shift, torch.round(ratio * pow2(shift)), top < 65535.5
+
+
+def saturation_shift_limit(rng):
+    """quant::saturation_shift_limit: the largest shift (0..31) with ((max(hi, -lo) + 1) << shift)
+    + 65535 < 2^32 for the output range rng = (lo, hi)."""
+    top = max(rng[1], -rng[0])
+    shift = 0
+    while shift < 31 and ((top + 1) << (shift + 1)) + 65535 < (1 << 32):
+        shift += 1
+    return shift
 
 
 def residual_stages(ratio):

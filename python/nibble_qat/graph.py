@@ -632,10 +632,10 @@ class _State:
         is_signed = e is not None and e.lo < 0 and not u.relu_after
         s_out = m._threshold(u.output, bits, is_signed, u.relu_after, numel)
         ratio = acc_scale / s_out
-        shift, factor, fits = arith.choose_requant(ratio.detach())
+        rng = arith.output_range(arith.magnitude_bits(bits, is_signed), is_signed)
+        shift, factor, fits = arith.choose_requant(ratio.detach(), arith.saturation_shift_limit(rng))
         if self.check and not bool(fits):
             raise UnsupportedModel(f"layer {u.name}: the output scale is too small for a 16-bit requantization factor")
-        rng = arith.output_range(arith.magnitude_bits(bits, is_signed), is_signed)
         return s_out, bits, is_signed, ratio, shift, factor, rng
 
     def emit_fused(self, u, conv, bias_int, acc_scale, res):

@@ -39,12 +39,17 @@ Precision parse_precision(const std::string& text, const std::string& where) {
 int weight_bits(Precision p) { return p == Precision::int8 ? 8 : (p == Precision::f32 ? 0 : 4); }
 int activation_bits(Precision p) { return p == Precision::int4 ? 4 : (p == Precision::f32 ? 0 : 8); }
 
-std::optional<Requant> choose_requant(const std::vector<double>& ratio) {
+std::optional<Requant> choose_requant(const std::vector<double>& ratio, int limit) {
   double top = 0.0;
   for (double r : ratio) top = std::max(top, r);
   if (!(top < 65535.5)) return std::nullopt;
   int shift = 0;
   while (shift < 31 && std::nearbyint(top * std::ldexp(1.0, shift + 1)) <= 65535.0) ++shift;
+  if (shift > limit) {
+    bool zero = false;
+    for (double r : ratio) zero = zero || (r > 0.0 && std::nearbyint(r * std::ldexp(1.0, limit)) == 0.0);
+    if (!zero) shift = limit;
+  }
   Requant q;
   q.shift = shift;
   for (double r : ratio) q.factor.push_back(static_cast<uint16_t>(std::nearbyint(r * std::ldexp(1.0, shift))));
@@ -1024,7 +1029,8 @@ class Quantizer {
       out_q = plan_activation(u.output, bits_of(u.output), u.relu_after);
       std::vector<double> ratio(static_cast<size_t>(k));
       for (int64_t c = 0; c < k; ++c) ratio[static_cast<size_t>(c)] = acc[static_cast<size_t>(c)] / out_q.scale;
-      out_rq = choose_requant(ratio);
+      const int out_bits = out_q.is_signed ? out_q.bits - 1 : out_q.bits;
+      out_rq = choose_requant(ratio, saturation_shift_limit(output_range(out_bits, out_q.is_signed)));
       if (!out_rq) {
         u.note = "the output scale is too small for a 16-bit requantization factor";
         u.precision = Precision::f32;

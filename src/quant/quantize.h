@@ -89,12 +89,15 @@ std::vector<std::pair<std::string, std::string>> quantizable_layers(const Graph&
 QuantizeResult quantize_model(const Graph& fp32, const CalibTable& calib, const QuantizeOptions& options);
 
 // The requantization of an accumulator in scale `from[c]` to scale `to` (ratio from[c] / to[c]):
-// the largest shift in 0..31 such that every factor round(ratio * 2^shift) fits in u16. Returns
-// nullopt when the largest ratio does not fit even with shift 0.
+// the largest shift in 0..31 such that every factor round(ratio * 2^shift) fits in u16, but at
+// most `limit` unless a positive ratio's factor would be 0 there. Returns nullopt when the largest
+// ratio does not fit even with shift 0. An output requantization passes
+// saturation_shift_limit(range) as the limit, so that its 32-bit form exists (the fast path of
+// the CPU and GPU kernels); the factors then keep at least 13 bits for the largest ratio.
 struct Requant {
   int shift = 0;
   std::vector<uint16_t> factor;
 };
-std::optional<Requant> choose_requant(const std::vector<double>& ratio);
+std::optional<Requant> choose_requant(const std::vector<double>& ratio, int limit = 31);
 
 }  // namespace nibble::quant

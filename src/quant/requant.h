@@ -62,6 +62,15 @@ inline std::vector<uint32_t> saturation_thresholds(const std::vector<uint16_t>& 
   return sat;
 }
 
+// The largest shift (0..31) for which saturation_thresholds exist with every 16-bit factor and
+// `range`: ((max(hi, -lo) + 1) << shift) + 65535 < 2^32. 23 for u8, 24 for s8, 27 for u4.
+inline int saturation_shift_limit(IntRange range) {
+  const uint64_t top = static_cast<uint64_t>(std::max(range.hi, -range.lo));
+  int shift = 0;
+  while (shift < 31 && ((top + 1) << (shift + 1)) + 65535 < (uint64_t{1} << 32)) ++shift;
+  return shift;
+}
+
 // The seed's average pool rounding: (sum + n / 2) / n for non-negative sums (n = 49 gives
 // (sum + 24) / 49).
 inline int64_t average_round(int64_t sum, int64_t n) { return (sum + n / 2) / n; }

@@ -25,7 +25,7 @@ std::vector<double> split_doubles(const std::string& text) {
 TEST(RequantCases, EngineMatchesTheSharedVectors) {
   std::ifstream in(testing_util::source_dir() + "/tests/data/requant_cases.txt");
   ASSERT_TRUE(in) << "tests/data/requant_cases.txt is missing";
-  int requant = 0, choose = 0;
+  int requant = 0, choose = 0, limit = 0;
   for (std::string line; std::getline(in, line);) {
     if (line.empty() || line[0] == '#') continue;
     std::istringstream ls(line);
@@ -39,10 +39,24 @@ TEST(RequantCases, EngineMatchesTheSharedVectors) {
       ASSERT_FALSE(ls.fail()) << line;
       EXPECT_EQ(quant::requantize(x, factor, shift, quant::output_range(bits, is_signed != 0)), expected) << line;
       ++requant;
-    } else if (kind == "choose") {
+    } else if (kind == "limit") {
+      int bits = 0, is_signed = 0, expected = 0;
+      ls >> bits >> is_signed >> expected;
+      ASSERT_FALSE(ls.fail()) << line;
+      const auto range = quant::output_range(bits, is_signed != 0);
+      EXPECT_EQ(quant::saturation_shift_limit(range), expected) << line;
+      // The definition: thresholds exist at the limit for the largest factor, not above it.
+      EXPECT_FALSE(quant::saturation_thresholds({1, 65535}, expected, range.lo, range.hi).empty()) << line;
+      if (expected < 31) {
+        EXPECT_TRUE(quant::saturation_thresholds({65535}, expected + 1, range.lo, range.hi).empty()) << line;
+      }
+      ++limit;
+    } else if (kind == "choose" || kind == "choose_at_most") {
       std::string ratios, shift_text, factors;
+      int at_most = 31;
+      if (kind == "choose_at_most") ls >> at_most;
       ls >> ratios >> shift_text;
-      const auto got = quant::choose_requant(split_doubles(ratios));
+      const auto got = quant::choose_requant(split_doubles(ratios), at_most);
       if (shift_text == "none") {
         EXPECT_FALSE(got.has_value()) << line;
       } else {
@@ -59,7 +73,8 @@ TEST(RequantCases, EngineMatchesTheSharedVectors) {
     }
   }
   EXPECT_GT(requant, 400);
-  EXPECT_GT(choose, 50);
+  EXPECT_GT(choose, 90);
+  EXPECT_EQ(limit, 12);
 }
 
 }  // namespace

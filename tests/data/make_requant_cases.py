@@ -19,8 +19,9 @@ def requantize(x, factor, shift, bits, is_signed):
     return max(lo, min(top, q))
 
 
-def choose(ratios):
-    # The largest shift in 0..31 with every round_half_even(ratio * 2^shift) <= 65535.
+def choose(ratios, limit=31):
+    # The largest shift in 0..31 with every round_half_even(ratio * 2^shift) <= 65535, but at most
+    # `limit` unless a positive ratio would round to 0 there.
     top = max(ratios)
     if not top < Fraction(131071, 2):
         return None
@@ -31,7 +32,21 @@ def choose(ratios):
     shift = 0
     while shift < 31 and rne(top * 2 ** (shift + 1)) <= 65535:
         shift += 1
+    if shift > limit and all(rne(r * 2 ** limit) > 0 for r in ratios if r > 0):
+        shift = limit
     return shift, [rne(r * 2 ** shift) for r in ratios]
+
+
+def shift_limit(bits, is_signed):
+    # The largest shift whose 32-bit saturation thresholds exist for every 16-bit factor f: the
+    # threshold t = ceil((need - round) / f), need = (top + 1) 2^shift, round = 2^(shift - 1), must
+    # keep t f + round below 2^32; the worst f (65535 with t f = need - round + f - 1) gives
+    # need + 65534 < 2^32.
+    top = 2 ** bits - 1
+    shift = 0
+    while shift < 31 and (top + 1) * 2 ** (shift + 1) + 65534 < 2 ** 32:
+        shift += 1
+    return shift
 
 
 rng = random.Random(6)
@@ -61,3 +76,18 @@ for _ in range(60):
     r = choose([Fraction(v) for v in ratios])
     text = ",".join(repr(v) for v in ratios)
     print(f"choose {text} none" if r is None else f"choose {text} {r[0]} {','.join(map(str, r[1]))}")
+print("# limit bits signed shift: the largest shift with 32-bit saturation thresholds")
+for bits in (3, 4, 7, 8, 15, 31):
+    for sg in (0, 1):
+        print(f"limit {bits} {sg} {shift_limit(bits, sg)}")
+print("# choose_at_most limit ratio,ratio,... shift factor,factor,...")
+for _ in range(40):
+    n = rng.randrange(1, 5)
+    mag = 10.0 ** rng.uniform(-12, 0)
+    ratios = [rng.uniform(0.001, 1.0) * mag for _ in range(n)]
+    if rng.random() < 0.2:
+        ratios.append(0.0)
+    limit = rng.choice([23, 24, 27])
+    r = choose([Fraction(v) for v in ratios], limit)
+    text = ",".join(repr(v) for v in ratios)
+    print(f"choose_at_most {limit} {text} {r[0]} {','.join(map(str, r[1]))}")

@@ -68,7 +68,7 @@ def exact_logits(model, x):
 
 def test_requantization_matches_the_shared_vectors():
     """The same vectors tests/cpp/test_requant_cases.cpp checks the engine against."""
-    n_req = n_choose = 0
+    n_req = n_choose = n_limit = 0
     for line in CASES.read_text().splitlines():
         if not line or line.startswith("#"):
             continue
@@ -81,16 +81,23 @@ def test_requantization_matches_the_shared_vectors():
                                          torch.tensor(float(shift), dtype=torch.float64), rng)
             assert int(got.item()) == want, line
             n_req += 1
+        elif kind == "limit":
+            bits, sg, want = map(int, f)
+            assert arith.saturation_shift_limit(arith.output_range(bits, bool(sg))) == want, line
+            n_limit += 1
         else:
+            limit = 31
+            if kind == "choose_at_most":
+                limit = int(f.pop(0))
             ratios = torch.tensor([float(v) for v in f[0].split(",")], dtype=torch.float64)
-            shift, factor, fits = arith.choose_requant(ratios)
+            shift, factor, fits = arith.choose_requant(ratios, limit)
             if f[1] == "none":
                 assert not bool(fits), line
             else:
                 assert bool(fits) and int(shift) == int(f[1]), line
                 assert [int(v) for v in factor] == [int(v) for v in f[2].split(",")], line
             n_choose += 1
-    assert n_req > 400 and n_choose > 50
+    assert n_req > 400 and n_choose > 90 and n_limit == 12
 
 
 def test_float32_training_form_rounds_like_the_exact_one():
