@@ -43,6 +43,17 @@ __device__ __forceinline__ float e4m3_value(uint8_t code) {
   const __nv_fp8_e4m3 v = *reinterpret_cast<const __nv_fp8_e4m3*>(&code);
   return static_cast<float>(v);
 }
+// Two values at once: e4m3_code of v0 (low byte) and v1 (high byte), one conversion for the pair
+// (NaN, which the pair conversion need not map to 0x7F, takes e4m3_code); the values of two codes
+// (the low byte first), exactly, through f16.
+__device__ __forceinline__ uint32_t e4m3_codes(float v0, float v1) {
+  if (v0 != v0 || v1 != v1) return e4m3_code(v0) | (static_cast<uint32_t>(e4m3_code(v1)) << 8);
+  return __nv_cvt_float2_to_fp8x2(make_float2(v0, v1), __NV_SATFINITE, __NV_E4M3);
+}
+__device__ __forceinline__ float2 e4m3_values(uint16_t codes) {
+  const __half2 h = __nv_cvt_fp8x2_to_halfraw2(codes, __NV_E4M3);
+  return __half22float2(h);
+}
 
 // Programmatic dependent launch (sm_90 and newer): every kernel is launched allowed to start
 // while the kernel ahead of it in the stream finishes, so that its launch and prologue overlap

@@ -37,6 +37,7 @@
 #include <cuda_fp8.h>
 
 #include "backends/cuda/common.cuh"
+#include "backends/cuda/divide.h"
 #include "backends/cuda/epilogue.cuh"
 #include "backends/cuda/kernels.cuh"
 #include "backends/cuda/wgmma.cuh"
@@ -85,9 +86,12 @@ struct WgTile {
   // Staging of the accumulators (64 rows x 64 maps per consumer); prefetch: two residual tiles
   // (128 rows, up to BN bytes) and two sets of per-map constants (bias s32, sat u32, factor u16,
   // residual factor u16).
-  static_assert(kCtas == 1 || kE == Epi::direct, "two blocks per multiprocessor only with the direct epilogue");
+  // FP8 (e4m3) tiles have their own epilogue straight from the fragments (fp8_epilogue), whose
+  // e4m3 output tile of 64 rows x (BN + 16) bytes per consumer takes the staging area.
+  static constexpr bool kFp8 = kA == Storage::e4m3;
+  static_assert(kCtas == 1 || kE == Epi::direct || kFp8, "two blocks per multiprocessor only with the direct or FP8 epilogue");
   static constexpr int kLimit = kCtas == 2 ? kSmemLimit2 : kSmemLimit;
-  static constexpr int kStageEpi = kCtas == 2 ? 2 * 64 * BN : 2 * 64 * kEpiRow * 4;
+  static constexpr int kStageEpi = kCtas == 2 ? 2 * 64 * (kFp8 ? BN + 16 : BN) : 2 * 64 * kEpiRow * 4;
   // One block: the producer warpgroup first, registers rebalanced by setmaxnreg (the producer's
   // 40, the consumers' 232). Two blocks: the producer is one warp after the consumers (wgmma
   // needs warpgroups aligned to 4 warps), and every thread has 96 registers: each of the four
@@ -419,20 +423,33 @@ __device__ __forceinline__ void fp8_epilogue(const ConvArgs& a, const float (&ac
     }
     sm90::named_barrier(1 + cw, 128);
   }
+  // Per value: a multiply and an add (and the residual's), the division by the output scale as
+  // divide_by (a multiply and two FMAs), a pair of values per conversion. The padding maps (a.m
+  // up to the row's end) need no test: their scale, bias, weights and residual codes are 0, so
+  // their values are +0 and their codes 0.
 #pragma unroll
   for (int j = 0; j < BN / 8; ++j) {
     const int col = 8 * j + 2 * t, m = map0 + col;
     if (col >= cols) continue;
+    const float2 sc = *reinterpret_cast<const float2*>(a.fscale + m);
+    const float2 bi = *reinterpret_cast<const float2*>(a.fbias + m);
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int r = warp * 16 + g + 8 * h;
       if (row0 + r >= a.pixels) continue;
-      uint8_t* at = stage + r * kRow + col;
-      float v0, v1;
-      fp8_value_pair<BN>(a, acc, j, h, m, a.res ? at : nullptr, v0, v1);
-      const uint32_t c0 = m < a.m ? quantize_float_e4m3(v0, a.fout_scale) : 0u;
-      const uint32_t c1 = m + 1 < a.m ? quantize_float_e4m3(v1, a.fout_scale) : 0u;
-      *reinterpret_cast<uint16_t*>(at) = static_cast<uint16_t>(c0 | (c1 << 8));
+      uint16_t* at = reinterpret_cast<uint16_t*>(stage + r * kRow + col);
+      float v0 = __fadd_rn(__fmul_rn(acc[4 * j + 2 * h], sc.x), bi.x);
+      float v1 = __fadd_rn(__fmul_rn(acc[4 * j + 2 * h + 1], sc.y), bi.y);
+      if (a.res) {
+        const float2 rv = e4m3_values(*at);
+        v0 = __fadd_rn(v0, __fmul_rn(rv.x, a.fres_scale));
+        v1 = __fadd_rn(v1, __fmul_rn(rv.y, a.fres_scale));
+      }
+      if (a.relu) {
+        v0 = v0 < 0.0f ? 0.0f : v0;
+        v1 = v1 < 0.0f ? 0.0f : v1;
+      }
+      *at = static_cast<uint16_t>(e4m3_codes(divide_by(v0, a.fout_scale, a.fout_inv), divide_by(v1, a.fout_scale, a.fout_inv)));
     }
   }
   sm90::named_barrier(1 + cw, 128);
@@ -915,7 +932,9 @@ int two_ctas(const ConvArgs& a, int in_bits) {
     const char* e = std::getenv("NIBBLE_WGMMA_EXPAND_BN");
     return e && std::string(e) == "64" ? 64 : 128;
   }();
-  if (!two_ctas_allowed() || epilogue_forced() != 0 || direct_kind(a, in_bits) < 0) return 0;
+  // FP8 layers have one epilogue (fp8_epilogue), which two blocks run as well as one.
+  const bool fp8 = a.x_storage == Storage::e4m3;
+  if (!two_ctas_allowed() || epilogue_forced() != 0 || (!fp8 && direct_kind(a, in_bits) < 0)) return 0;
   const int64_t channels = in_bits == 4 ? 2 * a.x_row : a.x_row;
   if (a.kh * a.kw == 1 && a.m >= 256 && a.m > channels && channels <= 128) return expand_bn;
   return a.m <= 64 ? 64 : 0;
@@ -939,13 +958,13 @@ bool resident_weights(const ConvArgs& a) {
 
 // Two blocks per multiprocessor of BN-map tiles, with resident weights where they apply; returns
 // the variant's name (`names`: without, with).
-template <int BN, Storage kA>
+template <int BN, Storage kA, Epi kE = Epi::direct>
 const char* launch_two(const ConvArgs& a, cudaStream_t stream, const char* const* names) {
   if (resident_weights<BN, kA>(a)) {
-    launch_wg<BN, kA, Epi::direct, 2, true>(a, stream);
+    launch_wg<BN, kA, kE, 2, true>(a, stream);
     return names[1];
   }
-  launch_wg<BN, kA, Epi::direct, 2>(a, stream);
+  launch_wg<BN, kA, kE, 2>(a, stream);
   return names[0];
 }
 
@@ -1016,6 +1035,8 @@ const char* launch_conv_wgmma(const ConvArgs& a, cudaStream_t stream) {
   static const char* const s8_two[4] = NIBBLE_WGMMA_TWO("wgmma_s8s8");
   static const char* const u4_two[4] = NIBBLE_WGMMA_TWO("wgmma_u4s4");
   static const char* const none[4] = {nullptr, nullptr, nullptr, nullptr};
+  static const char* const e4m3_two[4] = {"wgmma_e4m3_n64_x2", "wgmma_e4m3_n64_x2_rw", "wgmma_e4m3_n128_x2",
+                                          "wgmma_e4m3_n128_x2_rw"};
 #undef NIBBLE_WGMMA_TWO
   switch (a.x_storage) {
     case Storage::u8: return launch_bn<Storage::u8>(a, stream, u8, u8_two);
@@ -1023,7 +1044,13 @@ const char* launch_conv_wgmma(const ConvArgs& a, cudaStream_t stream) {
     case Storage::u4: return launch_bn<Storage::u4>(a, stream, u4, u4_two);
     case Storage::s4: return launch_bn<Storage::s4>(a, stream, s4, none);
     case Storage::e4m3:
-      // FP8 (QGMMA): e4m3 activations and weight codes, f32 accumulators, the f32 epilogue.
+      // FP8 (QGMMA): e4m3 activations and weight codes, f32 accumulators, the f32 epilogue; two
+      // blocks per multiprocessor where the integer layers take them.
+      switch (two_ctas(a, 8)) {
+        case 64: return launch_two<64, Storage::e4m3, Epi::staged>(a, stream, e4m3_two);
+        case 128: return launch_two<128, Storage::e4m3, Epi::staged>(a, stream, e4m3_two + 2);
+        default: break;
+      }
       if (a.m <= 64) {
         launch_wg<64, Storage::e4m3, Epi::staged>(a, stream);
         return "wgmma_e4m3_n64";

@@ -265,6 +265,7 @@ struct CudaEngine::Impl {
     a.fbias = convs[s].fbias;
     a.fres_scale = k.fres_scale;
     a.fout_scale = k.fout_scale;
+    a.fout_inv = k.fout_scale > 0.0f ? 1.0f / k.fout_scale : 0.0f;
     a.relu = k.relu;
     a.factor = convs[s].factor;
     a.sat = convs[s].sat;

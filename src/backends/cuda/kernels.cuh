@@ -33,8 +33,9 @@ struct ConvArgs {
   // y = f32(sum) x fscale + fbias (ConvStep::fp8); `bias` and the requantization are unused.
   const float* fscale = nullptr;
   const float* fbias = nullptr;
-  // ConvStep::fres_scale (an e4m3 residual's scale) and ::fout_scale (an e4m3 output's).
-  float fres_scale = 0.0f, fout_scale = 0.0f;
+  // ConvStep::fres_scale (an e4m3 residual's scale) and ::fout_scale (an e4m3 output's), and
+  // RN(1 / fout_scale) for divide_by.
+  float fres_scale = 0.0f, fout_scale = 0.0f, fout_inv = 0.0f;
   bool relu = false;
   const uint16_t* factor = nullptr;  // nullptr: s32 output
   const uint32_t* sat = nullptr;     // per map saturation thresholds (ConvStep::sat), or nullptr
