@@ -2,6 +2,7 @@
 """w4a8-fp8 (FP8 activations x 4-bit weights) against INT8 on the GPU, in one invocation.
 
     python3 tools/gpu_fp8_bench.py --nibble build/nibble --work DIR [--batches 256,1024,2048] [--json r.json]
+                                   [--requantize-shortcuts]
 
 torchvision's ResNet-50 v1.5 (random weights; BatchNorm statistics of random N(0, 1) batches, as
 normalized images have) is exported to ONNX (opset 13), calibrated once by `nibble calibrate`
@@ -57,6 +58,8 @@ def main():
     ap.add_argument("--duration", default="2")
     ap.add_argument("--precisions", default="int8,w4a8,w4a8-fp8")
     ap.add_argument("--json")
+    ap.add_argument("--requantize-shortcuts", action="store_true",
+                    help="quantize with --requantize-shortcuts (8-bit shortcut convs, as the seed model)")
     args = ap.parse_args()
     work = pathlib.Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -69,7 +72,8 @@ def main():
     for p in args.precisions.split(","):
         out = work / f"r50_{p}.nbl"
         if not out.exists():
-            run([nb, "quantize", onnx_path, "--calib", work / "r50.calib", "--precision", p, "-o", out], log)
+            extra = ["--requantize-shortcuts"] if args.requantize_shortcuts else []
+            run([nb, "quantize", onnx_path, "--calib", work / "r50.calib", "--precision", p, *extra, "-o", out], log)
         js = work / f"bench_{p}.json"
         run([nb, "bench", out, "--device", "cuda", "--batch", args.batches, "--duration", args.duration, "--json", js], log)
         for r in json.loads(js.read_text())["results"]:

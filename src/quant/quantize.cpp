@@ -259,9 +259,11 @@ class Quantizer {
       if (u.kind == Unit::generic) check_generic(n, readers);
       add_unit(std::move(u), i);
     }
-    // A conv read only as the residual operand of a later conv's add keeps its accumulators.
+    // A conv read only as the residual operand of a later conv's add keeps its accumulators
+    // (unless requantize_shortcuts asks for its calibrated 8- or 4-bit form).
     for (Unit& u : units) {
       if (u.kind != Unit::conv || u.input2.empty()) continue;
+      if (opt_.requantize_shortcuts && calib_entry(u.input2)) continue;
       const auto it = producer_index.find(u.input2);
       if (it == producer_index.end()) continue;
       Unit& r = units[it->second];

@@ -51,6 +51,11 @@ struct QuantizeOptions {
   // By ONNX node name, HessianCollector::fp8_statistics(): DPQ then aims at the FP32 output
   // through the layer's FP8 inputs (quant/dpq.h); without them it uses `hessians`.
   std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> fp8_statistics;
+  // A conv whose output only feeds a later conv's residual Add (a bottleneck's conv3 where the
+  // exporter puts the shortcut conv after it) hands over its s32 accumulators by default, exact
+  // but 4 bytes a value; with this set it is requantized to 8 (4) bits at its calibrated range,
+  // as the seed model does, so that the GPU's direct epilogues take both layers.
+  bool requantize_shortcuts = false;
   // GPTQ's linear algebra threads (0: one per core), and a call after each layer it rounds.
   int threads = 0;
   std::function<void()> on_gptq_layer;

@@ -389,6 +389,34 @@ TEST_F(Quantize, Int8FusesEveryConvAndTracksFp32) {
   EXPECT_EQ(linear, 1);
 }
 
+// A conv read only by a later conv's residual Add (the downsampling blocks' conv2 here, which the
+// exporter puts before the shortcut conv) hands over its s32 sums by default; with
+// requantize_shortcuts it is requantized at its calibrated range instead, so no fused conv
+// writes s32 and the network still tracks FP32.
+TEST_F(Quantize, RequantizedShortcutsLeaveNoS32BetweenLayers) {
+  auto s32_outputs = [](const Graph& g) {
+    int n = 0;
+    for (const Node& node : g.nodes) {
+      // An s32 output: no requantization, or one to more than 8 bits (a residual rescale).
+      const bool conv = node.op_type == "nibble:IntConvFused" || node.op_type == "nibble:IntConv";
+      n += conv && (node.inputs.size() <= 4 || node.inputs[4].empty() || node.attr_int("bits", 32) > 8);
+    }
+    return n;
+  };
+  Graph exact = graph_from_model_dir(quant::quantize_model(*graph_, *table_, {}).model);
+  EXPECT_EQ(fuse_int_conv_epilogues(exact), 11);
+  EXPECT_GT(s32_outputs(exact), 0);
+  quant::QuantizeOptions opt;
+  opt.requantize_shortcuts = true;
+  const auto r = quant::quantize_model(*graph_, *table_, opt);
+  Graph g = graph_from_model_dir(r.model);
+  EXPECT_EQ(fuse_int_conv_epilogues(g), 11);
+  EXPECT_EQ(s32_outputs(g), 0);
+  const Tensor y = run_graph(g, *test_x_);
+  EXPECT_GT(cosine(y, *fp32_), 0.999);
+  EXPECT_GE(argmax_agreement(y, *fp32_), 62);
+}
+
 TEST_F(Quantize, FourBitWeightsAreSmallerAndFirstLastStayAtEightBits) {
   quant::QuantizeOptions opt;
   opt.precision = quant::Precision::int4;
