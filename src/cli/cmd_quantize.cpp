@@ -116,7 +116,7 @@ void add_quantize_command(CLI::App& app) {
                 "Quantize the first and last layers to --precision too (by default they stay at 8 bits)");
   cmd->add_flag("--requantize-shortcuts", args->requantize_shortcuts,
                 "Requantize a conv read only by a later conv's residual Add to 8 (4) bits, as the seed model does, "
-                "instead of handing over its 32-bit sums: faster on the GPU, one more rounding");
+                "instead of handing over its 32-bit sums: no 32-bit tensor between layers, one more rounding");
   cmd->add_option("-o,--output", args->output, "Model directory to write (must not exist)")->required();
   cmd->add_flag("--gptq", args->gptq,
                 "Round weights with GPTQ's Hessian-guided error compensation, measured on --data (recommended for "

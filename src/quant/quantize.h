@@ -54,7 +54,8 @@ struct QuantizeOptions {
   // A conv whose output only feeds a later conv's residual Add (a bottleneck's conv3 where the
   // exporter puts the shortcut conv after it) hands over its s32 accumulators by default, exact
   // but 4 bytes a value; with this set it is requantized to 8 (4) bits at its calibrated range,
-  // as the seed model does, so that the GPU's direct epilogues take both layers.
+  // as the seed model does, so that no tensor between layers is 32-bit (the GPU's direct
+  // epilogues write 8- and 4-bit outputs only).
   bool requantize_shortcuts = false;
   // GPTQ's linear algebra threads (0: one per core), and a call after each layer it rounds.
   int threads = 0;
