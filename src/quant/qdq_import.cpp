@@ -178,6 +178,10 @@ QdqModel import_qdq(const Graph& g) {
         w->second == 8 ? Precision::int8 : (abits == 4 ? Precision::int4 : Precision::w4a8);
   }
   out.options.first_last_8bit = false;
+  // A conv read only by a later conv's residual Add is requantized where the model quantizes its
+  // output (a QuantizeLinear / DequantizeLinear pair, which gave it a table entry above); without
+  // one it hands over its sums, as `quantize` does by default.
+  out.options.requantize_shortcuts = true;
   for (const Node& n : fp.nodes) {
     if (n.op_type == "QuantizeLinear" || n.op_type == "DequantizeLinear") {
       fail(g.source, "{}: a QuantizeLinear without its DequantizeLinear cannot be imported", n.label());

@@ -541,37 +541,44 @@ TEST_F(Quantize, ModelDirectoryRoundTripGivesTheSameOutputs) {
 }
 
 TEST_F(Quantize, QdqExportAndImportRoundTripExactly) {
-  quant::QuantizeOptions opt;
-  opt.precision = quant::Precision::int4;
-  auto r = quant::quantize_model(*graph_, *table_, opt);
-  r.model.path = path("q.nbl");
-  EXPECT_EQ(export_qdq_onnx(r.model, path("q.onnx")), 13);
-  const Graph qdq = load_model(path("q.onnx"));
-  ASSERT_TRUE(quant::is_qdq(qdq));
-  // The QDQ graph, run in float, stays close to the integer model.
-  const Tensor yq = run_graph(qdq, *test_x_);
-  const Tensor yi = run_graph(quantized(r.model), *test_x_);
-  EXPECT_GT(cosine(yq, yi), 0.99);
-  EXPECT_GE(argmax_agreement(yq, yi), 60);
-  // Importing it takes its scales and widths: every tensor of the model comes back equal.
-  const quant::QdqModel imported = quant::import_qdq(qdq);
-  EXPECT_EQ(imported.weights, 12);
-  const auto back = quant::quantize_model(imported.fp32, imported.calib, imported.options);
-  ASSERT_EQ(back.layers.size(), r.layers.size());
-  for (size_t i = 0; i < r.layers.size(); ++i) EXPECT_EQ(back.layers[i].precision, r.layers[i].precision);
-  for (const auto& [name, layer] : r.model.layers) {
-    for (const auto& f : layer.fields) {
-      if (!f.is_tensor) continue;
-      // The pooled layer is renamed in the round trip (the exporter names its values).
-      const std::string other = back.model.has_layer(name) ? name : "";
-      ASSERT_FALSE(other.empty()) << name;
-      const Tensor& t = back.model.layer(other).get_tensor(f.key);
-      ASSERT_EQ(t.shape(), f.tensor.shape()) << name << "." << f.key;
-      for (int64_t i = 0; i < t.numel(); ++i) ASSERT_EQ(t.get(i), f.tensor.get(i)) << name << "." << f.key << "[" << i << "]";
+  // INT4, and INT8 with requantized shortcuts (whose QuantizeLinear pairs tell the importer).
+  for (const bool shortcuts : {false, true}) {
+    SCOPED_TRACE(shortcuts ? "int8, requantized shortcuts" : "int4");
+    quant::QuantizeOptions opt;
+    opt.precision = shortcuts ? quant::Precision::int8 : quant::Precision::int4;
+    opt.requantize_shortcuts = shortcuts;
+    auto r = quant::quantize_model(*graph_, *table_, opt);
+    const std::string dir = shortcuts ? "q8" : "q4";
+    r.model.path = path(dir + ".nbl");
+    EXPECT_EQ(export_qdq_onnx(r.model, path(dir + ".onnx")), 13);
+    const Graph qdq = load_model(path(dir + ".onnx"));
+    ASSERT_TRUE(quant::is_qdq(qdq));
+    // The QDQ graph, run in float, stays close to the integer model.
+    const Tensor yq = run_graph(qdq, *test_x_);
+    const Tensor yi = run_graph(quantized(r.model), *test_x_);
+    EXPECT_GT(cosine(yq, yi), 0.99);
+    EXPECT_GE(argmax_agreement(yq, yi), 60);
+    // Importing it takes its scales and widths: every tensor of the model comes back equal.
+    const quant::QdqModel imported = quant::import_qdq(qdq);
+    EXPECT_EQ(imported.weights, 12);
+    const auto back = quant::quantize_model(imported.fp32, imported.calib, imported.options);
+    ASSERT_EQ(back.layers.size(), r.layers.size());
+    ASSERT_EQ(back.model.layers.size(), r.model.layers.size());
+    for (size_t i = 0; i < r.layers.size(); ++i) EXPECT_EQ(back.layers[i].precision, r.layers[i].precision);
+    for (const auto& [name, layer] : r.model.layers) {
+      for (const auto& f : layer.fields) {
+        if (!f.is_tensor) continue;
+        // The pooled layer is renamed in the round trip (the exporter names its values).
+        const std::string other = back.model.has_layer(name) ? name : "";
+        ASSERT_FALSE(other.empty()) << name;
+        const Tensor& t = back.model.layer(other).get_tensor(f.key);
+        ASSERT_EQ(t.shape(), f.tensor.shape()) << name << "." << f.key;
+        for (int64_t i = 0; i < t.numel(); ++i) ASSERT_EQ(t.get(i), f.tensor.get(i)) << name << "." << f.key << "[" << i << "]";
+      }
     }
+    const Tensor yb = run_graph(quantized(back.model), *test_x_);
+    for (int64_t i = 0; i < yb.numel(); ++i) ASSERT_EQ(yb.get(i), yi.get(i));
   }
-  const Tensor yb = run_graph(quantized(back.model), *test_x_);
-  for (int64_t i = 0; i < yb.numel(); ++i) ASSERT_EQ(yb.get(i), yi.get(i));
 }
 
 // The newer opsets: 4-bit weights as int4 and 4-bit activations through uint4 (opset 21), FP8
