@@ -49,6 +49,19 @@ def shift_limit(bits, is_signed):
     return shift
 
 
+def random_ratios(exponents, smallest):
+    # 1 to 4 ratios of one random magnitude 10^e (e uniform in `exponents`), each that magnitude
+    # times a uniform fraction in [smallest, 1).
+    n = rng.randrange(1, 5)
+    mag = 10.0 ** rng.uniform(*exponents)
+    return [rng.uniform(smallest, 1.0) * mag for _ in range(n)]
+
+
+def choose_line(kind, ratios, r):
+    text = ",".join(repr(v) for v in ratios)
+    return f"{kind} {text} none" if r is None else f"{kind} {text} {r[0]} {','.join(map(str, r[1]))}"
+
+
 rng = random.Random(6)
 print("# Requantization test vectors (see make_requant_cases.py).")
 print("# requant x factor shift bits signed expected")
@@ -66,28 +79,21 @@ for shift in (1, 4, 9, 16):
         cases += [(x, 1, shift, 31, True), (-x, 1, shift, 31, True)]
 for x, factor, shift, bits, sg in cases:
     print(f"requant {x} {factor} {shift} {bits} {int(sg)} {requantize(x, factor, shift, bits, sg)}")
+
 print("# choose ratio,ratio,... shift factor,factor,... (ratios are exact decimal doubles; none: does not fit)")
 for _ in range(60):
-    n = rng.randrange(1, 5)
-    mag = 10.0 ** rng.uniform(-9, 5)
-    ratios = [rng.uniform(0.01, 1.0) * mag for _ in range(n)]
+    ratios = random_ratios((-9, 5), 0.01)
     if rng.random() < 0.1:
         ratios.append(rng.choice([65535.0, 65535.4999, 65535.5, 70000.0]))
-    r = choose([Fraction(v) for v in ratios])
-    text = ",".join(repr(v) for v in ratios)
-    print(f"choose {text} none" if r is None else f"choose {text} {r[0]} {','.join(map(str, r[1]))}")
+    print(choose_line("choose", ratios, choose([Fraction(v) for v in ratios])))
 print("# limit bits signed shift: the largest shift with 32-bit saturation thresholds")
 for bits in (3, 4, 7, 8, 15, 31):
     for sg in (0, 1):
         print(f"limit {bits} {sg} {shift_limit(bits, sg)}")
 print("# choose_at_most limit ratio,ratio,... shift factor,factor,...")
 for _ in range(40):
-    n = rng.randrange(1, 5)
-    mag = 10.0 ** rng.uniform(-12, 0)
-    ratios = [rng.uniform(0.001, 1.0) * mag for _ in range(n)]
+    ratios = random_ratios((-12, 0), 0.001)
     if rng.random() < 0.2:
         ratios.append(0.0)
     limit = rng.choice([23, 24, 27])
-    r = choose([Fraction(v) for v in ratios], limit)
-    text = ",".join(repr(v) for v in ratios)
-    print(f"choose_at_most {limit} {text} {r[0]} {','.join(map(str, r[1]))}")
+    print(choose_line(f"choose_at_most {limit}", ratios, choose([Fraction(v) for v in ratios], limit)))
