@@ -182,6 +182,8 @@ QdqModel import_qdq(const Graph& g) {
   // output (a QuantizeLinear / DequantizeLinear pair, which gave it a table entry above); without
   // one it hands over its sums, as `quantize` does by default.
   out.options.requantize_shortcuts = true;
+  // Likewise a conv that only float ops read: rounded where the model has a pair, f32 elsewhere.
+  out.options.float_read_outputs = false;
   for (const Node& n : fp.nodes) {
     if (n.op_type == "QuantizeLinear" || n.op_type == "DequantizeLinear") {
       fail(g.source, "{}: a QuantizeLinear without its DequantizeLinear cannot be imported", n.label());

@@ -76,6 +76,7 @@ struct Unit {
   bool relu_after = false;
   std::optional<double> clip_max;  // the ReLU is a Clip(0, clip_max) (ReLU6)
   bool residual_only = false;  // a conv whose output is only the residual operand of a later add
+  bool float_out = false;      // only float ops read the output: it is handed over in f32
   Precision precision = Precision::f32;
   std::string note;
 };
@@ -296,6 +297,20 @@ class Quantizer {
         if (!producer_index.count(in)) continue;  // graph inputs and constants keep their own range
         range_of_[in] = n.outputs[0];
       }
+    }
+    // A conv or linear layer whose every reader is a float op keeps its output in f32 (unless it
+    // is a Concat branch taking the Concat's scale: that integer form is exact and 8 bits wide).
+    std::map<const Node*, Unit::Kind> kind_of;
+    for (const Unit& u : units) kind_of[u.node] = u.kind;
+    for (Unit& u : units) {
+      if ((u.kind != Unit::conv && u.kind != Unit::linear) || outputs.count(u.output) || range_of_.count(u.output)) continue;
+      if (!opt_.float_read_outputs && calib_entry(u.output)) continue;
+      const auto rd = readers.find(u.output);
+      if (rd == readers.end() || rd->second.empty()) continue;
+      u.float_out = std::all_of(rd->second.begin(), rd->second.end(), [&](const Node* n) {
+        const auto k = kind_of.find(n);
+        return k != kind_of.end() && k->second == Unit::generic;
+      });
     }
     return units;
   }
@@ -1026,7 +1041,7 @@ class Quantizer {
     std::optional<Requant> out_rq;
     QValue out_q{};
     const bool graph_output = is_graph_output(u.output);
-    const bool to_scale = u.kind == Unit::linear && graph_output && !u.relu_after;
+    const bool to_scale = (u.kind == Unit::linear && graph_output && !u.relu_after) || u.float_out;
     if (!u.residual_only && !to_scale) {
       out_q = plan_activation(u.output, bits_of(u.output), u.relu_after);
       std::vector<double> ratio(static_cast<size_t>(k));
@@ -1095,8 +1110,9 @@ class Quantizer {
       std::vector<double> inv(static_cast<size_t>(k));
       for (int64_t c = 0; c < k; ++c) inv[static_cast<size_t>(c)] = 1.0 / acc[static_cast<size_t>(c)];
       tensor_field(s, "out_scale", f32_tensor(inv, {k}));
-      const std::string scale_name = s.name;
+      std::string scale_name = s.name;
       add_layer(std::move(s), {value});
+      if (u.clip_max) scale_name = clip_layer(u, scale_name);
       float_[u.output] = scale_name;
       return true;
     }

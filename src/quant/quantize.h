@@ -57,6 +57,12 @@ struct QuantizeOptions {
   // as the seed model does, so that no tensor between layers is 32-bit (the GPU's direct
   // epilogues write 8- and 4-bit outputs only).
   bool requantize_shortcuts = false;
+  // A conv or linear layer whose output only float ops read (a Sigmoid, a Concat, a HardSwish)
+  // hands them its f32 value, the accumulators times their scale, instead of an 8-bit one that
+  // they would dequantize: one rounding less, and no integer layer needs it. Unset, a tensor the
+  // calibration table has a range for is rounded there (a QDQ model's QuantizeLinear /
+  // DequantizeLinear pair), and only tensors without one stay f32.
+  bool float_read_outputs = true;
   // GPTQ's linear algebra threads (0: one per core), and a call after each layer it rounds.
   int threads = 0;
   std::function<void()> on_gptq_layer;

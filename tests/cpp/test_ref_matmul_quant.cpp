@@ -390,6 +390,22 @@ TEST(RefDequantizeLinear, E4m3CodesTimesTheScale) {
   EXPECT_NE(kernel_error(dequantize_linear, n, {&codes, &s, &z}).find("zero"), std::string::npos);
 }
 
+// --- nibble:Scale ----------------------------------------------------------------------------------
+
+TEST(RefScale, DividesEachChannelOfLogitsOrMaps) {
+  const Node n = node("nibble:Scale", 1);
+  const Tensor s = f32({2}, {0.5, 4});
+  const Tensor logits = make(DType::s32, {2, 2}, {3, -8, 1, 6});
+  EXPECT_EQ(values(run(scale, n, {&logits, &s})), (std::vector<double>{6, -2, 2, 1.5}));
+  // N x K x H x W: the scale of channel k divides its whole map.
+  const Tensor maps = make(DType::s32, {2, 2, 1, 3}, {1, 2, 3, 4, 8, -12, -1, 0, 5, 16, 20, 24});
+  EXPECT_EQ(values(run(scale, n, {&maps, &s})), (std::vector<double>{2, 4, 6, 1, 2, -3, -2, 0, 10, 4, 5, 6}));
+  const Tensor flat = make(DType::s32, {4}, {1, 2, 3, 4});
+  EXPECT_NE(kernel_error(scale, n, {&flat, &s}).find("N x K"), std::string::npos);
+  const Tensor three = make(DType::s32, {1, 3, 1, 1}, {1, 2, 3});
+  EXPECT_NE(kernel_error(scale, n, {&three, &s}).find("3 f32 scales"), std::string::npos);
+}
+
 // --- Softmax ---------------------------------------------------------------------------------------
 
 TEST(RefSoftmax, AxisSemanticsChangeAtOpset13) {
