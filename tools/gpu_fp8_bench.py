@@ -2,7 +2,7 @@
 """w4a8-fp8 (FP8 activations x 4-bit weights) against INT8 on the GPU, in one invocation.
 
     python3 tools/gpu_fp8_bench.py --nibble build/nibble --work DIR [--batches 256,1024,2048] [--json r.json]
-                                   [--requantize-shortcuts]
+                                   [--shortcut-sums]
 
 torchvision's ResNet-50 v1.5 (random weights; BatchNorm statistics of random N(0, 1) batches, as
 normalized images have) is exported to ONNX (opset 13), calibrated once by `nibble calibrate`
@@ -58,8 +58,9 @@ def main():
     ap.add_argument("--duration", default="2")
     ap.add_argument("--precisions", default="int8,w4a8,w4a8-fp8")
     ap.add_argument("--json")
-    ap.add_argument("--requantize-shortcuts", action="store_true",
-                    help="quantize with --requantize-shortcuts (8-bit shortcut convs, as the seed model)")
+    ap.add_argument("--shortcut-sums", action="store_true",
+                    help="quantize with --shortcut-sums (shortcut convs hand over 32-bit sums; the default requantizes "
+                         "them to 8 bits, as the seed model)")
     args = ap.parse_args()
     work = pathlib.Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -72,7 +73,7 @@ def main():
     for p in args.precisions.split(","):
         out = work / f"r50_{p}.nbl"
         if not out.exists():
-            extra = ["--requantize-shortcuts"] if args.requantize_shortcuts else []
+            extra = ["--shortcut-sums"] if args.shortcut_sums else []
             run([nb, "quantize", onnx_path, "--calib", work / "r50.calib", "--precision", p, *extra, "-o", out], log)
         js = work / f"bench_{p}.json"
         run([nb, "bench", out, "--device", "cuda", "--batch", args.batches, "--duration", args.duration, "--json", js], log)

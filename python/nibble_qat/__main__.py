@@ -16,7 +16,7 @@ ranges), which go straight into nibble:
 
   nibble quantize OUT/model.onnx --calib OUT/model.calib --precision P -o OUT/model.nbl
 
-Use the same --precision (and --all-layers / --layer-precision) there, and no --gptq: the
+Use the same --precision (and --all-layers / --layer-precision / --shortcut-sums) there, and no --gptq: the
 fake-quantized model rounds weights to the nearest level, as plain `nibble quantize` does.
 A checkpoint (checkpoint.pt) is written after every epoch; --resume continues from it.
 
@@ -71,6 +71,9 @@ def main(argv=None):
                         "pruned by `nibble prune --pattern 2:4`) through every step")
     f.add_argument("--all-layers", action="store_true",
                    help="quantize the first and last layers at --precision too (default: 8 bits, as nibble quantize)")
+    f.add_argument("--shortcut-sums", action="store_true",
+                   help="a conv read only by a later conv's residual Add hands over its 32-bit sums instead of an "
+                        "8-bit value (as nibble quantize --shortcut-sums; quantize the result with it too)")
     f.add_argument("--layer-precision", type=_layer_precision, default={},
                    help="NAME:PRECISION,... per layer, as nibble quantize takes it")
     f.add_argument("--learn-ranges", action="store_true",
@@ -153,7 +156,8 @@ def _finetune(args):
     else:
         raise ValueError(f"--calib is required for --precision {args.precision} (only float fine-tunes without one)")
     qat = graph.QatModel(model_file, table, args.precision, first_last_8bit=not args.all_layers,
-                         layer_precision=args.layer_precision, learn_ranges=args.learn_ranges)
+                         layer_precision=args.layer_precision, learn_ranges=args.learn_ranges,
+                         requantize_shortcuts=not args.shortcut_sums)
     data = None
     if folder:
         data = data_io.image_folders(args.data, args.test_data, qat.input_shape, args.resize, args.mean, args.std)
@@ -181,6 +185,8 @@ def _finetune(args):
                 "distill": args.distill}
     if args.sparsity:
         settings["sparsity"] = args.sparsity
+    if args.shortcut_sums:
+        settings["shortcut_sums"] = True
     if folder:
         settings.update(data=os.path.abspath(args.data), test_data=os.path.abspath(args.test_data) if args.test_data else "",
                         resize=args.resize, mean=args.mean, std=args.std)
@@ -192,6 +198,8 @@ def _finetune(args):
                    teacher=teacher, distill=args.distill, step_mode=args.step_mode,
                    teacher_graph=not args.eager_teacher, sparsity=args.sparsity, data=data)
     flags = "" if not args.all_layers else " --all-layers"
+    if args.shortcut_sums:
+        flags += " --shortcut-sums"
     if args.layer_precision:
         flags += " --layer-precision " + ",".join(f"{k}:{v}" for k, v in args.layer_precision.items())
     out = args.output.rstrip("/")

@@ -73,8 +73,10 @@ def layer_name_of(node, index):
     return out
 
 
-def build_units(model):
-    """The quantizer's units of an ONNX model, in order (Quantizer::build_units)."""
+def build_units(model, calib=None, requantize_shortcuts=True):
+    """The quantizer's units of an ONNX model, in order (Quantizer::build_units). A conv read only
+    by a later conv's residual Add hands over its accumulators (residual_only) unless
+    requantize_shortcuts and `calib` has a range for its output (quantize's default)."""
     readers = {}
     for n in model.nodes:
         for i in n.inputs:
@@ -151,6 +153,8 @@ def build_units(model):
         units.append(u)
     for u in units:
         if u.kind != Unit.CONV or not u.input2 or u.input2 not in producer:
+            continue
+        if requantize_shortcuts and calib is not None and calib.find(u.input2) is not None:
             continue
         r = units[producer[u.input2]]
         if (r.kind == Unit.CONV and not r.relu_after and not r.input2 and len(readers.get(u.input2, [])) == 1
@@ -254,7 +258,7 @@ class QatModel(torch.nn.Module):
     """
 
     def __init__(self, model, calib, precision="int4", first_last_8bit=True, layer_precision=None,
-                 learn_ranges=False):
+                 learn_ranges=False, requantize_shortcuts=True):
         super().__init__()
         if precision not in PRECISIONS + ("float",):
             raise UnsupportedModel(f"precision '{precision}': fine-tuning supports {', '.join(PRECISIONS)}")
@@ -275,7 +279,7 @@ class QatModel(torch.nn.Module):
         self.exact = False
         self.fused = True  # float32 forward: the steps after each convolution in one node (emit_fused)
         self.output_step = {}  # graph output -> the value of one accumulator step per channel
-        self.units = build_units(model)
+        self.units = build_units(model, calib, requantize_shortcuts)
         for u in self.units:
             u.args = _static_args(u)
         self._assign_precisions(first_last_8bit, layer_precision or {})

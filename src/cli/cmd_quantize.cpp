@@ -28,7 +28,7 @@ struct QuantizeArgs {
   std::vector<std::string> layer_precision;
   std::vector<std::string> exclude;
   bool all_layers = false;
-  bool requantize_shortcuts = false;
+  bool shortcut_sums = false;
   std::string output;
   bool gptq = false;
   bool dpq = false;
@@ -45,7 +45,7 @@ void quantize(const QuantizeArgs& args) {
   opt.layer_precision = parse_layer_precisions(args.layer_precision);
   opt.exclude = std::set<std::string>(args.exclude.begin(), args.exclude.end());
   opt.first_last_8bit = !args.all_layers;
-  opt.requantize_shortcuts = args.requantize_shortcuts;
+  opt.requantize_shortcuts = !args.shortcut_sums;
   quant::QuantizeResult result;
   if (quant::is_qdq(fp32)) {
     // A QDQ model carries its own scales and per-layer widths.
@@ -114,9 +114,10 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_option("--exclude", args->exclude, "NAME,... layers to keep in float")->delimiter(',');
   cmd->add_flag("--all-layers", args->all_layers,
                 "Quantize the first and last layers to --precision too (by default they stay at 8 bits)");
-  cmd->add_flag("--requantize-shortcuts", args->requantize_shortcuts,
-                "Requantize a conv read only by a later conv's residual Add to 8 (4) bits, as the seed model does, "
-                "instead of handing over its 32-bit sums: no 32-bit tensor between layers, one more rounding");
+  cmd->add_flag("--shortcut-sums", args->shortcut_sums,
+                "A conv read only by a later conv's residual Add hands it its 32-bit sums (exact, one rounding less) "
+                "instead of an 8 (4)-bit value as the seed model's (the default: no 32-bit tensor between layers, "
+                "faster on the GPU)");
   cmd->add_option("-o,--output", args->output, "Model directory to write (must not exist)")->required();
   cmd->add_flag("--gptq", args->gptq,
                 "Round weights with GPTQ's Hessian-guided error compensation, measured on --data (recommended for "

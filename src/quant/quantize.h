@@ -52,11 +52,11 @@ struct QuantizeOptions {
   // through the layer's FP8 inputs (quant/dpq.h); without them it uses `hessians`.
   std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> fp8_statistics;
   // A conv whose output only feeds a later conv's residual Add (a bottleneck's conv3 where the
-  // exporter puts the shortcut conv after it) hands over its s32 accumulators by default, exact
-  // but 4 bytes a value; with this set it is requantized to 8 (4) bits at its calibrated range,
-  // as the seed model does, so that no tensor between layers is 32-bit (the GPU's direct
-  // epilogues write 8- and 4-bit outputs only).
-  bool requantize_shortcuts = false;
+  // exporter puts the shortcut conv after it) is requantized to 8 (4) bits at its calibrated
+  // range, as the seed model does, so that no tensor between layers is 32-bit (the GPU's direct
+  // epilogues write 8- and 4-bit outputs only). Unset, it hands over its s32 accumulators: exact,
+  // but 4 bytes a value.
+  bool requantize_shortcuts = true;
   // A conv or linear layer whose output only float ops read (a Sigmoid, a Concat, a HardSwish)
   // hands them its f32 value, the accumulators times their scale, instead of an 8-bit one that
   // they would dequantize: one rounding less, and no integer layer needs it. Unset, a tensor the

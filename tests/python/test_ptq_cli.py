@@ -144,7 +144,9 @@ def test_compare_reports_per_layer_error_and_sensitivity(run_nibble, int8_model)
     proc = run_nibble("compare", MODEL, int8_model, "--limit", "100", "--sensitivity", "--auto-mixed",
                       "--max-drop", "2", check=True)
     rows = re.findall(r"^(\S+_quantize)\s+([\d.]+)\s+([\d.e+-]+)\s+(\S+)$", proc.stdout, re.M)
-    assert len(rows) == 10, proc.stdout  # the input and the nine activations between convs
+    # The input, the nine activations between convs and the two downsampling convs' outputs
+    # (requantized by default; --shortcut-sums hands their sums over).
+    assert len(rows) == 12, proc.stdout
     for _, cos, nmse, _ in rows:
         assert 0.99 < float(cos) <= 1.0 and float(nmse) < 0.02
     assert re.search(r"top-1 agreement with FP32: ([\d.]+)%", proc.stdout)
@@ -168,7 +170,8 @@ def test_qdq_export_runs_and_imports_back(run_nibble, workdir, int8_model):
     assert abs(q[0] - x[0]) <= 2, (q, x)
     back = workdir / "back.nbl"
     proc = run_nibble("quantize", onnx_path, "-o", back, check=True)
-    assert "QDQ model: 11 quantized activations and 12 quantized weights" in proc.stdout
+    # 11 activations and the two downsampling convs' requantized outputs
+    assert "QDQ model: 13 quantized activations and 12 quantized weights" in proc.stdout
     for f in (int8_model / "npdata").iterdir():
         assert (back / "npdata" / f.name).read_bytes() == f.read_bytes(), f.name
 
