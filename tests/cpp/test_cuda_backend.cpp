@@ -721,17 +721,21 @@ TEST(CudaEngine, PtqModelsMatchTheCpuEngineExactly) {
     obs.start_histograms();
     obs.observe_histograms(x);
     for (const char* precision : {"int8", "int4"}) {
-      quant::QuantizeOptions opt;
-      opt.precision = quant::parse_precision(precision, "test");
-      const auto table = obs.table(quant::CalibSpec::parse("percentile:99.99"), quant::activation_bits(opt.precision), {"test"});
-      const auto q = quant::quantize_model(fp32, table, opt);
-      Graph g = graph_from_model_dir(q.model);
-      fuse_int_conv_epilogues(g);
-      const auto want = Engine(g, Backend::cpu).run({x});
-      CudaEngineOptions o;
-      o.max_batch = 16;
-      CudaEngine gpu(g, o);
-      expect_identical(want, gpu.run({x}), fmt::format("{} {}", model, precision));
+      // Shortcut convs requantized (quantize's default) and handing over their s32 sums.
+      for (const bool sums : {false, true}) {
+        quant::QuantizeOptions opt;
+        opt.precision = quant::parse_precision(precision, "test");
+        opt.requantize_shortcuts = !sums;
+        const auto table = obs.table(quant::CalibSpec::parse("percentile:99.99"), quant::activation_bits(opt.precision), {"test"});
+        const auto q = quant::quantize_model(fp32, table, opt);
+        Graph g = graph_from_model_dir(q.model);
+        fuse_int_conv_epilogues(g);
+        const auto want = Engine(g, Backend::cpu).run({x});
+        CudaEngineOptions o;
+        o.max_batch = 16;
+        CudaEngine gpu(g, o);
+        expect_identical(want, gpu.run({x}), fmt::format("{} {}{}", model, precision, sums ? " shortcut sums" : ""));
+      }
     }
   }
 }
