@@ -206,6 +206,19 @@ def test_fake_quant_model_equals_the_engine(precision, work, small_calib, nb):
     assert (fast.argmax(1) == ref.argmax(1)).mean() >= 0.99
 
 
+def test_shortcut_sums_are_simulated_as_quantize_takes_them(work, small_calib, nb):
+    """quantize --shortcut-sums (downsampling convs hand over their 32-bit sums) against the
+    fake-quantized model built the same way, and the default differs from it."""
+    nbl = work / "small_sums.nbl"
+    nb("quantize", SMALL, "--calib", small_calib, "--precision", "int8", "--shortcut-sums", "-o", nbl)
+    model = nibble_qat.load(SMALL, small_calib, "int8", requantize_shortcuts=False)
+    assert any(u.residual_only for u in model.units)
+    assert not any(u.residual_only for u in nibble_qat.load(SMALL, small_calib, "int8").units)
+    images, _ = data.load_split(data.DEFAULT_DIR, "test")
+    x = data.to_input(images[:300], 28, "cpu")
+    assert np.array_equal(exact_logits(model, x), engine_logits(nb, nbl, x, work))
+
+
 def test_dead_channels_are_zeroed_on_both_sides(work, r18_calib, nb):
     """A channel too small for its residual's scale gets weight 0 and scale 1 in the engine and in
     PyTorch alike (instead of the whole layer turning float)."""
