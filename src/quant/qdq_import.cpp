@@ -180,7 +180,7 @@ QdqModel import_qdq(const Graph& g) {
   out.options.first_last_8bit = false;
   // A conv read only by a later conv's residual Add is requantized where the model quantizes its
   // output (a QuantizeLinear / DequantizeLinear pair, which gave it a table entry above); without
-  // one it hands over its sums, as `quantize` does by default.
+  // one it hands over its sums, as `quantize --shortcut-sums` does.
   out.options.requantize_shortcuts = true;
   // Likewise a conv that only float ops read: rounded where the model has a pair, f32 elsewhere.
   out.options.float_read_outputs = false;

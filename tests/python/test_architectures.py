@@ -171,8 +171,19 @@ def test_pattern_runs_in_fp32_and_quantizes(run_nibble, tmp_path, name):
     if name in ("squeeze_excite_silu", "hardswish_hardsigmoid"):
         # Each conv under an activation or gate in float hands over f32 sums; only the
         # classifier did before.
-        scales = [f for f in q.iterdir() if f.is_file() and f.read_text().startswith("Scale\n")]
-        assert len(scales) >= 4, sorted(f.name for f in scales)
+        scales = sorted(name for name, kind, _ in layer_files(q) if kind == "Scale")
+        assert len(scales) >= 4, scales
+
+
+def layer_files(q):
+    """(layer name, layer type, key=value fields) of each layer file of model directory q."""
+    out = []
+    for f in q.iterdir():
+        if f.is_file():
+            lines = f.read_text().splitlines()
+            fields = dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("!"))
+            out.append((f.name, lines[0] if lines else "", fields))
+    return out
 
 
 def rounded_for_float_ops_only(onnx_path, q):
@@ -187,19 +198,9 @@ def rounded_for_float_ops_only(onnx_path, q):
             readers[i].append(n)
     integer_ops = {"Conv", "Gemm", "MatMul", "MaxPool", "AveragePool", "GlobalAveragePool", "Relu", "Add",
                    "Flatten", "Identity", "Dropout", "BatchNormalization", "Clip"}
-    requantized = {}
-    for f in q.iterdir():
-        text = f.read_text() if f.is_file() else ""
-        if text.startswith("Quantize\n"):
-            fields = dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("!"))
-            if "onnx_tensor" in fields:
-                requantized[fields["onnx_tensor"]] = f.name
-    shared = set()
-    for f in q.iterdir():
-        text = f.read_text() if f.is_file() else ""
-        fields = dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("!"))
-        if "onnx_tensor" in fields:
-            shared.add(fields["onnx_tensor"])
+    layers = [(name, kind, fields["onnx_tensor"]) for name, kind, fields in layer_files(q) if "onnx_tensor" in fields]
+    requantized = {t: name for name, kind, t in layers if kind == "Quantize"}
+    shared = {t for _, _, t in layers}
     bad = []
     for t, layer in requantized.items():
         rd = readers.get(t, [])
@@ -219,10 +220,7 @@ def concat_branches_sharing_its_scale(onnx_path, q):
     graph = onnx.load(str(onnx_path)).graph
     readers = collections.Counter(i for n in graph.node for i in n.input)
     scales = collections.defaultdict(set)
-    for f in q.iterdir():
-        if not f.is_file():
-            continue
-        fields = dict(line.split("=", 1) for line in f.read_text().splitlines() if "=" in line and not line.startswith("!"))
+    for _, _, fields in layer_files(q):
         if "onnx_tensor" in fields and "output_scale" in fields:
             scales[fields["onnx_tensor"]].add(fields["output_scale"])
     shared = 0
