@@ -14,7 +14,7 @@ set -uo pipefail
 C=$(cd "$1" && pwd) OUT=$2 BATCHES=${3:-256,1024} TESTS=${4:-Cuda*}
 FAMILIES=${FAMILIES:-mma auto} AB=${AB:-} NCU_SKIPS=${NCU_SKIPS:-} SASS=${SASS:-0}
 mkdir -p "$OUT"
-for f in "$C"/bin/*.gz "$C"/lib/*.gz; do [ -e "$f" ] && gunzip -f "$f"; done  # pack_device.sh compresses them
+for f in "$C"/bin/*.xz "$C"/lib/*.xz; do [ -e "$f" ] && xz -d -f "$f"; done  # pack_device.sh compresses them
 export LD_LIBRARY_PATH="$C/lib:${LD_LIBRARY_PATH:-}" NIBBLE_SOURCE_DIR="$(pwd)" NIBBLE_SEED_DIR="$(pwd)/models/mlperf-v0.5-int4-resnet50"
 N="$C/bin/nibble"
 {

@@ -7,7 +7,7 @@
 set -uo pipefail
 C=$(cd "$1" && pwd) OUT=$2
 mkdir -p "$OUT"
-for f in "$C"/bin/*.gz "$C"/lib/*.gz; do [ -e "$f" ] && gunzip -f "$f"; done  # pack_device.sh compresses them
+for f in "$C"/bin/*.xz "$C"/lib/*.xz; do [ -e "$f" ] && xz -d -f "$f"; done  # pack_device.sh compresses them
 export LD_LIBRARY_PATH="$C/lib:${LD_LIBRARY_PATH:-}"
 N="$C/bin/nibble"
 M="$NIBBLE_SEED_DIR/model"

@@ -425,6 +425,34 @@ StemNet stem_net(uint32_t seed, bool consumer) {
 // The unfolded stem (plan.h, InputUnfold): the convolution over the unfolded rows with the plan's
 // weights equals the original convolution at every output, and the tensor map's traversal of
 // the unfolded rows (padding ph before, ph_end after) gives exactly the output rows.
+// The direct epilogue's map order: fragment column 8j + 2t + e of a 64-map block is map
+// 16t + 2j + e (each thread of a quad holds 16 consecutive maps), and permute_map_rows moves the
+// weights' rows to match.
+TEST(CudaPlan, DirectEpilogueMapOrder) {
+  std::vector<int> seen(64, 0);
+  for (int t = 0; t < 4; ++t) {
+    for (int j = 0; j < 8; ++j) {
+      for (int e = 0; e < 2; ++e) {
+        const int map = cuda::wgmma_map_of_column(8 * j + 2 * t + e);
+        EXPECT_EQ(map, 16 * t + 2 * j + e);
+        ++seen[static_cast<size_t>(map)];
+      }
+    }
+  }
+  for (int m = 0; m < 64; ++m) EXPECT_EQ(seen[static_cast<size_t>(m)], 1) << "map " << m;
+  const int64_t rows = 128, row_bytes = 3;
+  std::vector<int8_t> w(static_cast<size_t>(rows * row_bytes));
+  for (size_t i = 0; i < w.size(); ++i) w[i] = static_cast<int8_t>(i * 7 + 1);
+  const std::vector<int8_t> p = cuda::permute_map_rows(w.data(), rows, row_bytes);
+  ASSERT_EQ(p.size(), w.size());
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t from = r / 64 * 64 + cuda::wgmma_map_of_column(static_cast<int>(r % 64));
+    for (int64_t b = 0; b < row_bytes; ++b) EXPECT_EQ(p[static_cast<size_t>(r * row_bytes + b)], w[static_cast<size_t>(from * row_bytes + b)]);
+  }
+  EXPECT_EQ(p[static_cast<size_t>(2 * row_bytes)], w[static_cast<size_t>(16 * row_bytes)]);  // column 2 (t = 1) is map 16
+  EXPECT_THROW(cuda::permute_map_rows(w.data(), 96, 1), std::invalid_argument);
+}
+
 TEST(CudaPlan, UnfoldedStemIsTheSameConvolution) {
   int unfolded = 0;
   for (uint32_t seed = 1; seed < 60; seed += 3) {  // integer inputs only (seed % 3 != 0)
@@ -574,16 +602,28 @@ RandomNet random_conv(uint32_t seed) {
 TEST(CudaEngine, ConvKernelFamiliesMatchTheCpuEngineOnRandomShapes) {
   REQUIRE_CUDA();
   int wgmma_steps = 0, direct_steps = 0, two_block_steps = 0, resident_steps = 0, split_steps = 0;
+  int permuted_steps = 0, plain_permuted_steps = 0;  // direct steps in the permuted order: with and without the variable
+  // The direct epilogue in the plain map order, and in the permuted one (NIBBLE_WGMMA_PERMUTE=1,
+  // set for the "wgmma-permuted" engines only).
+  const char* permute_env = std::getenv("NIBBLE_WGMMA_PERMUTE");
+  const std::string permute_saved = permute_env ? permute_env : "";
   for (uint32_t seed = 0; seed < 48; ++seed) {
     const RandomNet net = random_conv(seed);
     const auto want = Engine(net.graph, Backend::cpu).run({net.input});
-    for (const char* family : {"wgmma", "mma"}) {
+    for (const char* family : {"wgmma", "wgmma-permuted", "mma"}) {
+      const bool permuted_family = std::string(family) == "wgmma-permuted";
       for (bool int8 : {false, true}) {
         CudaEngineOptions o;
         o.int8_storage = int8;
         o.max_batch = 16;
-        o.conv_kernels = family;
+        o.conv_kernels = permuted_family ? "wgmma" : family;
+        setenv("NIBBLE_WGMMA_PERMUTE", permuted_family ? "1" : "0", 1);
         CudaEngine gpu(net.graph, o);
+        if (permute_env) {
+          setenv("NIBBLE_WGMMA_PERMUTE", permute_saved.c_str(), 1);
+        } else {
+          unsetenv("NIBBLE_WGMMA_PERMUTE");
+        }
         const std::string what = fmt::format("{} {} {} ({})", net.graph.source, family, int8 ? "int8" : "native", gpu.conv_kernel_summary());
         wgmma_steps += gpu.conv_kernel_summary().find("wgmma") != std::string::npos;
         expect_identical(want, gpu.run({net.input}), what);
@@ -592,10 +632,13 @@ TEST(CudaEngine, ConvKernelFamiliesMatchTheCpuEngineOnRandomShapes) {
           two_block_steps += l.kernel.find("_direct_x2") != std::string::npos;
           split_steps += l.kernel.find("_splitk") != std::string::npos;
           resident_steps += l.kernel.find("_x2_rw") != std::string::npos;
+          const bool permuted = l.kernel.find("_direct") != std::string::npos && l.kernel.back() == 'p';
+          (permuted_family ? permuted_steps : plain_permuted_steps) += permuted;
         }
       }
     }
   }
+  EXPECT_EQ(plain_permuted_steps, 0);
   // On an sm_90 device the wgmma family must have run (elsewhere every step falls back to mma).
   // Unless an epilogue is forced for a measurement, the direct epilogue must have run too.
   // Small problems split their reduction over several blocks (split K) on the mma kernels.
@@ -606,6 +649,7 @@ TEST(CudaEngine, ConvKernelFamiliesMatchTheCpuEngineOnRandomShapes) {
     EXPECT_GT(wgmma_steps, 48);
     if (!std::getenv("NIBBLE_WGMMA_EPILOGUE")) {
       EXPECT_GT(direct_steps, 8);
+      EXPECT_GT(permuted_steps, 8);
       if (!std::getenv("NIBBLE_WGMMA_CTAS")) {
         EXPECT_GT(two_block_steps, 2);
         if (!std::getenv("NIBBLE_WGMMA_RESIDENT")) {
@@ -615,9 +659,9 @@ TEST(CudaEngine, ConvKernelFamiliesMatchTheCpuEngineOnRandomShapes) {
     }
   }
   std::printf(
-      "wgmma engines: %d, with the direct epilogue: %d, two blocks per multiprocessor: %d (weights resident: %d), split K "
-      "steps: %d\n",
-      wgmma_steps, direct_steps, two_block_steps, resident_steps, split_steps);
+      "wgmma engines: %d, with the direct epilogue: %d (in the permuted map order: %d), two blocks per multiprocessor: %d "
+      "(weights resident: %d), split K steps: %d\n",
+      wgmma_steps, direct_steps, permuted_steps, two_block_steps, resident_steps, split_steps);
 }
 
 // Unfolded stems (u8, s8 and f32 inputs; 4-bit, 8-bit and s32 outputs; strides 2 x 1 and 2 x 2)

@@ -24,6 +24,9 @@
 // warp. Where the residual is narrow (or absent) the producer also copies each tile's residual
 // tile and per-map constants (bias, thresholds, factors) into a double buffer ahead of the
 // epilogue (`prefetch`); otherwise the epilogue reads them from global memory (`staged`).
+// With weights whose maps are permuted inside each 64-map block (ConvArgs::perm_weights, opt-in by
+// NIBBLE_WGMMA_PERMUTE=1) the direct epilogue gives each thread 16 consecutive maps of its rows
+// (direct_epilogue_perm): wide shared-memory accesses instead of 2-byte ones.
 // The 4-bit path waits for its MMAs before the next stage's A fragments are loaded: the
 // tensor cores read them from registers until they complete.
 #include <cuda.h>
@@ -66,7 +69,10 @@ constexpr int kSmemLimit2 = 115712;    // of each of two blocks on one multiproc
 // constants and residual tile as `prefetch` does, requantizes straight from the accumulator
 // fragments with code specialized at compile time, writes the packed outputs into a swizzled
 // shared-memory tile and stores it with the copy engine.
-enum class Epi { staged, prefetch, direct };
+// `direct_perm` is `direct` on weights in the map order of permute_map_rows (plan.h): each thread
+// then holds 16 consecutive maps of its rows (direct_epilogue_perm).
+enum class Epi { staged, prefetch, direct, direct_perm };
+__host__ __device__ constexpr bool is_direct(Epi e) { return e == Epi::direct || e == Epi::direct_perm; }
 
 // kCtas: blocks per multiprocessor. Two (direct epilogue only) halve the shared memory and
 // registers of each, for twice the warps to run the epilogue of short reductions.
@@ -89,7 +95,7 @@ struct WgTile {
   // FP8 (e4m3) tiles have their own epilogue straight from the fragments (fp8_epilogue), whose
   // e4m3 output tile of 64 rows x (BN + 16) bytes per consumer takes the staging area.
   static constexpr bool kFp8 = kA == Storage::e4m3;
-  static_assert(kCtas == 1 || kE == Epi::direct || kFp8, "two blocks per multiprocessor only with the direct or FP8 epilogue");
+  static_assert(kCtas == 1 || is_direct(kE) || kFp8, "two blocks per multiprocessor only with the direct or FP8 epilogue");
   static constexpr int kLimit = kCtas == 2 ? kSmemLimit2 : kSmemLimit;
   static constexpr int kStageEpi = kCtas == 2 ? 2 * 64 * (kFp8 ? BN + 16 : BN) : 2 * 64 * kEpiRow * 4;
   // One block: the producer warpgroup first, registers rebalanced by setmaxnreg (the producer's
@@ -333,30 +339,147 @@ __device__ __forceinline__ void direct_epilogue(const ConvArgs& a, const int32_t
   }
 }
 
+// direct_epilogue on weights in the map order of permute_map_rows: in each 64-map block b of the
+// tile, fragment element (j, e) of thread t (j < 8 within the block) is map 64b + 16t + 2j + e.
+// Each thread then holds 16 consecutive maps of each of its two rows: their residual comes in and
+// their outputs go out in one 16-byte (8-bit) or 8-byte (4-bit) access per row and block, and
+// the constants of 4 maps in one access each (bias, thresholds) or half of one (factors).
+// kRows: rows that share one load of the constants (2; 1 where the registers are short: the
+// 128-map tiles of two blocks per multiprocessor spilled with 2).
+template <int BN, int kBits, DRes kRes, bool kRelu, int kRows>
+__device__ __forceinline__ void direct_epilogue_perm(const ConvArgs& a, const int32_t (&acc)[BN / 2],
+                                                     const uint8_t* res, const uint8_t* par, uint8_t* out, int cw,
+                                                     int warp, int g, int t) {
+  constexpr int kResBits = kRes == DRes::s8 ? 8 : (kRes == DRes::other_unsigned ? 12 - kBits : kBits);
+  constexpr int kResRow = BN * kResBits / 8, kResBox = kResRow < 128 ? kResRow : 128;
+  constexpr int kResLw = kResBox == 128 ? 7 : (kResBox == 64 ? 6 : (kResBox == 32 ? 5 : 4));
+  constexpr int kOutRow = BN * kBits / 8, kOutBox = kOutRow < 128 ? kOutRow : 128;
+  constexpr int kOutLw = kOutBox == 128 ? 7 : (kOutBox == 64 ? 6 : (kOutBox == 32 ? 5 : 4));
+  constexpr int kResWords = kResBits / 2, kOutWords = kBits / 2;  // 32-bit words of 16 maps
+  const int32_t lo = static_cast<int32_t>(a.lo), hi = static_cast<int32_t>(a.hi);
+  const uint32_t round = a.shift > 0 ? 1u << (a.shift - 1) : 0u;
+  const uint32_t res_round = a.res_shift > 0 ? 1u << (a.res_shift - 1) : 0u;
+  const int shift = a.shift, res_shift = a.res_shift;
+  const int rx = swizzle_of(g, kResLw), ox = swizzle_of(g, kOutLw);
+#pragma unroll
+  for (int b = 0; b < BN / 64; ++b) {
+    const int m0 = 64 * b + 16 * t;  // this thread's first map of the block, within the tile
+#pragma unroll
+    for (int h0 = 0; h0 < 2; h0 += kRows) {
+      uint32_t rw[kRows][4] = {}, ow[kRows][4] = {};
+      if constexpr (kRes != DRes::none) {
+#pragma unroll
+        for (int i = 0; i < kRows; ++i) {
+          const int row = warp * 16 + g + 8 * (h0 + i);  // of this consumer's 64
+          const uint8_t* rp = res + box_offset(cw * 64 + row, m0 * kResBits / 8, kBM, kResLw, rx);
+          if constexpr (kResWords == 4) {
+            const uint4 w = *reinterpret_cast<const uint4*>(rp);
+            rw[i][0] = w.x; rw[i][1] = w.y; rw[i][2] = w.z; rw[i][3] = w.w;
+          } else {
+            const uint2 w = *reinterpret_cast<const uint2*>(rp);
+            rw[i][0] = w.x; rw[i][1] = w.y;
+          }
+        }
+      }
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int ml = m0 + 4 * q;
+        const int4 bias = *reinterpret_cast<const int4*>(par + 4 * ml);
+        const uint4 sat = *reinterpret_cast<const uint4*>(par + 4 * BN + 4 * ml);
+        const uint2 fw = *reinterpret_cast<const uint2*>(par + 8 * BN + 2 * ml);
+        const int32_t bi[4] = {bias.x, bias.y, bias.z, bias.w};
+        const uint32_t sa[4] = {sat.x, sat.y, sat.z, sat.w};
+        const uint32_t f[4] = {fw.x & 0xFFFF, fw.x >> 16, fw.y & 0xFFFF, fw.y >> 16};
+        uint32_t qf[4] = {0, 0, 0, 0};
+        if constexpr (kRes != DRes::none) {
+          const uint2 qw = *reinterpret_cast<const uint2*>(par + 10 * BN + 2 * ml);
+          qf[0] = qw.x & 0xFFFF; qf[1] = qw.x >> 16; qf[2] = qw.y & 0xFFFF; qf[3] = qw.y >> 16;
+        }
+#pragma unroll
+        for (int i = 0; i < kRows; ++i) {
+        const int h = h0 + i;
+        int32_t v[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const int j = 8 * b + 2 * q + k / 2;  // the fragment's column group of map ml + k
+          v[k] = wrap_add(acc[4 * j + 2 * h + (k & 1)], bi[k]);
+          if constexpr (kRes != DRes::none) {
+            int32_t r;
+            if constexpr (kRes == DRes::s8) {
+              const int32_t sv = static_cast<int32_t>(rw[i][q] << (24 - 8 * k)) >> 24;
+              r = requantize_narrow_in_range(sv, qf[k], res_shift, res_round);
+            } else {
+              // Unsigned and below 2^8, factor below 2^16: fits 32 bits, is >= 0 and in range.
+              const uint32_t u = kResBits == 8 ? (rw[i][q] >> (8 * k)) & 0xFF : (rw[i][q >> 1] >> (4 * (4 * (q & 1) + k))) & 0xF;
+              r = static_cast<int32_t>((u * qf[k] + res_round) >> res_shift);
+            }
+            v[k] = wrap_add(v[k], r);
+          }
+          if constexpr (kRelu) {
+            const uint32_t x = min(static_cast<uint32_t>(max(v[k], 0)), sa[k]);
+            v[k] = static_cast<int32_t>((x * f[k] + round) >> shift);
+          } else {
+            v[k] = requantize_saturating(v[k], f[k], sa[k], shift, lo, hi);
+          }
+        }
+        // Every value is inside the output's range: its low byte (nibble) is the packed value.
+        if constexpr (kBits == 8) {
+          ow[i][q] = __byte_perm(__byte_perm(v[0], v[1], 0x0040), __byte_perm(v[2], v[3], 0x0040), 0x5410);
+        } else {
+          const uint32_t n = kRelu ? static_cast<uint32_t>(v[0] | (v[1] << 4) | (v[2] << 8) | (v[3] << 12))
+                                   : static_cast<uint32_t>((v[0] & 0xF) | ((v[1] & 0xF) << 4) | ((v[2] & 0xF) << 8) |
+                                                           ((v[3] & 0xF) << 12));
+          ow[i][q >> 1] |= n << (16 * (q & 1));
+        }
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < kRows; ++i) {
+        uint8_t* op = out + box_offset(warp * 16 + g + 8 * (h0 + i), m0 * kBits / 8, 64, kOutLw, ox);
+        if constexpr (kOutWords == 4) {
+          *reinterpret_cast<uint4*>(op) = make_uint4(ow[i][0], ow[i][1], ow[i][2], ow[i][3]);
+        } else {
+          *reinterpret_cast<uint2*>(op) = make_uint2(ow[i][0], ow[i][1]);
+        }
+      }
+    }
+  }
+}
+
 // The direct epilogue's variants, chosen per launch (the same for every tile): `kind` as
 // direct_kind returns it (kinds kDirectVariants and up: the variants with outputs of the other
 // width than the input's: 8-bit outputs of a 4-bit input, 4-bit outputs of an 8-bit one).
 constexpr int kDirectVariants = 5;
-template <int BN, int kBits>
+template <int BN, int kBits, DRes kRes, bool kRelu, int kPerm>
+__device__ __forceinline__ void direct_one(const ConvArgs& a, const int32_t (&acc)[BN / 2], const uint8_t* res,
+                                           const uint8_t* par, uint8_t* out, int cw, int warp, int g, int t) {
+  if constexpr (kPerm > 0) {
+    direct_epilogue_perm<BN, kBits, kRes, kRelu, kPerm>(a, acc, res, par, out, cw, warp, g, t);
+  } else {
+    direct_epilogue<BN, kBits, kRes, kRelu>(a, acc, res, par, out, cw, warp, g, t);
+  }
+}
+template <int BN, int kBits, int kPerm>
 __device__ __forceinline__ void direct_variant(int variant, const ConvArgs& a, const int32_t (&acc)[BN / 2],
                                                const uint8_t* res, const uint8_t* par, uint8_t* out, int cw, int warp,
                                                int g, int t) {
   switch (variant) {
-    case 0: direct_epilogue<BN, kBits, DRes::none, true>(a, acc, res, par, out, cw, warp, g, t); break;
-    case 1: direct_epilogue<BN, kBits, DRes::none, false>(a, acc, res, par, out, cw, warp, g, t); break;
-    case 2: direct_epilogue<BN, kBits, DRes::same_unsigned, true>(a, acc, res, par, out, cw, warp, g, t); break;
-    case 3: direct_epilogue<BN, kBits, DRes::s8, true>(a, acc, res, par, out, cw, warp, g, t); break;
-    default: direct_epilogue<BN, kBits, DRes::other_unsigned, true>(a, acc, res, par, out, cw, warp, g, t); break;
+    case 0: direct_one<BN, kBits, DRes::none, true, kPerm>(a, acc, res, par, out, cw, warp, g, t); break;
+    case 1: direct_one<BN, kBits, DRes::none, false, kPerm>(a, acc, res, par, out, cw, warp, g, t); break;
+    case 2: direct_one<BN, kBits, DRes::same_unsigned, true, kPerm>(a, acc, res, par, out, cw, warp, g, t); break;
+    case 3: direct_one<BN, kBits, DRes::s8, true, kPerm>(a, acc, res, par, out, cw, warp, g, t); break;
+    default: direct_one<BN, kBits, DRes::other_unsigned, true, kPerm>(a, acc, res, par, out, cw, warp, g, t); break;
   }
 }
-template <int BN, bool kPackedInput>
+// kPerm: 0 for the plain map order, else the permuted order with kPerm rows per load of the constants.
+template <int BN, bool kPackedInput, int kPerm>
 __device__ __forceinline__ void direct_dispatch(int kind, const ConvArgs& a, const int32_t (&acc)[BN / 2],
                                                 const uint8_t* res, const uint8_t* par, uint8_t* out, int cw, int warp,
                                                 int g, int t) {
   if ((kind >= kDirectVariants) == kPackedInput) {
-    direct_variant<BN, 8>(kind % kDirectVariants, a, acc, res, par, out, cw, warp, g, t);
+    direct_variant<BN, 8, kPerm>(kind % kDirectVariants, a, acc, res, par, out, cw, warp, g, t);
   } else {
-    direct_variant<BN, 4>(kind % kDirectVariants, a, acc, res, par, out, cw, warp, g, t);
+    direct_variant<BN, 4, kPerm>(kind % kDirectVariants, a, acc, res, par, out, cw, warp, g, t);
   }
 }
 
@@ -644,11 +767,12 @@ __global__ void __launch_bounds__(WgTile<BN, kA, kE, kCtas, kResW>::kThreadsT) _
           res = smem + T::kResOffset + b * kBM * BN;
           par = smem + T::kParOffset + b * 12 * BN;
         }
-        if constexpr (kE == Epi::direct) {
+        if constexpr (is_direct(kE)) {
           uint8_t* out = smem + T::kEpiOffset + cw * 64 * T::kOutRow;
           if (tid == 0) bulk_wait_read();  // the previous tile's stores have read the output tile
           named_barrier(1 + cw, 128);
-          direct_dispatch<BN, T::kPacked>(shape.direct_kind, a, acc, res, par, out, cw, warp, g, t);
+          constexpr int kPerm = kE != Epi::direct_perm ? 0 : (kCtas == 2 && BN == 128 ? 1 : 2);
+          direct_dispatch<BN, T::kPacked, kPerm>(shape.direct_kind, a, acc, res, par, out, cw, warp, g, t);
           fence_proxy_async();  // the tile's writes, before the copy engine reads them
           named_barrier(1 + cw, 128);
           if (tid == 0) {
@@ -684,7 +808,7 @@ __global__ void __launch_bounds__(WgTile<BN, kA, kE, kCtas, kResW>::kThreadsT) _
         }
       }
     }
-    if constexpr (kE == Epi::direct) {
+    if constexpr (is_direct(kE)) {
       if (tid == 0) bulk_wait();  // the last stores have read the output tile
     }
   }
@@ -840,9 +964,10 @@ void launch_wg(const ConvArgs& a, cudaStream_t stream) {
   const int64_t m_tiles = (a.pixels + kBM - 1) / kBM;
   s.tiles = static_cast<int>(m_tiles * s.n_tiles);
   const CUtensorMap tx = activation_map(a, T::kARow);
-  const CUtensorMap tw = matrix_map(a.wide_weights, a.wide_k, a.m_pad, a.wide_k, 64, BN, CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
+  const int8_t* weights = kE == Epi::direct_perm ? a.perm_weights : a.wide_weights;
+  const CUtensorMap tw = matrix_map(weights, a.wide_k, a.m_pad, a.wide_k, 64, BN, CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
   CUtensorMap tr = tw, ty = tw;  // placeholders where unused
-  if constexpr (kE == Epi::direct) {
+  if constexpr (is_direct(kE)) {
     s.direct_kind = direct_kind(a, storage_bits(kA));
     const int bits = storage_bits(a.y_storage);
     s.out_cols = static_cast<int>(int64_t{a.m} * bits / 8);
@@ -869,7 +994,7 @@ void launch_wg(const ConvArgs& a, cudaStream_t stream) {
   }
   // The direct epilogue of a ReLU layer clamps to the thresholds that reach hi exactly.
   ConvArgs k = a;
-  if (kE == Epi::direct && a.relu) k.sat = a.sat_top;
+  if (is_direct(kE) && a.relu) k.sat = a.sat_top;
   launch_kernel(conv_wgmma_kernel<BN, kA, kE, kCtas, kResW>, dim3(grid), dim3(T::kThreadsT), T::kSmem, stream, tx, tw,
                 tr, ty, k, s);
 }
@@ -893,6 +1018,10 @@ int launch_epi(const ConvArgs& a, cudaStream_t stream) {
   constexpr bool kDirect = kA == Storage::u8 || kA == Storage::u4 || kA == Storage::s8;
   if constexpr (kDirect) {
     if (forced == 0 && direct_kind(a, storage_bits(kA)) >= 0) {
+      if (a.perm_weights) {
+        launch_wg<BN, kA, Epi::direct_perm>(a, stream);
+        return 3;
+      }
       launch_wg<BN, kA, Epi::direct>(a, stream);
       return 2;
     }
@@ -905,11 +1034,13 @@ int launch_epi(const ConvArgs& a, cudaStream_t stream) {
   return 0;
 }
 
-// Variant names by map tile (64, 128, 256) and epilogue (staged, prefetch, direct).
-using Names = const char* const[3][3];
-#define NIBBLE_WGMMA_NAMES(p)                                                      \
-  {{p "_n64", p "_n64_pre", p "_n64_direct"}, {p "_n128", p "_n128_pre", p "_n128_direct"}, \
-   {p "_n256", p "_n256_pre", p "_n256_direct"}}
+// Variant names by map tile (64, 128, 256) and epilogue (staged, prefetch, direct, direct in
+// the permuted map order).
+using Names = const char* const[3][4];
+#define NIBBLE_WGMMA_NAMES(p)                                                                        \
+  {{p "_n64", p "_n64_pre", p "_n64_direct", p "_n64_direct_p"},                                    \
+   {p "_n128", p "_n128_pre", p "_n128_direct", p "_n128_direct_p"},                                \
+   {p "_n256", p "_n256_pre", p "_n256_direct", p "_n256_direct_p"}}
 
 // NIBBLE_WGMMA_CTAS=1 keeps one block per multiprocessor everywhere (for measurements).
 bool two_ctas_allowed() {
@@ -969,11 +1100,13 @@ const char* launch_two(const ConvArgs& a, cudaStream_t stream, const char* const
 }
 
 template <Storage kA>
-const char* launch_bn(const ConvArgs& a, cudaStream_t stream, const Names& names, const char* const (&two)[4]) {
+const char* launch_bn(const ConvArgs& a, cudaStream_t stream, const Names& names, const char* const (&two)[8]) {
   if constexpr (kA == Storage::u8 || kA == Storage::u4 || kA == Storage::s8) {
+    const bool perm = a.perm_weights != nullptr;
     switch (two_ctas(a, storage_bits(kA))) {
-      case 64: return launch_two<64, kA>(a, stream, two);
-      case 128: return launch_two<128, kA>(a, stream, two + 2);
+      case 64: return perm ? launch_two<64, kA, Epi::direct_perm>(a, stream, two + 4) : launch_two<64, kA>(a, stream, two);
+      case 128:
+        return perm ? launch_two<128, kA, Epi::direct_perm>(a, stream, two + 6) : launch_two<128, kA>(a, stream, two + 2);
       default: break;
     }
   }
@@ -1029,12 +1162,15 @@ bool wgmma_conv_preferred(const ConvArgs& a) {
 const char* launch_conv_wgmma(const ConvArgs& a, cudaStream_t stream) {
   static Names u8 = NIBBLE_WGMMA_NAMES("wgmma_u8s8"), s8 = NIBBLE_WGMMA_NAMES("wgmma_s8s8");
   static Names u4 = NIBBLE_WGMMA_NAMES("wgmma_u4s4"), s4 = NIBBLE_WGMMA_NAMES("wgmma_s4s4");
-  // Two blocks per multiprocessor: 64-map tiles, the same with resident weights, 128-map tiles, the same.
-#define NIBBLE_WGMMA_TWO(p) {p "_n64_direct_x2", p "_n64_direct_x2_rw", p "_n128_direct_x2", p "_n128_direct_x2_rw"}
-  static const char* const u8_two[4] = NIBBLE_WGMMA_TWO("wgmma_u8s8");
-  static const char* const s8_two[4] = NIBBLE_WGMMA_TWO("wgmma_s8s8");
-  static const char* const u4_two[4] = NIBBLE_WGMMA_TWO("wgmma_u4s4");
-  static const char* const none[4] = {nullptr, nullptr, nullptr, nullptr};
+  // Two blocks per multiprocessor: 64-map tiles, the same with resident weights, 128-map tiles, the
+  // same; then the four in the permuted map order.
+#define NIBBLE_WGMMA_TWO(p)                                                                          \
+  {p "_n64_direct_x2", p "_n64_direct_x2_rw", p "_n128_direct_x2", p "_n128_direct_x2_rw",           \
+   p "_n64_direct_x2_p", p "_n64_direct_x2_rw_p", p "_n128_direct_x2_p", p "_n128_direct_x2_rw_p"}
+  static const char* const u8_two[8] = NIBBLE_WGMMA_TWO("wgmma_u8s8");
+  static const char* const s8_two[8] = NIBBLE_WGMMA_TWO("wgmma_s8s8");
+  static const char* const u4_two[8] = NIBBLE_WGMMA_TWO("wgmma_u4s4");
+  static const char* const none[8] = {};
   static const char* const e4m3_two[4] = {"wgmma_e4m3_n64_x2", "wgmma_e4m3_n64_x2_rw", "wgmma_e4m3_n128_x2",
                                           "wgmma_e4m3_n128_x2_rw"};
 #undef NIBBLE_WGMMA_TWO

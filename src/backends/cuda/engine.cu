@@ -29,6 +29,7 @@ namespace {
 struct DevConv {
   const int8_t* weights = nullptr;
   const int8_t* wide_weights = nullptr;  // the wgmma kernels' weights (nullptr: not uploaded)
+  const int8_t* perm_weights = nullptr;  // the same in the direct epilogue's map order (nullptr: not uploaded)
   int64_t wide_k = 0;
   int kernel = -1;                       // index into the conv kernel table
   const int32_t* bias = nullptr;
@@ -141,12 +142,17 @@ struct CudaEngine::Impl {
       return off;
     };
     struct Offsets {
-      size_t w = 0, b = 0, f = SIZE_MAX, rf = SIZE_MAX, fl = SIZE_MAX, sat = SIZE_MAX, top = SIZE_MAX, wide = SIZE_MAX;
+      size_t w = 0, b = 0, perm = SIZE_MAX, f = SIZE_MAX, rf = SIZE_MAX, fl = SIZE_MAX, sat = SIZE_MAX, top = SIZE_MAX, wide = SIZE_MAX;
       size_t fs = SIZE_MAX, fb = SIZE_MAX;  // FP8 convolutions: f32 scale and bias
       size_t lut = SIZE_MAX;                // StepKind::lut: 256 e4m3 codes
     };
     // The wgmma kernels run on sm_90 only: elsewhere their weights are not uploaded.
     const bool wgmma = sm == 90 && options.conv_kernels != "mma";
+    // NIBBLE_WGMMA_PERMUTE=1: the direct epilogue in the permuted map order (conv_wgmma.cu,
+    // direct_epilogue_perm), which uploads a second copy of the wgmma weights. Opt-in until it has
+    // been measured against the plain order on a GPU (docs/performance.md).
+    const char* pe = std::getenv("NIBBLE_WGMMA_PERMUTE");
+    const bool permute_maps = pe && std::string(pe) == "1";
     std::vector<Offsets> offs(plan.steps.size());
     for (size_t s = 0; s < plan.steps.size(); ++s) {
       const Step& st = plan.steps[s];
@@ -155,8 +161,16 @@ struct CudaEngine::Impl {
         const auto& c = st.conv;
         o.w = put(c.weights.data(), c.weights.size());
         if (wgmma) {
-          const std::vector<int8_t> wide = cuda::wgmma_weights(c, plan.values[static_cast<size_t>(st.x)]);
+          const Value& x = plan.values[static_cast<size_t>(st.x)];
+          const std::vector<int8_t> wide = cuda::wgmma_weights(c, x);
           if (!wide.empty()) o.wide = put(wide.data(), wide.size());
+          // The direct epilogue's copy (map order of permute_map_rows) of what the wgmma kernels read.
+          if (permute_maps && !c.fp8 && c.load == cuda::ConvLoad::vec && (!wide.empty() || !cuda::is_packed(x.storage))) {
+            const std::vector<int8_t> perm =
+                wide.empty() ? cuda::permute_map_rows(c.weights.data(), c.m_pad, c.k_pad)
+                             : cuda::permute_map_rows(wide.data(), c.m_pad, static_cast<int64_t>(wide.size()) / c.m_pad);
+            o.perm = put(perm.data(), perm.size());
+          }
         }
         o.b = put(c.bias.data(), c.bias.size() * 4);
         if (!c.factor.empty()) o.f = put(c.factor.data(), c.factor.size() * 2);
@@ -197,6 +211,7 @@ struct CudaEngine::Impl {
           convs[s].wide_weights = convs[s].weights;  // 8-bit inputs: the same layout
           convs[s].wide_k = plan.steps[s].conv.k_pad;
         }
+        if (o.perm != SIZE_MAX) convs[s].perm_weights = reinterpret_cast<const int8_t*>(constants + o.perm);
         convs[s].bias = reinterpret_cast<const int32_t*>(constants + o.b);
         if (o.sat != SIZE_MAX) convs[s].sat = reinterpret_cast<const uint32_t*>(constants + o.sat);
         if (o.top != SIZE_MAX) convs[s].sat_top = reinterpret_cast<const uint32_t*>(constants + o.top);
@@ -259,6 +274,7 @@ struct CudaEngine::Impl {
     a.m_pad = k.m_pad;
     a.wide_weights = convs[s].wide_weights;
     a.wide_k = convs[s].wide_k;
+    a.perm_weights = convs[s].perm_weights;
     a.load = k.load;
     a.bias = convs[s].bias;
     a.fscale = convs[s].fscale;

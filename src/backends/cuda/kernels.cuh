@@ -27,6 +27,9 @@ struct ConvArgs {
   // widened and permuted for 4-bit ones (wgmma_weights in plan.h); nullptr where not uploaded.
   const int8_t* wide_weights = nullptr;
   int64_t wide_k = 0;
+  // wide_weights with the rows of each 64-map block in the direct epilogue's order
+  // (permute_map_rows in plan.h), or nullptr: the direct epilogue then takes the plain order.
+  const int8_t* perm_weights = nullptr;
   ConvLoad load = ConvLoad::vec;
   const int32_t* bias = nullptr;
   // FP8 convolutions (x_storage e4m3, e4m3 weight codes, f32 output): per map f32 scale and bias,

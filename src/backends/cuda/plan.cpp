@@ -5,6 +5,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <stdexcept>
 
 #include "nibble/error.h"
 #include "backends/ref/kernels.h"
@@ -981,6 +982,16 @@ std::vector<int8_t> wgmma_weights(const ConvStep& c, const Value& x) {
         }
       }
     }
+  }
+  return out;
+}
+
+std::vector<int8_t> permute_map_rows(const int8_t* w, int64_t rows, int64_t row_bytes) {
+  if (rows % 64 != 0) throw std::invalid_argument("permute_map_rows: rows must be a multiple of 64");
+  std::vector<int8_t> out(static_cast<size_t>(rows * row_bytes));
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t from = r / 64 * 64 + wgmma_map_of_column(static_cast<int>(r % 64));
+    std::copy_n(w + from * row_bytes, row_bytes, out.data() + r * row_bytes);
   }
   return out;
 }

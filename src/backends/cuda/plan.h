@@ -205,6 +205,14 @@ inline int wgmma_channel(int slot) {
   return 32 * half + 8 * t + 2 * j + nibble;
 }
 
+// The direct epilogue's map order (ConvArgs::perm_weights): within each 64-map block, column
+// c = 8j + 2t + e of the wgmma accumulator fragments (j < 8, t < 4, e < 2) computes map
+// 16t + 2j + e, so that each thread of a quad holds 16 consecutive maps of each of its rows.
+inline int wgmma_map_of_column(int c) { return 16 * ((c % 8) / 2) + 2 * (c / 8) + c % 2; }
+// `w`, `rows` rows of `row_bytes` (rows a multiple of 64), with each 64-row block reordered in
+// that order: row 64b + c of the result is row 64b + wgmma_map_of_column(c) of `w`.
+std::vector<int8_t> permute_map_rows(const int8_t* w, int64_t rows, int64_t row_bytes);
+
 // Host-side layout conversions (the device kernels follow the same layouts):
 // `t` (N x C [x H x W] of integer dtype) to NHWC rows of `storage`.
 std::vector<uint8_t> to_device_layout(const Tensor& t, Storage storage);
