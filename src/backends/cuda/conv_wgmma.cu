@@ -397,40 +397,40 @@ __device__ __forceinline__ void direct_epilogue_perm(const ConvArgs& a, const in
         }
 #pragma unroll
         for (int i = 0; i < kRows; ++i) {
-        const int h = h0 + i;
-        int32_t v[4];
+          const int h = h0 + i;
+          int32_t v[4];
 #pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          const int j = 8 * b + 2 * q + k / 2;  // the fragment's column group of map ml + k
-          v[k] = wrap_add(acc[4 * j + 2 * h + (k & 1)], bi[k]);
-          if constexpr (kRes != DRes::none) {
-            int32_t r;
-            if constexpr (kRes == DRes::s8) {
-              const int32_t sv = static_cast<int32_t>(rw[i][q] << (24 - 8 * k)) >> 24;
-              r = requantize_narrow_in_range(sv, qf[k], res_shift, res_round);
-            } else {
-              // Unsigned and below 2^8, factor below 2^16: fits 32 bits, is >= 0 and in range.
-              const uint32_t u = kResBits == 8 ? (rw[i][q] >> (8 * k)) & 0xFF : (rw[i][q >> 1] >> (4 * (4 * (q & 1) + k))) & 0xF;
-              r = static_cast<int32_t>((u * qf[k] + res_round) >> res_shift);
+          for (int k = 0; k < 4; ++k) {
+            const int j = 8 * b + 2 * q + k / 2;  // the fragment's column group of map ml + k
+            v[k] = wrap_add(acc[4 * j + 2 * h + (k & 1)], bi[k]);
+            if constexpr (kRes != DRes::none) {
+              int32_t r;
+              if constexpr (kRes == DRes::s8) {
+                const int32_t sv = static_cast<int32_t>(rw[i][q] << (24 - 8 * k)) >> 24;
+                r = requantize_narrow_in_range(sv, qf[k], res_shift, res_round);
+              } else {
+                // Unsigned and below 2^8, factor below 2^16: fits 32 bits, is >= 0 and in range.
+                const uint32_t u = kResBits == 8 ? (rw[i][q] >> (8 * k)) & 0xFF : (rw[i][q >> 1] >> (4 * (4 * (q & 1) + k))) & 0xF;
+                r = static_cast<int32_t>((u * qf[k] + res_round) >> res_shift);
+              }
+              v[k] = wrap_add(v[k], r);
             }
-            v[k] = wrap_add(v[k], r);
+            if constexpr (kRelu) {
+              const uint32_t x = min(static_cast<uint32_t>(max(v[k], 0)), sa[k]);
+              v[k] = static_cast<int32_t>((x * f[k] + round) >> shift);
+            } else {
+              v[k] = requantize_saturating(v[k], f[k], sa[k], shift, lo, hi);
+            }
           }
-          if constexpr (kRelu) {
-            const uint32_t x = min(static_cast<uint32_t>(max(v[k], 0)), sa[k]);
-            v[k] = static_cast<int32_t>((x * f[k] + round) >> shift);
+          // Every value is inside the output's range: its low byte (nibble) is the packed value.
+          if constexpr (kBits == 8) {
+            ow[i][q] = __byte_perm(__byte_perm(v[0], v[1], 0x0040), __byte_perm(v[2], v[3], 0x0040), 0x5410);
           } else {
-            v[k] = requantize_saturating(v[k], f[k], sa[k], shift, lo, hi);
+            const uint32_t n = kRelu ? static_cast<uint32_t>(v[0] | (v[1] << 4) | (v[2] << 8) | (v[3] << 12))
+                                     : static_cast<uint32_t>((v[0] & 0xF) | ((v[1] & 0xF) << 4) | ((v[2] & 0xF) << 8) |
+                                                             ((v[3] & 0xF) << 12));
+            ow[i][q >> 1] |= n << (16 * (q & 1));
           }
-        }
-        // Every value is inside the output's range: its low byte (nibble) is the packed value.
-        if constexpr (kBits == 8) {
-          ow[i][q] = __byte_perm(__byte_perm(v[0], v[1], 0x0040), __byte_perm(v[2], v[3], 0x0040), 0x5410);
-        } else {
-          const uint32_t n = kRelu ? static_cast<uint32_t>(v[0] | (v[1] << 4) | (v[2] << 8) | (v[3] << 12))
-                                   : static_cast<uint32_t>((v[0] & 0xF) | ((v[1] & 0xF) << 4) | ((v[2] & 0xF) << 8) |
-                                                           ((v[3] & 0xF) << 12));
-          ow[i][q >> 1] |= n << (16 * (q & 1));
-        }
         }
       }
 #pragma unroll
