@@ -245,6 +245,16 @@ __device__ __noinline__ void epilogue_chunk_call(const ConvArgs& a, const WgShap
 // the other width (4-bit residuals of an 8-bit output, 8-bit ones of a 4-bit output).
 enum class DRes { none, same_unsigned, s8, other_unsigned };
 
+// The shared-memory tiles of the direct epilogues: the residual's width in bits, and log2 of the
+// box width (at most 128 bytes) of the residual tile and of the output tile, whose rows are BN maps.
+template <int BN, int kBits, DRes kRes>
+struct DirectTiles {
+  static constexpr int box_log2(int row) { return row >= 128 ? 7 : (row == 64 ? 6 : (row == 32 ? 5 : 4)); }
+  static constexpr int kResBits = kRes == DRes::s8 ? 8 : (kRes == DRes::other_unsigned ? 12 - kBits : kBits);
+  static constexpr int kResLw = box_log2(BN * kResBits / 8);
+  static constexpr int kOutLw = box_log2(BN * kBits / 8);
+};
+
 // requantize_narrow where the result is known to be inside its range (ConvArgs::res_in_range).
 __device__ __forceinline__ int32_t requantize_narrow_in_range(int32_t x, uint32_t factor, int shift, uint32_t round) {
   const uint32_t mag = (static_cast<uint32_t>(abs(x)) * factor + round) >> shift;
@@ -262,11 +272,8 @@ __device__ __forceinline__ int32_t requantize_narrow_in_range(int32_t x, uint32_
 template <int BN, int kBits, DRes kRes, bool kRelu>
 __device__ __forceinline__ void direct_epilogue(const ConvArgs& a, const int32_t (&acc)[BN / 2], const uint8_t* res,
                                                 const uint8_t* par, uint8_t* out, int cw, int warp, int g, int t) {
-  constexpr int kResBits = kRes == DRes::s8 ? 8 : (kRes == DRes::other_unsigned ? 12 - kBits : kBits);
-  constexpr int kResRow = BN * kResBits / 8, kResBox = kResRow < 128 ? kResRow : 128;
-  constexpr int kResLw = kResBox == 128 ? 7 : (kResBox == 64 ? 6 : (kResBox == 32 ? 5 : 4));
-  constexpr int kOutRow = BN * kBits / 8, kOutBox = kOutRow < 128 ? kOutRow : 128;
-  constexpr int kOutLw = kOutBox == 128 ? 7 : (kOutBox == 64 ? 6 : (kOutBox == 32 ? 5 : 4));
+  using L = DirectTiles<BN, kBits, kRes>;
+  constexpr int kResBits = L::kResBits, kResLw = L::kResLw, kOutLw = L::kOutLw;
   const int32_t lo = static_cast<int32_t>(a.lo), hi = static_cast<int32_t>(a.hi);
   const uint32_t round = a.shift > 0 ? 1u << (a.shift - 1) : 0u;
   const uint32_t res_round = a.res_shift > 0 ? 1u << (a.res_shift - 1) : 0u;
@@ -350,11 +357,8 @@ template <int BN, int kBits, DRes kRes, bool kRelu, int kRows>
 __device__ __forceinline__ void direct_epilogue_perm(const ConvArgs& a, const int32_t (&acc)[BN / 2],
                                                      const uint8_t* res, const uint8_t* par, uint8_t* out, int cw,
                                                      int warp, int g, int t) {
-  constexpr int kResBits = kRes == DRes::s8 ? 8 : (kRes == DRes::other_unsigned ? 12 - kBits : kBits);
-  constexpr int kResRow = BN * kResBits / 8, kResBox = kResRow < 128 ? kResRow : 128;
-  constexpr int kResLw = kResBox == 128 ? 7 : (kResBox == 64 ? 6 : (kResBox == 32 ? 5 : 4));
-  constexpr int kOutRow = BN * kBits / 8, kOutBox = kOutRow < 128 ? kOutRow : 128;
-  constexpr int kOutLw = kOutBox == 128 ? 7 : (kOutBox == 64 ? 6 : (kOutBox == 32 ? 5 : 4));
+  using L = DirectTiles<BN, kBits, kRes>;
+  constexpr int kResBits = L::kResBits, kResLw = L::kResLw, kOutLw = L::kOutLw;
   constexpr int kResWords = kResBits / 2, kOutWords = kBits / 2;  // 32-bit words of 16 maps
   const int32_t lo = static_cast<int32_t>(a.lo), hi = static_cast<int32_t>(a.hi);
   const uint32_t round = a.shift > 0 ? 1u << (a.shift - 1) : 0u;
